@@ -1,0 +1,1 @@
+"""msma.face_model."""

@@ -1,0 +1,55 @@
+"""Shared fixtures. Tests never touch the network; GPU tests skip without CUDA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline, before anything imports wandb / huggingface_hub / albumentations.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MSMA_SHARED", ROOT.parent / "shared"))
+if "MSMA_ASSET_MIRROR" not in os.environ and (SHARED / "assets").is_dir():
+    os.environ["MSMA_ASSET_MIRROR"] = str(SHARED / "assets")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ``../shared`` folder (assets and test data)."""
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared not found at {SHARED}; set MSMA_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def testdata(shared_dir: Path) -> Path:
+    return shared_dir / "testdata"
+
+
+@pytest.fixture(scope="session")
+def ict_model():  # type: ignore[no-untyped-def]
+    """The embedded default face model (converted once per machine into $MSMA_HOME from the mirror)."""
+    import torch
+
+    from msma.face_model import load_face_model
+
+    torch.manual_seed(0)
+    return load_face_model("ict").eval()
