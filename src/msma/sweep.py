@@ -140,7 +140,7 @@ def _wandb_reachable() -> str | None:
 
         api = wandb.Api(timeout=10)
         api.viewer  # noqa: B018 - raises when there is no account or no connection
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable" and is reported
+    except Exception as exc:  # any failure means "not reachable" and is reported
         return f"{type(exc).__name__}: {exc}"
     return None
 
