@@ -1,0 +1,257 @@
+"""Face-model assets: the converted-model cache, the local mirror, the upstream download, ``msma assets``.
+
+Where the ICT model comes from, in order:
+
+1. the cache file ``$MSMA_HOME/ict_<commit8>_v<format>.npz`` (default ``$MSMA_HOME`` = ``~/.cache/msma``),
+   accepted only when its sha256 matches the sidecar ``<file>.sha256`` written with it (a half-written or
+   corrupted file fails the check and is rebuilt); files are written atomically (temporary file + ``os.replace``);
+2. the upstream archive in the local mirror directory ``$MSMA_ASSET_MIRROR`` (CI and offline machines);
+3. a previous download in ``$MSMA_HOME/downloads/``, else the upstream download from GitHub (urllib, progress
+   bar, short timeout), checksum-verified;
+4. otherwise a :class:`AssetError` naming ``MSMA_ASSET_MIRROR`` and the upstream URL.
+
+BFM (licence-restricted, never downloaded): ``load_face_model("bfm", path=...)`` or ``$MSMA_BFM_DIR`` holding
+Deep3D's ``BFM_model_front.mat`` (or the files Deep3D converts it from), see :mod:`msma.face_model.bfm`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from msma.face_model.camera import PerspectiveCamera
+from msma.face_model.ict import ICT_ARCHIVE_NAME, ICT_ARCHIVE_SHA256, ICT_COMMIT, ICT_URL, convert_ict
+from msma.face_model.model import NPZ_FORMAT_VERSION, FaceModel, load_arrays, save_arrays
+
+ENV_HOME = "MSMA_HOME"
+ENV_MIRROR = "MSMA_ASSET_MIRROR"
+ENV_BFM_DIR = "MSMA_BFM_DIR"
+#: Version of the ICT conversion recipe; bump when :func:`convert_ict` changes its output.
+ICT_RECIPE_VERSION = 1
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class AssetError(RuntimeError):
+    """A face-model asset cannot be found, fetched or verified."""
+
+
+def msma_home() -> Path:
+    """The cache directory: ``$MSMA_HOME`` or ``~/.cache/msma``."""
+    env = os.environ.get(ENV_HOME)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "msma"
+
+
+def ict_cache_path(home: Path | None = None) -> Path:
+    """Path of the converted ICT model in the cache."""
+    home = msma_home() if home is None else home
+    return home / f"ict_{ICT_COMMIT[:8]}_v{NPZ_FORMAT_VERSION}.{ICT_RECIPE_VERSION}.npz"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def cache_is_valid(path: Path) -> bool:
+    """True when ``path`` exists and its sha256 equals the one recorded in the sidecar file."""
+    side = _sidecar(path)
+    if not path.is_file() or not side.is_file():
+        return False
+    recorded = side.read_text().strip().split()[0] if side.read_text().strip() else ""
+    return recorded == sha256_file(path)
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Calls ``write(tmp)`` on a temporary file next to ``target`` and moves it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_cache(model_writer: Callable[[Path], None], path: Path) -> None:
+    """Writes a cache file and its checksum sidecar, both atomically (the sidecar last)."""
+    _atomic_write(path, model_writer)
+    digest = sha256_file(path)
+    _atomic_write(_sidecar(path), lambda p: p.write_text(f"{digest}  {path.name}\n"))
+
+
+def _download(url: str, target: Path, sha256: str) -> Path:
+    """Downloads ``url`` to ``target`` with a progress bar, verifying ``sha256``."""
+    from tqdm import tqdm
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr) as bar:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        got = sha256_file(tmp)
+        if got != sha256:
+            raise AssetError(f"download of {url} has sha256 {got}, expected {sha256}")
+
+    _atomic_write(target, fetch)
+    return target
+
+
+def find_ict_archive(allow_download: bool = True) -> Path:
+    """Locates (or downloads) the pinned ICT-FaceKit archive and verifies its checksum.
+
+    Raises:
+        AssetError: when no verified archive is available, naming ``MSMA_ASSET_MIRROR`` and the upstream URL.
+    """
+    tried: list[str] = []
+    mirror = os.environ.get(ENV_MIRROR)
+    candidates = []
+    if mirror:
+        candidates.append(Path(mirror).expanduser() / ICT_ARCHIVE_NAME)
+    candidates.append(msma_home() / "downloads" / ICT_ARCHIVE_NAME)
+    for cand in candidates:
+        if cand.is_file():
+            got = sha256_file(cand)
+            if got == ICT_ARCHIVE_SHA256:
+                return cand
+            tried.append(f"{cand} (sha256 {got} does not match {ICT_ARCHIVE_SHA256})")
+        else:
+            tried.append(f"{cand} (missing)")
+    if allow_download:
+        target = msma_home() / "downloads" / ICT_ARCHIVE_NAME
+        try:
+            return _download(ICT_URL, target, ICT_ARCHIVE_SHA256)
+        except (OSError, AssetError) as exc:
+            tried.append(f"{ICT_URL} ({exc})")
+    raise AssetError(
+        "ICT-FaceKit archive not available. Put the upstream archive "
+        f"{ICT_ARCHIVE_NAME} (sha256 {ICT_ARCHIVE_SHA256}, from {ICT_URL}) into a directory and set "
+        f"{ENV_MIRROR} to it, or run `msma assets ict --source <zip or extracted folder>`. Tried: " + "; ".join(tried)
+    )
+
+
+def build_ict_cache(
+    source: Path | None = None, force: bool = False, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Ensures a verified converted ICT model exists in the cache and returns its path.
+
+    Args:
+        source: the upstream zip or an extracted folder; default: mirror / download (:func:`find_ict_archive`).
+        force: rebuild even when a valid cache file exists.
+        progress: optional callback for status lines.
+    """
+    path = ict_cache_path()
+    if not force and cache_is_valid(path):
+        return path
+    src = Path(source) if source is not None else find_ict_archive()
+    if source is not None and Path(source).is_file() and sha256_file(Path(source)) != ICT_ARCHIVE_SHA256:
+        if progress:
+            progress(f"warning: {source} is not the pinned archive (sha256 differs); converting it anyway")
+    arrays = convert_ict(src, progress=progress)
+    write_cache(lambda tmp: save_arrays(arrays, tmp), path)
+    return path
+
+
+def load_ict(camera: PerspectiveCamera | None = None) -> FaceModel:
+    """The ICT-FaceKit model from the cache, converting it first when needed (see the module docstring)."""
+    path = build_ict_cache()
+    try:
+        return FaceModel(load_arrays(path), camera=camera)
+    except ValueError:
+        # Valid checksum but unreadable (e.g. written by an incompatible version): rebuild once.
+        path = build_ict_cache(force=True)
+        return FaceModel(load_arrays(path), camera=camera)
+
+
+def load_face_model(name: str = "ict", path: str | None = None, camera: PerspectiveCamera | None = None) -> FaceModel:
+    """Loads a face model.
+
+    Args:
+        name: ``"ict"`` (ICT-FaceKit, the embedded default) or ``"bfm"`` (Deep3D's BFM09 front model).
+        path: optional explicit file: a ``.npz`` written by :meth:`FaceModel.save` (any name); for ``"bfm"``
+            also Deep3D's ``BFM_model_front.mat`` or a folder holding it / its source files; for ``"ict"``
+            also the upstream zip or an extracted folder (converted without touching the cache).
+        camera: camera override (default: Deep3D's).
+
+    Returns:
+        The :class:`FaceModel` (CPU, float32).
+
+    Raises:
+        AssetError / FileNotFoundError / ValueError: with the file and the problem.
+    """
+    key = name.lower()
+    if path is not None and str(path).endswith(".npz"):
+        return FaceModel.load(path, camera=camera)
+    if key == "ict":
+        if path is not None:
+            return FaceModel(convert_ict(path), camera=camera)
+        return load_ict(camera=camera)
+    if key == "bfm":
+        from msma.face_model.bfm import load_bfm
+
+        return load_bfm(path, camera=camera)
+    raise ValueError(f"unknown face model {name!r}; expected 'ict' or 'bfm'")
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def _human(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def cli_main(argv: list[str]) -> int:
+    """``msma assets ict [--force] [--source PATH]`` | ``msma assets bfm --dir DIR [--out FILE]``."""
+    parser = argparse.ArgumentParser(prog="msma assets", description="convert / locate face-model assets")
+    sub = parser.add_subparsers(dest="asset", required=True)
+    p_ict = sub.add_parser("ict", help="convert ICT-FaceKit into the cache ($MSMA_HOME)")
+    p_ict.add_argument("--force", action="store_true", help="rebuild even if a valid cache file exists")
+    p_ict.add_argument("--source", type=Path, default=None, help="upstream zip or extracted folder")
+    p_bfm = sub.add_parser("bfm", help="validate / convert the user's BFM files (Deep3D format)")
+    p_bfm.add_argument("--dir", type=Path, required=True, help="folder with BFM_model_front.mat or its sources")
+    p_bfm.add_argument("--out", type=Path, default=None, help="write the compact .npz here as well")
+    args = parser.parse_args(argv)
+
+    def say(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
+        if args.asset == "ict":
+            path = build_ict_cache(source=args.source, force=args.force, progress=say)
+            model = FaceModel(load_arrays(path))
+            print(
+                f"ict: {path} ({_human(path.stat().st_size)}), {model.n_vertices} vertices, "
+                f"{int(model.tri.shape[0])} rendered triangles, layout {model.layout}, "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+            return 0
+        from msma.face_model.bfm import load_bfm
+
+        model = load_bfm(args.dir)
+        msg = f"bfm: {model.n_vertices} vertices, {int(model.tri.shape[0])} triangles, layout {model.layout}"
+        if args.out is not None:
+            model.save(args.out)
+            msg += f", wrote {args.out} ({_human(args.out.stat().st_size)})"
+        print(f"{msg}, {time.perf_counter() - t0:.1f} s")
+        return 0
+    except (AssetError, FileNotFoundError, ValueError) as exc:
+        print(f"msma assets: error: {exc}", file=sys.stderr)
+        return 1
