@@ -66,7 +66,10 @@ def _draw(name: str, spec: dict[str, Any], rng: random.Random) -> Any:
         probs = spec.get("probabilities")
         return rng.choices(spec["values"], weights=probs)[0] if probs else rng.choice(spec["values"])
     dist = spec.get("distribution")
-    lo, hi = spec.get("min"), spec.get("max")
+    lo: Any = spec.get("min")
+    hi: Any = spec.get("max")
+    if dist != "normal" and (lo is None or hi is None):
+        raise SweepConfigError(f"parameter {name!r}: distribution {dist!r} needs min and max")
     if dist is None:
         dist = "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform"
     if dist == "int_uniform":
