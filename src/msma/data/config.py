@@ -1,0 +1,108 @@
+"""``DataConfig``: the Hydra structured-config schema of the ``data`` group, and ``build_datamodule``.
+
+Plain ``@dataclass`` with defaults (OmegaConf types every field, so a misspelled key or a wrong type fails at
+compose time). Paths are strings or None; machine-specific paths belong in ``experiments/local/`` or
+environment variables, not in committed configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from msma.data.datamodule import FaceDataModule
+
+# OmegaConf 2.3 resolves `Optional[X]` annotations; keep them (not `X | None`) in this schema.
+# ruff: noqa: UP045
+
+
+@dataclass
+class DataConfig:
+    """Datasets and loaders (see :class:`msma.data.datamodule.FaceDataModule` for the meaning of each field).
+
+    Attributes:
+        kind: training data: ``"synthetic"``, ``"folder"``, ``"aflw2000_3d"`` or ``"300w_lp"``.
+        root: dataset folder (not used by ``synthetic``).
+        image_size: crop side in pixels (Deep3D: 224).
+        batch_size: per-device batch size.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
+        val_fraction: fraction of the training set held out for validation (real-photo kinds).
+        seed: split / synthetic-generation seed.
+        augment: apply :class:`~msma.data.transforms.FaceAugment` to the training split.
+        flip: allow horizontal flips in the augmentation.
+        landmarks: pseudo-label backend of ``folder``: ``"dlib"``, ``"fan"`` or ``"gt"``.
+        landmark_weights: model file of that backend (None: located automatically, offline).
+        detector: face detector: ``"dlib"``, ``"opencv"`` or ``"dlib+opencv"``.
+        faces: ``"largest"`` face per photo or ``"all"``.
+        cache_dir: label cache folder (None: ``$MSMA_HOME/labels/<folder>-<hash>``).
+        num_samples: synthetic training samples.
+        val_samples: synthetic validation samples.
+        synthetic_cache_dir: where synthetic samples are cached (None: the synthetic dataset's default).
+        test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
+        test_root: its folder.
+        aflw_crop: AFLW2000-3D crop: ``"gt_box"`` (benchmark protocol) or ``"detect"``.
+    """
+
+    kind: str = "synthetic"
+    root: Optional[str] = None
+    image_size: int = 224
+    batch_size: int = 32
+    num_workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = False
+    val_fraction: float = 0.05
+    seed: int = 0
+    augment: bool = True
+    flip: bool = True
+    landmarks: str = "dlib"
+    landmark_weights: Optional[str] = None
+    detector: str = "dlib"
+    faces: str = "largest"
+    cache_dir: Optional[str] = None
+    num_samples: int = 10000
+    val_samples: int = 256
+    synthetic_cache_dir: Optional[str] = None
+    test_kind: Optional[str] = None
+    test_root: Optional[str] = None
+    aflw_crop: str = "gt_box"
+
+
+def build_datamodule(cfg: DataConfig, face_model: nn.Module | None = None) -> FaceDataModule:
+    """The :class:`~msma.data.datamodule.FaceDataModule` described by ``cfg``.
+
+    Args:
+        cfg: the data config.
+        face_model: the training face model (needed by ``synthetic``).
+    """
+    from msma.data.datamodule import FaceDataModule
+
+    return FaceDataModule(
+        kind=cfg.kind,
+        root=cfg.root,
+        face_model=face_model,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+        persistent_workers=cfg.persistent_workers,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        flip=cfg.flip,
+        landmarks=cfg.landmarks,
+        landmark_weights=cfg.landmark_weights,
+        detector=cfg.detector,
+        faces=cfg.faces,
+        cache_dir=cfg.cache_dir,
+        num_samples=cfg.num_samples,
+        val_samples=cfg.val_samples,
+        synthetic_cache_dir=cfg.synthetic_cache_dir,
+        test_kind=cfg.test_kind,
+        test_root=cfg.test_root,
+        aflw_crop=cfg.aflw_crop,
+    )

@@ -1,0 +1,250 @@
+"""Safe photo loading: any image file -> float32 RGB in [0, 1], or a :class:`BadImageError` saying why not.
+
+Policy (the same for every dataset):
+
+* unreadable (missing, permission), zero-byte, not an image, truncated/corrupt -> :class:`BadImageError`;
+* grayscale / palette / CMYK / 16-bit / float images -> converted to 8-bit-range float RGB (logged at debug);
+* RGBA / LA / transparent palette -> alpha-composited over a white background;
+* EXIF orientation -> applied (the returned pixels are upright, as a viewer shows them);
+* smaller than ``min_side`` (32 px) on either side -> rejected (``too_small``);
+* larger than ``max_side`` (8192 px) on either side -> downscaled (area resampling) so the longer side is
+  ``max_side``, with a logged reason; :attr:`LoadedImage.scale` records the factor so results map back;
+* more pixels than Pillow's decompression-bomb limit -> rejected (``too_large``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+#: Images with a side below this are rejected (no face fits usefully in fewer pixels).
+MIN_SIDE = 32
+#: Images with a side above this are downscaled on load.
+MAX_SIDE = 8192
+#: File name suffixes treated as photos by the folder datasets (lower case).
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+
+# Stable reason codes (used as counters in summaries and as cache skip reasons).
+REASON_MISSING = "missing"
+REASON_UNREADABLE = "unreadable"
+REASON_ZERO_BYTE = "zero_byte"
+REASON_NOT_AN_IMAGE = "not_an_image"
+REASON_TRUNCATED = "truncated"
+REASON_TOO_SMALL = "too_small"
+REASON_TOO_LARGE = "too_large"
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used as a photo.
+
+    Attributes:
+        path: the offending file.
+        reason: a stable reason code (``"zero_byte"``, ``"truncated"``, ``"too_small"``, ...).
+        detail: a human-readable explanation.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, detail: str = "") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self) -> tuple[type[BadImageError], tuple[Path, str, str]]:
+        # Picklable across DataLoader worker processes.
+        return (BadImageError, (self.path, self.reason, self.detail))
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded photo.
+
+    Attributes:
+        image: (H, W, 3) float32 RGB in [0, 1], upright (EXIF orientation applied), possibly downscaled.
+        path: the source file.
+        original_size: (height, width) of the upright image before any downscaling, pixels.
+        scale: loaded size / original size (1.0 unless the image was larger than ``max_side``). A point
+            ``x_loaded`` maps to the original image by ``(x_loaded + 0.5) / scale - 0.5`` (pixel-index units).
+        notes: conversions applied (``"grayscale"``, ``"alpha"``, ``"16bit"``, ``"exif_rotated"``,
+            ``"downscaled"``, ...).
+    """
+
+    image: np.ndarray
+    path: Path
+    original_size: tuple[int, int]
+    scale: float = 1.0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def as_uint8(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB (what dlib and OpenCV detectors take)."""
+        return np.ascontiguousarray(np.clip(np.rint(self.image * 255.0), 0, 255).astype(np.uint8))
+
+    def loaded_to_original(self) -> np.ndarray:
+        """(3, 3) float64 affine from loaded-image pixel coordinates to original-image pixel coordinates."""
+        s = 1.0 / self.scale
+        return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]])
+
+
+def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (the content key of the label cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) float32 in [0, 1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (PNG/TIFF decode to "I;16" or 32-bit "I" holding 0..65535).
+        arr = np.asarray(img).astype(np.float64)
+        notes.append("16bit")
+        notes.append("grayscale")
+        arr = np.clip(arr / 65535.0, 0.0, 1.0)
+        return np.repeat(arr[..., None], 3, axis=2).astype(np.float32)
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        notes.append("float")
+        notes.append("grayscale")
+        peak = float(np.nanmax(arr)) if arr.size else 0.0
+        arr = np.nan_to_num(arr / (255.0 if peak > 1.0 else 1.0))
+        return np.repeat(np.clip(arr, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if mode in ("L", "1", "LA", "La"):
+        notes.append("grayscale")
+    elif mode in ("P", "PA"):
+        notes.append("palette")
+    elif mode == "CMYK":
+        notes.append("cmyk")
+    if has_alpha:
+        notes.append("alpha")
+        rgba = img.convert("RGBA")
+        rgba_f = np.asarray(rgba).astype(np.float32) / 255.0
+        alpha = rgba_f[..., 3:4]
+        return (rgba_f[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)  # over white
+    return (np.asarray(img.convert("RGB")).astype(np.float32) / 255.0).astype(np.float32)
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    min_side: int = MIN_SIDE,
+    max_side: int = MAX_SIDE,
+) -> LoadedImage:
+    """Loads a photo safely as float RGB.
+
+    Args:
+        path: image file.
+        min_side: reject images whose height or width is below this (pixels).
+        max_side: downscale images whose height or width exceeds this (pixels) so the longer side equals it.
+
+    Returns:
+        The decoded image (see :class:`LoadedImage`).
+
+    Raises:
+        BadImageError: the file is missing, unreadable, empty, not an image, truncated, too small or
+            a decompression bomb; ``reason`` says which.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError as exc:
+        raise BadImageError(p, REASON_MISSING, "no such file") from exc
+    except OSError as exc:
+        raise BadImageError(p, REASON_UNREADABLE, str(exc)) from exc
+    if p.is_dir():
+        raise BadImageError(p, REASON_UNREADABLE, "a directory, not a file")
+    if size == 0:
+        raise BadImageError(p, REASON_ZERO_BYTE, "the file is empty")
+    notes: list[str] = []
+    # Never accept partial decodes: a truncated file must fail loudly, not come back half grey.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as opened:
+                opened.load()
+                orientation = opened.getexif().get(0x0112, 1)  # EXIF Orientation tag
+                upright = ImageOps.exif_transpose(opened) if orientation not in (1, None) else opened
+                if orientation not in (1, None):
+                    notes.append("exif_rotated")
+                w0, h0 = upright.size
+                if min(w0, h0) < min_side:
+                    raise BadImageError(p, REASON_TOO_SMALL, f"{w0}x{h0} px, need at least {min_side} px a side")
+                scale = 1.0
+                if max(w0, h0) > max_side:
+                    scale = max_side / float(max(w0, h0))
+                    new_size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+                    log.info("%s: %dx%d px is larger than %d px; downscaled to %dx%d", p, w0, h0, max_side, *new_size)
+                    notes.append("downscaled")
+                    if upright.mode not in ("RGB", "RGBA", "L", "LA"):
+                        upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
+                    upright = upright.resize(new_size, resample=Image.Resampling.BOX)
+                    scale = new_size[0] / float(w0)
+                image = _to_float_rgb(upright, notes)
+    except BadImageError:
+        raise
+    except PermissionError as exc:
+        raise BadImageError(p, REASON_UNREADABLE, str(exc)) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(p, REASON_TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise BadImageError(p, REASON_NOT_AN_IMAGE, "Pillow cannot identify the format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(p, REASON_TRUNCATED, f"corrupt or truncated data: {exc}") from exc
+    if notes:
+        log.debug("%s: converted (%s)", p, ", ".join(notes))
+    return LoadedImage(image=image, path=p, original_size=(h0, w0), scale=scale, notes=tuple(notes))
+
+
+def image_to_tensor(image: np.ndarray) -> Tensor:
+    """(H, W, 3) float RGB array -> (3, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def list_images(root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Photos under ``root`` (recursive, sorted, hidden folders skipped) by file suffix.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: not a directory of photos")
+    exts = tuple(e.lower() for e in extensions)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(exts):
+                found.append(Path(dirpath) / name)
+    return sorted(found)

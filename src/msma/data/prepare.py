@@ -1,0 +1,237 @@
+"""Pseudo-labelling a folder of photos into its label cache: ``msma prepare``.
+
+``msma prepare --data DIR --landmarks dlib [--detector dlib] [--all-faces] [--cache DIR] [--weights FILE]``
+detects faces and 68 landmarks in every photo under ``DIR`` (recursive), stores them in the label cache
+(:mod:`msma.data.cache`) with a progress bar, and prints a summary: images found, labelled now, read from
+the cache, usable images and faces, and skipped images by reason. Rerunning skips finished images; an
+interrupted run loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, label_image, labeller_key
+from msma.data.detect import FaceDetector, FaceSelection, make_detector
+from msma.data.io import IMAGE_EXTENSIONS, REASON_MISSING, REASON_UNREADABLE, list_images
+from msma.data.landmarks import LandmarkBackend, LandmarkBackendUnavailable, make_landmark_backend
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir(root: str | os.PathLike[str]) -> Path:
+    """``$MSMA_HOME/labels/<folder name>-<hash of its absolute path>`` (MSMA_HOME defaults to ~/.cache/msma)."""
+    base = Path(root).resolve()
+    home = Path(os.environ.get("MSMA_HOME", Path.home() / ".cache" / "msma"))
+    tag = hashlib.sha1(str(base).encode()).hexdigest()[:10]
+    return home / "labels" / f"{base.name or 'root'}-{tag}"
+
+
+@dataclass
+class LabelRun:
+    """What one labelling pass found.
+
+    Attributes:
+        images: photos found.
+        computed: entries computed in this run.
+        cached: entries read from the cache.
+        usable: images with at least one usable face.
+        faces: usable faces in all images.
+        skipped: images without a usable face, by reason code.
+        invalid_entries: cache entries found corrupt or stale (and recomputed).
+        labels: ``(path, labels)`` per photo in file order; labels is None when the file could not be read.
+    """
+
+    images: int = 0
+    computed: int = 0
+    cached: int = 0
+    usable: int = 0
+    faces: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skip_examples: dict[str, str] = field(default_factory=dict)
+    invalid_entries: int = 0
+    labels: list[tuple[Path, ImageLabels | None]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "images": self.images,
+            "computed": self.computed,
+            "cached": self.cached,
+            "usable": self.usable,
+            "faces": self.faces,
+            "skipped": dict(sorted(self.skipped.items())),
+            "invalid_entries": self.invalid_entries,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"images: {self.images}  labelled now: {self.computed}  from cache: {self.cached}",
+            f"usable images: {self.usable}  faces: {self.faces}  skipped: {sum(self.skipped.values())}",
+        ]
+        for reason, n in sorted(self.skipped.items()):
+            lines.append(f"  skipped {reason}: {n}  (e.g. {self.skip_examples.get(reason, '')})")
+        if self.invalid_entries:
+            lines.append(f"corrupt or stale cache entries recomputed: {self.invalid_entries}")
+        return "\n".join(lines)
+
+
+def label_files(
+    files: Sequence[Path],
+    backend: LandmarkBackend,
+    detector: FaceDetector | None,
+    cache_dir: str | os.PathLike[str] | None,
+    faces: FaceSelection = "largest",
+    progress: bool = False,
+) -> LabelRun:
+    """Labels photos through the cache (or in memory when ``cache_dir`` is None, e.g. for ``gt``).
+
+    Args:
+        files: photos.
+        backend: landmark backend.
+        detector: face detector (None for backends that supply faces).
+        cache_dir: the dataset's cache directory, or None for no caching.
+        faces: which faces count as samples (``"largest"`` per image or ``"all"``); the cache stores all.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        Counts and per-file labels.
+    """
+    key = labeller_key(backend, detector)
+    cache = LabelCache(cache_dir, key) if cache_dir is not None else None
+    index = PathIndex(Path(cache_dir) / "paths.json") if cache_dir is not None else None
+    if cache is not None:
+        cache.clean_temporaries()
+    run = LabelRun(images=len(files))
+    iterator: Sequence[Path] = files
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(files, desc=f"labelling ({backend.name})", unit="img", file=sys.stderr, dynamic_ncols=True)
+        iterator = bar
+    try:
+        for n, path in enumerate(iterator):
+            try:
+                sha = index.sha256(path) if index is not None else hashlib.sha256(path.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                _skip(run, path, REASON_MISSING, "the file disappeared")
+                continue
+            except OSError as exc:
+                _skip(run, path, REASON_UNREADABLE, str(exc))
+                continue
+            if cache is not None:
+                labels, status = cached_labels(path, sha, cache, backend, detector)
+            else:
+                labels, status = label_image(path, sha, backend, detector, key), "computed"
+            if status == "cached":
+                run.cached += 1
+            else:
+                run.computed += 1
+            run.labels.append((path, labels))
+            if labels.ok:
+                run.usable += 1
+                run.faces += len(labels.select(faces))
+            else:
+                _count_skip(run, path, labels.skip_reason or "unknown")
+            if index is not None and n % 200 == 199:
+                index.save()
+    finally:
+        if index is not None:
+            index.save()
+        if bar is not None:
+            bar.close()
+    if cache is not None:
+        run.invalid_entries = cache.invalid
+    return run
+
+
+def _count_skip(run: LabelRun, path: Path, reason: str) -> None:
+    run.skipped[reason] += 1
+    run.skip_examples.setdefault(reason, str(path))
+
+
+def _skip(run: LabelRun, path: Path, reason: str, detail: str) -> None:
+    log.info("skip %s: %s (%s)", path, reason, detail)
+    run.labels.append((path, None))
+    _count_skip(run, path, reason)
+
+
+def prepare_folder(
+    root: str | os.PathLike[str],
+    landmarks: str = "dlib",
+    detector: str = "dlib",
+    cache_dir: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    faces: FaceSelection = "largest",
+    progress: bool = False,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+) -> LabelRun:
+    """Fills the label cache of a folder of photos (what ``msma prepare`` and ``FaceDataModule.prepare_data`` run).
+
+    Args:
+        root: folder of photos (searched recursively).
+        landmarks: backend name (``"dlib"``, ``"fan"``, ``"gt"``).
+        detector: face detector name (``"dlib"``, ``"opencv"``, ``"dlib+opencv"``).
+        cache_dir: cache directory (default :func:`default_cache_dir`); unused for ``gt``.
+        weights: model file of the backend (dlib predictor / FAN weights).
+        device: torch device of the FAN backend.
+        faces: ``"largest"`` or ``"all"`` (only changes the face count; the cache stores every face).
+        progress: show a progress bar.
+        extensions: photo suffixes.
+    """
+    files = list_images(root, extensions)
+    backend = make_landmark_backend(landmarks, weights, device=device)
+    det = make_detector(detector) if backend.needs_detector else None
+    cache = None if not backend.needs_detector else Path(cache_dir) if cache_dir else default_cache_dir(root)
+    return label_files(files, backend, det, cache, faces=faces, progress=progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msma prepare", description="fill a dataset's landmark pseudo-label cache")
+    parser.add_argument("--data", required=True, help="folder of photos (searched recursively)")
+    parser.add_argument("--landmarks", default="dlib", choices=["dlib", "fan", "gt"], help="landmark backend")
+    parser.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
+    parser.add_argument("--weights", default=None, help="landmark model file (dlib .dat / FAN .pth.tar)")
+    parser.add_argument("--cache", default=None, help="cache directory (default: $MSMA_HOME/labels/<folder>-<hash>)")
+    parser.add_argument(
+        "--all-faces", action="store_true", help="count every face as a sample, not only the largest per image"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the fan backend")
+    parser.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped file")
+    return parser
+
+
+def cli_main(argv: list[str]) -> int:
+    """``msma prepare``; returns 0 on success, 2 on a usage error (missing folder, missing model)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        run = prepare_folder(
+            args.data,
+            landmarks=args.landmarks,
+            detector=args.detector,
+            cache_dir=args.cache,
+            weights=args.weights,
+            device=args.device,
+            faces="all" if args.all_faces else "largest",
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
+        print(f"msma prepare: {exc}", file=sys.stderr)
+        return 2
+    print(run.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(run.as_dict(), indent=2))
+    return 0

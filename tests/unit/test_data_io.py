@@ -1,0 +1,192 @@
+"""Safe image loading: every bad-input case and every conversion."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msma.data import io as dio
+from msma.data.io import BadImageError, image_to_tensor, list_images, load_image
+
+
+def _rgb(h: int = 40, w: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _reason(path: Path) -> str:
+    with pytest.raises(BadImageError) as info:
+        load_image(path)
+    assert info.value.path == path
+    assert str(path) in str(info.value)
+    return info.value.reason
+
+
+def test_rgb_png_roundtrip(tmp_path: Path) -> None:
+    arr = _rgb()
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png")
+    assert loaded.image.dtype == np.float32 and loaded.image.shape == (40, 50, 3)
+    np.testing.assert_allclose(loaded.image, arr / 255.0, atol=1e-6)
+    assert loaded.scale == 1.0 and loaded.notes == () and loaded.original_size == (40, 50)
+    np.testing.assert_array_equal(loaded.as_uint8(), arr)
+    t = image_to_tensor(loaded.image)
+    assert t.shape == (3, 40, 50) and float(t.max()) <= 1.0
+
+
+def test_zero_byte(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert _reason(tmp_path / "empty.jpg") == "zero_byte"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert _reason(tmp_path / "nope.jpg") == "missing"
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "dir.jpg").mkdir()
+    assert _reason(tmp_path / "dir.jpg") == "unreadable"
+
+
+def test_permission_error_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+
+    def deny(*args: object, **kwargs: object) -> None:
+        raise PermissionError("permission denied")
+
+    monkeypatch.setattr(dio.Image, "open", deny)
+    assert _reason(tmp_path / "a.png") == "unreadable"
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "text.jpg").write_text("hello, this is not a JPEG\n" * 20)
+    assert _reason(tmp_path / "text.jpg") == "not_an_image"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"t.{fmt.lower()}"
+    Image.fromarray(_rgb(200, 200)).save(path, format=fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert _reason(path) == "truncated"
+
+
+def test_grayscale(tmp_path: Path) -> None:
+    gray = _rgb()[..., 0]
+    Image.fromarray(gray, mode="L").save(tmp_path / "g.png")
+    loaded = load_image(tmp_path / "g.png")
+    assert loaded.image.shape == (40, 50, 3) and "grayscale" in loaded.notes
+    for c in range(3):
+        np.testing.assert_allclose(loaded.image[..., c], gray / 255.0, atol=1e-6)
+
+
+def test_rgba_composited_over_white(tmp_path: Path) -> None:
+    rgba = np.zeros((40, 50, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red
+    rgba[:, :25, 3] = 255  # left half opaque, right half transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png")
+    assert "alpha" in loaded.notes
+    np.testing.assert_allclose(loaded.image[0, 0], [1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(loaded.image[0, 40], [1.0, 1.0, 1.0], atol=1e-6)
+
+
+def test_16bit_grayscale(tmp_path: Path) -> None:
+    arr = np.linspace(0, 65535, 40 * 50).reshape(40, 50).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "d.png")
+    loaded = load_image(tmp_path / "d.png")
+    assert "16bit" in loaded.notes
+    np.testing.assert_allclose(loaded.image[..., 1], arr / 65535.0, atol=1e-5)
+    assert loaded.image.max() <= 1.0 and loaded.image[-1, -1, 0] == pytest.approx(1.0)
+
+
+def test_16bit_rgb_png(tmp_path: Path) -> None:
+    import cv2
+
+    arr = (np.linspace(0, 1, 40 * 50 * 3).reshape(40, 50, 3) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "c.png"), arr[..., ::-1])  # OpenCV writes 48-bit BGR PNGs
+    loaded = load_image(tmp_path / "c.png")
+    assert loaded.image.shape == (40, 50, 3)
+    np.testing.assert_allclose(loaded.image, arr / 65535.0, atol=1.0 / 255 + 1e-6)
+
+
+def test_palette(tmp_path: Path) -> None:
+    Image.fromarray(_rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(tmp_path / "p.png")
+    loaded = load_image(tmp_path / "p.png")
+    assert loaded.image.shape == (40, 50, 3) and "palette" in loaded.notes
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    arr = np.zeros((40, 60, 3), dtype=np.uint8)
+    arr[:5, :5] = 255  # white top-left corner in the stored pixels
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "e.jpg", exif=exif.tobytes(), quality=100)
+    loaded = load_image(tmp_path / "e.jpg")
+    assert "exif_rotated" in loaded.notes
+    assert loaded.image.shape == (60, 40, 3)  # width and height swapped
+    assert loaded.original_size == (60, 40)
+    # After a clockwise rotation the stored top-left corner is at the top-right.
+    assert loaded.image[:5, -5:].mean() > 0.9 and loaded.image[:5, :5].mean() < 0.1
+
+
+@pytest.mark.parametrize("size", [(31, 100), (100, 20), (8, 8)])
+def test_tiny_rejected(tmp_path: Path, size: tuple[int, int]) -> None:
+    Image.fromarray(_rgb(*size)).save(tmp_path / "s.png")
+    assert _reason(tmp_path / "s.png") == "too_small"
+
+
+def test_min_side_32_accepted(tmp_path: Path) -> None:
+    Image.fromarray(_rgb(32, 32)).save(tmp_path / "s.png")
+    assert load_image(tmp_path / "s.png").image.shape == (32, 32, 3)
+
+
+def test_huge_downscaled_with_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    arr = np.zeros((40, 8200, 3), dtype=np.uint8)
+    arr[:, 4100:] = 255
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    with caplog.at_level(logging.INFO, logger="msma.data.io"):
+        loaded = load_image(tmp_path / "wide.png")
+    assert "downscaled" in loaded.notes and "larger than 8192" in caplog.text
+    assert loaded.width == 8192 and loaded.original_size == (40, 8200)
+    assert loaded.scale == pytest.approx(8192 / 8200)
+    # loaded -> original mapping: the right edge maps back to the right edge.
+    m = loaded.loaded_to_original()
+    right = m @ np.array([8192 - 0.5, 0.0, 1.0])
+    assert right[0] == pytest.approx(8200 - 0.5)
+
+
+def test_max_side_parameter(tmp_path: Path) -> None:
+    Image.fromarray(_rgb(100, 300)).save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png", max_side=150)
+    assert loaded.image.shape == (50, 150, 3)
+
+
+def test_decompression_bomb_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(_rgb(100, 100)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert _reason(tmp_path / "a.png") == "too_large"
+
+
+def test_bad_image_error_pickles() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(BadImageError("/x/y.jpg", "truncated", "half")))
+    assert err.reason == "truncated" and err.path == Path("/x/y.jpg") and err.detail == "half"
+
+
+def test_list_images(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ["b.JPG", "a.png", "sub/c.jpeg", ".hidden/d.jpg", "notes.txt", ".e.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert found == ["a.png", "b.JPG", "sub/c.jpeg"]
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        list_images(tmp_path / "missing")
