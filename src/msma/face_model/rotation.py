@@ -4,7 +4,7 @@
 ``models/bfm.py``: ``compute_rotation`` builds the same three matrices and returns ``R^T`` for its row-vector
 ``pts @ rot`` product). In the model frame (x right, y up, z towards the camera):
 
-* pitch (about x) > 0 turns the face upwards (the nose tip moves up, +y),
+* pitch (about x) > 0 turns the face downwards (the nose tip moves to -y: ``y' = cos y - sin z``),
 * yaw (about y) > 0 turns the face towards the viewer's right (the nose tip moves to +x),
 * roll (about z) > 0 rotates the image of the face counter-clockwise as seen by the camera.
 """
