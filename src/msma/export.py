@@ -2,7 +2,9 @@
 
 Vertices are written as given (msma's model frame: millimetres, x right, y up, z towards the camera, which
 Blender / MeshLab display upright with the face towards +z). Triangles must be counter-clockwise seen from
-outside (msma's convention), so viewers compute outward normals.
+outside (msma's convention), so viewers compute outward normals. Every vertex is written, also those no
+triangle uses (e.g. outside the rendered region), so vertex ``i`` of the file is vertex ``i`` of the model;
+``trimesh.load(..., process=False, maintain_order=True)`` reads them back unchanged.
 """
 
 from __future__ import annotations

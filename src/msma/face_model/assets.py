@@ -94,7 +94,11 @@ def write_cache(model_writer: Callable[[Path], None], path: Path) -> None:
     """Writes a cache file and its checksum sidecar, both atomically (the sidecar last)."""
     _atomic_write(path, model_writer)
     digest = sha256_file(path)
-    _atomic_write(_sidecar(path), lambda p: p.write_text(f"{digest}  {path.name}\n"))
+
+    def write_sidecar(tmp: Path) -> None:
+        tmp.write_text(f"{digest}  {path.name}\n")
+
+    _atomic_write(_sidecar(path), write_sidecar)
 
 
 def _download(url: str, target: Path, sha256: str) -> Path:

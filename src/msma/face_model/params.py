@@ -13,8 +13,8 @@ Conventions used everywhere in msma:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -66,7 +66,7 @@ class FaceParams:
 
     def to(self, *args: object, **kwargs: object) -> FaceParams:
         """Moves/casts every group like ``Tensor.to``."""
-        return FaceParams(**{g: t.to(*args, **kwargs) for g, t in self.items()})  # type: ignore[arg-type]
+        return FaceParams(**{g: t.to(*args, **kwargs) for g, t in self.items()})  # type: ignore[arg-type,call-overload]
 
     def detach(self) -> FaceParams:
         return FaceParams(**{g: t.detach() for g, t in self.items()})
@@ -138,6 +138,8 @@ class CoeffLayout:
                 raise ValueError(f"FaceParams.{g} has {got} coefficients, layout expects {n}")
         return torch.cat([getattr(params, g) for g in GROUPS], dim=1)
 
-    def zeros(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FaceParams:
+    def zeros(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> FaceParams:
         """All-zero coefficients: the mean face, frontal, at the origin, with Deep3D's ambient light."""
         return self.split(torch.zeros(batch, self.total, device=device, dtype=dtype))
