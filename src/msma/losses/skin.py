@@ -90,23 +90,47 @@ def rgb_to_ycbcr(image: Tensor) -> Tensor:
     return torch.einsum("ij,bjhw->bihw", m, image) + off.view(1, 3, 1, 1)
 
 
-def _gmm_log_likelihood(
-    x: Tensor,
-    weights: tuple[float, ...],
-    means: tuple[tuple[float, ...], ...],
-    cov_det: tuple[float, ...],
-    cov_inv: tuple[tuple[tuple[float, ...], ...], ...],
+#: Reference colour the quadratic forms are expanded around (keeps the monomials small).
+_CENTRE = (128.0, 128.0, 128.0)
+
+
+def _quadratic_form_weights(
+    means: tuple[tuple[float, ...], ...], cov_inv: tuple[tuple[tuple[float, ...], ...], ...]
 ) -> Tensor:
-    """log sum_k w_k N(x; mu_k, Sigma_k) for x (P, 3) -> (P,), computed in float64."""
-    mu = torch.tensor(means, dtype=torch.float64, device=x.device)  # (K, 3)
-    inv = torch.tensor(cov_inv, dtype=torch.float64, device=x.device)  # (K, 3, 3)
+    """(10, K) weights so that ``monomials(x - c) @ W`` is each component's Mahalanobis distance.
+
+    ``(x - mu)^T A (x - mu) = d^T A d - 2 (A m)^T d + m^T A m`` with ``d = x - c``, ``m = mu - c``; monomials
+    ``(d0^2, d1^2, d2^2, d0 d1, d0 d2, d1 d2, d0, d1, d2, 1)``.
+    """
+    a = torch.tensor(cov_inv, dtype=torch.float64)  # (K, 3, 3)
+    m = torch.tensor(means, dtype=torch.float64) - torch.tensor(_CENTRE, dtype=torch.float64)  # (K, 3)
+    am = torch.einsum("kij,kj->ki", a, m)
+    cols = [
+        a[:, 0, 0],
+        a[:, 1, 1],
+        a[:, 2, 2],
+        2.0 * a[:, 0, 1],
+        2.0 * a[:, 0, 2],
+        2.0 * a[:, 1, 2],
+        -2.0 * am[:, 0],
+        -2.0 * am[:, 1],
+        -2.0 * am[:, 2],
+        (am * m).sum(dim=1),
+    ]
+    return torch.stack(cols, dim=0)
+
+
+def _log_norms(weights: tuple[float, ...], cov_det: tuple[float, ...]) -> Tensor:
+    """(K,) ``log w_k - log((2 pi)^(3/2) sqrt(det Sigma_k))``."""
+    w = torch.tensor(weights, dtype=torch.float64)
     det = torch.tensor(cov_det, dtype=torch.float64)
-    log_norm = torch.log(torch.tensor(weights, dtype=torch.float64)) - 0.5 * (
-        3.0 * math.log(2.0 * math.pi) + torch.log(det)
-    )
-    d = x[:, None, :] - mu[None]  # (P, K, 3)
-    maha = torch.einsum("pki,kij,pkj->pk", d, inv, d)
-    return torch.logsumexp(-0.5 * maha + log_norm.to(x.device)[None], dim=1)
+    return torch.log(w) - 0.5 * (3.0 * math.log(2.0 * math.pi) + torch.log(det))
+
+
+_SKIN_Q = _quadratic_form_weights(_SKIN_MU, _SKIN_COV_INV)
+_NONSKIN_Q = _quadratic_form_weights(_NONSKIN_MU, _NONSKIN_COV_INV)
+_SKIN_LOGN = _log_norms(_SKIN_W, _SKIN_COV_DET)
+_NONSKIN_LOGN = _log_norms(_NONSKIN_W, _NONSKIN_COV_DET)
 
 
 @torch.no_grad()
@@ -123,9 +147,17 @@ def skin_probability(image: Tensor, prior: float = SKIN_PRIOR) -> Tensor:
     if not 0.0 < prior < 1.0:
         raise ValueError(f"skin prior must be in (0, 1), got {prior}")
     b, _, h, w = image.shape
-    ycc = rgb_to_ycbcr(image.detach().to(torch.float64)).permute(0, 2, 3, 1).reshape(-1, 3)
-    log_skin = _gmm_log_likelihood(ycc, _SKIN_W, _SKIN_MU, _SKIN_COV_DET, _SKIN_COV_INV)
-    log_non = _gmm_log_likelihood(ycc, _NONSKIN_W, _NONSKIN_MU, _NONSKIN_COV_DET, _NONSKIN_COV_INV)
+    dev = image.device
+    d = rgb_to_ycbcr(image.detach().to(torch.float64)) - torch.tensor(_CENTRE, dtype=torch.float64, device=dev).view(
+        1, 3, 1, 1
+    )
+    d = d.permute(0, 2, 3, 1).reshape(-1, 3)
+    d0, d1, d2 = d.unbind(dim=1)
+    mono = torch.stack([d0 * d0, d1 * d1, d2 * d2, d0 * d1, d0 * d2, d1 * d2, d0, d1, d2, torch.ones_like(d0)], dim=1)
+    maha = mono @ torch.cat([_SKIN_Q, _NONSKIN_Q], dim=1).to(dev)  # (P, 8): 4 skin then 4 non-skin components
+    log_comp = -0.5 * maha + torch.cat([_SKIN_LOGN, _NONSKIN_LOGN]).to(dev)
+    log_skin = torch.logsumexp(log_comp[:, :4], dim=1)
+    log_non = torch.logsumexp(log_comp[:, 4:], dim=1)
     logit = log_skin - log_non + math.log(prior) - math.log(1.0 - prior)
     prob = torch.sigmoid(logit).view(b, 1, h, w)
     return prob.to(image.dtype)
