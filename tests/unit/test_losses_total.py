@@ -147,6 +147,8 @@ def test_presets_carry_the_published_weights() -> None:
         loss_preset("nope")
     with pytest.raises(ValueError, match="w_lm"):
         LossConfig(w_lm=-1.0)
+    with pytest.raises(ValueError, match="identity_arch"):
+        LossConfig(identity_arch="r101")
 
 
 def test_skin_mask_from_batch_or_image() -> None:
@@ -223,3 +225,31 @@ def test_identity_term(tmp_path: Path) -> None:
     assert "feat" in out.terms
     assert out.terms["feat"].item() == pytest.approx(0.35 * out.raw["feat"].item(), rel=1e-6)
     assert 0.0 < out.raw["feat"].item() <= 2.0
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tmp_path: Path) -> None:
+    path = tmp_path / "backbone.pth"
+    torch.manual_seed(0)
+    torch.save(build_iresnet("r18").state_dict(), path)
+    cfg = LossConfig(use_identity=True, identity_weights=str(path), identity_arch="r18")
+    c = make_case(perfect=False, gt_params=True)
+    c_none = dataclasses.replace(c, batch=dataclasses.replace(c.batch, skin_mask=None))
+    cpu = run(FaceReconLoss(cfg), c_none)
+    dev = torch.device("cuda")
+    moved = Case(
+        batch=c_none.batch.to(dev),
+        flat=c.flat.detach().to(dev).requires_grad_(True),
+        face=FaceOutput(**{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in vars(c.face).items()}),
+        render=RenderOutput(**{k: v.to(dev) for k, v in vars(c.render).items()}),
+        skin_vertices=c.skin_vertices.to(dev),
+        rendered=c.rendered,
+        lm2d=c.lm2d,
+        albedo=c.albedo,
+    )
+    gpu = run(FaceReconLoss(cfg).to(dev), moved)
+    assert gpu.total.device.type == "cuda"
+    for name, value in cpu.raw.items():
+        assert gpu.raw[name].cpu().item() == pytest.approx(value.item(), rel=1e-3, abs=1e-5), name
+    gpu.total.backward()
+    assert moved.flat.grad is not None and torch.isfinite(moved.flat.grad).all()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+#: iresnet depths :mod:`msma.losses.identity` implements.
+IRESNET_ARCHS: tuple[str, ...] = ("r18", "r34", "r50", "r100", "r200")
+
 
 @dataclass
 class LossConfig:
@@ -70,6 +73,8 @@ class LossConfig:
             value = getattr(self, f.name)
             if f.name.startswith(("w_", "param_w_")) and not value >= 0.0:
                 raise ValueError(f"LossConfig.{f.name} must be a finite weight >= 0, got {value!r}")
+        if self.identity_arch not in IRESNET_ARCHS:
+            raise ValueError(f"LossConfig.identity_arch must be one of {IRESNET_ARCHS}, got {self.identity_arch!r}")
 
     def param_group_weights(self) -> dict[str, float]:
         """Per-group weights of the supervision term, keyed by :data:`msma.face_model.params.GROUPS` names."""

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msma.losses.config import IRESNET_ARCHS
+
 #: Blocks per stage of insightface's iresnet variants (``backbones/iresnet.py``, ``iresnet2060.py``).
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
     "r18": (2, 2, 2, 2),
@@ -29,6 +31,8 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
     "r100": (3, 13, 30, 3),
     "r200": (6, 26, 60, 6),
 }
+if tuple(IRESNET_LAYERS) != IRESNET_ARCHS:  # the config's list of valid names must follow this table
+    raise RuntimeError(f"iresnet tables disagree: {tuple(IRESNET_LAYERS)} vs {IRESNET_ARCHS}")
 
 #: insightface's ArcFace 5-point template for a 112x112 crop (``recognition/common/face_align.py``
 #: ``arcface_src``, also in Deep3D's ``util/preprocess.py``): left eye, right eye, nose tip, left and right
