@@ -12,9 +12,10 @@ import torch
 from msma.face_model import FaceModel
 from msma.face_model.albedo import ALBEDO_MODE_NAMES
 from msma.face_model.ict import (
-    EYEBALL_LEFT,
     FACE_AREA,
     ICT_ARCHIVE_NAME,
+    MOUTH_SOCKET,
+    SCLERA_LEFT,
     IctSource,
     convert_ict,
     ict_layout,
@@ -86,25 +87,30 @@ def test_source_errors(tmp_path: Path) -> None:
 
 def test_ict_units_regions_and_prior(ict_model: FaceModel) -> None:
     m = ict_model
-    assert m.n_vertices == len(kept_vertex_indices()) == (FACE_AREA[1] - FACE_AREA[0]) + 2 * 1570
+    assert m.n_vertices == len(kept_vertex_indices()) == 9409 + 2046 + 2 * 770
     assert m.layout == ict_layout()
     lm = m.mean_shape[m.landmark_idx]
     # millimetres: jaw width (0..16) ~ 147 mm, outer eye corners ~ 89 mm, nose tip in front of the eyes.
     assert 120 < float(lm[16, 0] - lm[0, 0]) < 180
     assert 80 < float(lm[45, 0] - lm[36, 0]) < 100
     assert float(lm[30, 2]) > float(lm[36:48, 2].mean()) + 20
-    # Rendered triangles: the narrow face area (< 6706) plus eyeball vertices (after the face area).
+    # Rendered triangles: the narrow face area (< 6706), the mouth socket and the eyeballs' front halves.
     used = m.tri.reshape(-1).unique()
-    eyeballs = used >= FACE_AREA[1]
-    assert int(used[~eyeballs].max()) < 6706 and int(eyeballs.sum()) > 0
+    extra = used >= FACE_AREA[1]
+    assert int(used[~extra].max()) < 6706
+    n_mouth = MOUTH_SOCKET[1] - MOUTH_SOCKET[0]
+    mouth = (used >= FACE_AREA[1]) & (used < FACE_AREA[1] + n_mouth)
+    eyes = used >= FACE_AREA[1] + n_mouth
+    assert int(mouth.sum()) == n_mouth and 0 < int(eyes.sum()) < 2 * 770
     # tri is a subset of mesh_tri
     mesh_set = {tuple(t) for t in m.mesh_tri.tolist()}
     assert all(tuple(t) in mesh_set for t in m.tri[:: max(1, len(m.tri) // 500)].tolist())
-    # Eyeballs are not skin; the cheeks are.
-    eye_vertices = torch.arange(FACE_AREA[1], m.n_vertices)
-    assert float(m.skin_mask[eye_vertices].max()) == 0.0
+    # Eyeballs and the mouth interior are not skin; the cheeks are.
+    assert float(m.skin_mask[FACE_AREA[1] :].max()) == 0.0
     assert float(m.skin_mask[m.landmark_idx[[1, 15, 29]]].min()) > 0.9
-    assert float(m.uv.min()) >= 0.0 and float(m.uv.max()) <= 1.0  # type: ignore[union-attr]
+    # The face area's UVs lie in the first UV tile (other regions use other UDIM tiles upstream).
+    face_uv = m.uv[: FACE_AREA[1]]  # type: ignore[index]
+    assert float(face_uv.min()) >= 0.0 and float(face_uv.max()) <= 1.0
     # Identity modes come pre-scaled by their stds (decreasing RMS), coefficients ~N(0, 1).
     rms = m.id_basis.square().sum(1).mean(0).sqrt()
     assert float(rms[0]) > 2.0 and float(rms[0]) > 10 * float(rms[-1])
@@ -122,9 +128,15 @@ def test_albedo_prior_plausible(ict_model: FaceModel) -> None:
     skin = mean[m.landmark_idx[1]]
     lip = mean[m.landmark_idx[62]]
     assert float(lip[0] - lip[1]) > float(skin[0] - skin[1])  # lips redder than cheeks
-    iris = mean[torch.arange(22221, 23021) - EYEBALL_LEFT[0] + FACE_AREA[1]]
-    sclera = mean[FACE_AREA[1] : FACE_AREA[1] + 100]
-    assert float(iris.mean()) < float(sclera.mean())
+    # The left eyeball: an iris/pupil cap (dark) in front, sclera (bright) elsewhere.
+    start = FACE_AREA[1] + MOUTH_SOCKET[1] - MOUTH_SOCKET[0]
+    ball = torch.arange(start, start + SCLERA_LEFT[1] - SCLERA_LEFT[0])
+    lum = mean[ball].mean(-1)
+    assert float(lum.min()) < 0.1 and float(lum.max()) > 0.7
+    front = m.mean_shape[ball, 2] > m.mean_shape[ball, 2].mean()
+    centre = m.mean_shape[ball, :2].mean(0)
+    on_axis = front & ((m.mean_shape[ball, :2] - centre).norm(dim=-1) < 1.5)
+    assert float(lum[on_axis].max()) < 0.1  # pupil
     g = torch.Generator().manual_seed(0)
     samples = m.albedo(torch.randn(64, m.layout.n_tex, generator=g))
     inside = ((samples >= 0) & (samples <= 1)).float().mean()

@@ -10,7 +10,8 @@ Components (``ALBEDO_MODE_NAMES``):
 
 * mean: a uniform skin colour (close to the average of BFM09's mean texture, /255 as Deep3D uses it), blended
   towards a lip colour inside the outer-lip polygon, a brow colour along the brow landmarks, and sclera / iris /
-  pupil colours on the eyeballs;
+  pupil colours on the eyeballs (the iris is painted on the eyeball's front cap), a dark red on the mouth
+  interior;
 * global skin colour: brightness (multiplicative, the dominant melanin axis), redness (haemoglobin),
   yellowness;
 * low-frequency spatial variation of skin luminance and redness: the 5 polynomials of degree 1..2 in the
@@ -35,6 +36,10 @@ BROW_RGB = (0.30, 0.22, 0.17)
 SCLERA_RGB = (0.78, 0.74, 0.70)
 IRIS_RGB = (0.30, 0.20, 0.12)
 PUPIL_RGB = (0.04, 0.04, 0.04)
+MOUTH_RGB = (0.35, 0.12, 0.12)
+#: Limbus (iris) and pupil radii in mm (adult iris diameter ~11.7 mm; pupil 3-5 mm in daylight).
+IRIS_RADIUS_MM = 5.85
+PUPIL_RADIUS_MM = 2.0
 
 ALBEDO_MODE_NAMES: tuple[str, ...] = (
     "skin_brightness",
@@ -126,8 +131,8 @@ def build_albedo_prior(
     vertices: np.ndarray,
     tri: np.ndarray,
     landmark_idx: np.ndarray,
-    sclera_idx: np.ndarray,
-    iris_groups: Sequence[np.ndarray],
+    eyeball_groups: Sequence[np.ndarray] = (),
+    mouth_idx: np.ndarray | None = None,
 ) -> AlbedoPrior:
     """Builds the albedo prior described in the module docstring on a given mesh.
 
@@ -135,8 +140,10 @@ def build_albedo_prior(
         vertices: (N, 3) mean shape in mm, model frame (x right, y up, z towards the camera), frontal.
         tri: (F, 3) all triangles of the mesh (for smoothing the region masks along the surface).
         landmark_idx: (68,) iBUG/Multi-PIE landmark vertex indices.
-        sclera_idx: vertex indices of the eyeball whites (empty if the mesh has no eyeballs).
-        iris_groups: one index array per iris (the pupil is the inner part of each).
+        eyeball_groups: one index array per eyeball surface (sphere-like, looking along +z); its front cap
+            within :data:`IRIS_RADIUS_MM` of the eye axis gets the iris colour, within
+            :data:`PUPIL_RADIUS_MM` the pupil colour, the rest the sclera colour.
+        mouth_idx: vertex indices of the mouth interior (dark, not skin), or None.
 
     Returns:
         :class:`AlbedoPrior` with ``len(ALBEDO_MODE_NAMES)`` modes.
@@ -148,17 +155,20 @@ def build_albedo_prior(
     skin_rgb, lip_rgb, brow_rgb = np.array(SKIN_RGB), np.array(LIP_RGB), np.array(BROW_RGB)
 
     eye = np.zeros(n, dtype=bool)
-    eye[np.asarray(sclera_idx, dtype=np.int64)] = True
     iris = np.zeros(n)
     pupil = np.zeros(n)
-    for group in iris_groups:
+    for group in eyeball_groups:
         g = np.asarray(group, dtype=np.int64)
         eye[g] = True
-        centre = v[g, :2].mean(axis=0)
-        r = np.linalg.norm(v[g, :2] - centre, axis=1)
-        iris[g] = 1.0
-        pupil[g] = (r < 0.42 * r.max()).astype(np.float64)
-    face = (~eye).astype(np.float64)
+        centre = v[g].mean(axis=0)
+        r = np.linalg.norm(v[g, :2] - centre[:2], axis=1)
+        front = v[g, 2] > centre[2]
+        iris[g] = (front & (r < IRIS_RADIUS_MM)).astype(np.float64)
+        pupil[g] = (front & (r < PUPIL_RADIUS_MM)).astype(np.float64)
+    mouth = np.zeros(n, dtype=bool)
+    if mouth_idx is not None:
+        mouth[np.asarray(mouth_idx, dtype=np.int64)] = True
+    face = (~eye & ~mouth).astype(np.float64)
 
     eye_l, eye_r = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)
     d_eye = float(np.linalg.norm(eye_l - eye_r))
@@ -193,6 +203,7 @@ def build_albedo_prior(
     brow_blend = 0.7 * brows_soft[:, None]
     mean = mean * (1 - brow_blend) + brow_rgb * brow_blend
     mean[eye] = SCLERA_RGB
+    mean[mouth] = MOUTH_RGB
     iris_col = np.array(IRIS_RGB) * (1 - pupil[:, None]) + np.array(PUPIL_RGB) * pupil[:, None]
     mean = np.where(iris[:, None] > 0, iris_col, mean)
 
@@ -203,26 +214,26 @@ def build_albedo_prior(
     hx = 0.5 * (lm[0:17, 0].max() - lm[0:17, 0].min())
     y0 = 0.5 * (lm[17:27, 1].max() + lm[8, 1])
     hy = 0.5 * (lm[17:27, 1].max() - lm[8, 1])
-    u = np.clip((v[:, 0] - x0) / hx, -1.5, 1.5)
-    t = np.clip((v[:, 1] - y0) / hy, -1.5, 1.5)
+    u = np.clip((v[:, 0] - x0) / hx, -1.2, 1.2)
+    t = np.clip((v[:, 1] - y0) / hy, -1.2, 1.2)
     polys = np.stack([u, t, u * t, 0.5 * (3 * u * u - 1), 0.5 * (3 * t * t - 1)], axis=1)
     spatial = _orthonormal_columns(polys, skin_w) * face[:, None]
 
-    red_dir = np.array([0.8, -0.45, -0.4])
-    yellow_dir = np.array([0.35, 0.3, -0.9])
+    red_dir = np.array([0.8, -0.4, -0.25])
+    yellow_dir = np.array([0.3, 0.25, -0.9])
     modes: list[np.ndarray] = [
-        0.18 * mean * face[:, None] * (1 - iris[:, None]),  # skin brightness (melanin axis), multiplicative
-        0.035 * face[:, None] * red_dir,
-        0.025 * face[:, None] * yellow_dir,
+        0.18 * mean * face[:, None],  # skin brightness (melanin axis), multiplicative
+        0.018 * face[:, None] * red_dir,
+        0.02 * face[:, None] * yellow_dir,
     ]
     modes += [0.03 * spatial[:, k, None] * skin_rgb for k in range(spatial.shape[1])]
-    modes += [0.015 * spatial[:, k, None] * red_dir for k in range(spatial.shape[1])]
+    modes += [0.008 * spatial[:, k, None] * red_dir for k in range(spatial.shape[1])]
     modes += [
         0.05 * lips_soft[:, None] * np.array([0.6, -0.5, -0.3]),
         -0.08 * lips_soft[:, None] * lip_rgb,
         -0.12 * brows_soft[:, None] * skin_rgb,
         -0.06 * stubble[:, None] * np.array([1.0, 0.95, 0.8]),
-        0.04 * cheek[:, None] * red_dir,
+        0.03 * cheek[:, None] * red_dir,
         0.12 * (iris * (1 - pupil))[:, None] * np.array([1.0, 1.0, 1.0]),
         0.08 * (iris * (1 - pupil))[:, None] * np.array([-0.7, 0.1, 1.0]),
     ]

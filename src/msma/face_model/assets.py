@@ -17,13 +17,14 @@ Deep3D's ``BFM_model_front.mat`` (or the files Deep3D converts it from), see :mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from msma.face_model.camera import PerspectiveCamera
@@ -34,7 +35,7 @@ ENV_HOME = "MSMA_HOME"
 ENV_MIRROR = "MSMA_ASSET_MIRROR"
 ENV_BFM_DIR = "MSMA_BFM_DIR"
 #: Version of the ICT conversion recipe; bump when :func:`convert_ict` changes its output.
-ICT_RECIPE_VERSION = 1
+ICT_RECIPE_VERSION = 2
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
@@ -166,6 +167,34 @@ def build_ict_cache(
     path = ict_cache_path()
     if not force and cache_is_valid(path):
         return path
+    with _build_lock(path):
+        # Another process may have finished the same conversion while this one waited for the lock.
+        if not force and cache_is_valid(path):
+            return path
+        return _convert_into_cache(path, source, progress)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``) on ``<path>.lock`` so concurrent processes convert once.
+
+    Where ``fcntl`` is unavailable (Windows) the conversion simply runs; the atomic writes keep it safe.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _convert_into_cache(path: Path, source: Path | None, progress: Callable[[str], None] | None) -> Path:
     src = Path(source) if source is not None else find_ict_archive()
     if source is not None and Path(source).is_file() and sha256_file(Path(source)) != ICT_ARCHIVE_SHA256:
         if progress:

@@ -22,15 +22,19 @@ Conversions:
 
 Regions kept (vertex ranges of the upstream README, half-open here):
 
-* **kept vertices**: the full face area ``[0, 9409)`` (face, ears, front of the neck) and both eyeballs
-  ``[21451, 24591)``; N = 12549. Back of the head, mouth socket, gums, teeth, eye sockets, lacrimal, blend,
-  occlusion and eyelash meshes are dropped.
+* **kept vertices** (N = 12995, in upstream order): the full face area ``[0, 9409)`` (face, ears, front of the
+  neck), the mouth socket ``[11248, 13294)`` and both sclera meshes ``[21451, 22221)``, ``[23021, 23791)`` (the
+  outer eyeball surfaces). Back of the head, gums, tongue, teeth, eye sockets, the inner iris meshes (hidden
+  inside the sclera shells, which carry the cornea), lacrimal, blend, occlusion and eyelash meshes are dropped.
 * **rendered triangles** (``tri``): the *narrow face area* ``[0, 6706)`` (forehead to chin, cheek to cheek: the
   region Deep3D renders from BFM's front face; ears, neck and the hairline are left out because hair and
-  clothing cover them in photos and they carry no identity signal the losses can use) plus the front
-  hemispheres of the eyeballs, so the eye openings of the face mesh show eyes rather than the background.
-* The **mouth interior** is not rendered: an open mouth shows through (the rasteriser leaves those pixels
-  uncovered, so the photometric loss ignores teeth and tongue it could not model anyway).
+  clothing cover them in photos and they carry little identity signal), the front hemispheres of the
+  eyeballs (the iris is painted on their cornea cap by the albedo prior) so the eye openings show eyes rather
+  than the background, and the mouth socket, so an open mouth shows a dark interior instead of a hole.
+  Teeth and tongue are not modelled (their pixels are part of the mouth interior).
+* ``uv``: the upstream texture coordinates, one per vertex (at UV seams the first corner's); the face area
+  uses the [0, 1] tile, the mouth socket and the eyeballs lie in other UDIM tiles as upstream.
+* ``skin_mask`` is 0 on the eyeballs and the mouth interior, soft 0..1 at lips and brows, 1 on other skin.
 """
 
 from __future__ import annotations
@@ -62,10 +66,10 @@ CM_TO_MM = 10.0
 N_VERTICES_ALL = 26719
 FACE_AREA = (0, 9409)
 NARROW_FACE_AREA = (0, 6706)
-EYEBALL_LEFT = (21451, 23021)
-EYEBALL_RIGHT = (23021, 24591)
-IRIS_LEFT = (22221, 23021)
-IRIS_RIGHT = (23791, 24591)
+MOUTH_SOCKET = (11248, 13294)
+#: Sclera meshes: the outer eyeball surfaces (incl. the cornea cap); the separate iris meshes lie inside them.
+SCLERA_LEFT = (21451, 22221)
+SCLERA_RIGHT = (23021, 23791)
 N_IDENTITIES = 100
 N_EXPRESSIONS = 53
 
@@ -229,8 +233,9 @@ def parse_readme_landmarks(readme: str, source: str = "README.md") -> np.ndarray
 
 # ------------------------------------------------------------------------------------------------- converter
 def kept_vertex_indices() -> np.ndarray:
-    """Upstream indices of the kept vertices: full face area, then left and right eyeballs (N = 12549)."""
-    return np.concatenate([np.arange(*FACE_AREA), np.arange(EYEBALL_LEFT[0], EYEBALL_RIGHT[1])])
+    """Upstream indices of the kept vertices, ascending: full face area, mouth socket, left and right sclera
+    (N = 9409 + 2046 + 770 + 770 = 12995)."""
+    return np.concatenate([np.arange(*r) for r in (FACE_AREA, MOUTH_SOCKET, SCLERA_LEFT, SCLERA_RIGHT)])
 
 
 def _select_triangles(tri: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -317,8 +322,10 @@ def convert_ict(
     mesh_tri_up = _select_triangles(topo.tri, keep)
     narrow = np.zeros(N_VERTICES_ALL, dtype=bool)
     narrow[NARROW_FACE_AREA[0] : NARROW_FACE_AREA[1]] = True
-    render_parts = [_select_triangles(topo.tri, narrow)]
-    for lo, hi in (EYEBALL_LEFT, EYEBALL_RIGHT):
+    mouth = np.zeros(N_VERTICES_ALL, dtype=bool)
+    mouth[MOUTH_SOCKET[0] : MOUTH_SOCKET[1]] = True
+    render_parts = [_select_triangles(topo.tri, narrow), _select_triangles(topo.tri, mouth)]
+    for lo, hi in (SCLERA_LEFT, SCLERA_RIGHT):
         ball = np.zeros(N_VERTICES_ALL, dtype=bool)
         ball[lo:hi] = True
         ball_tri = _select_triangles(topo.tri, ball)
@@ -338,11 +345,8 @@ def convert_ict(
     landmark_idx = remap[landmarks]
     if (landmark_idx < 0).any():
         raise ValueError("ICT landmark vertices fall outside the kept region")
-    sclera = np.concatenate(
-        [remap[np.arange(EYEBALL_LEFT[0], IRIS_LEFT[0])], remap[np.arange(EYEBALL_RIGHT[0], IRIS_RIGHT[0])]]
-    )
-    irises = [remap[np.arange(*IRIS_LEFT)], remap[np.arange(*IRIS_RIGHT)]]
-    prior = build_albedo_prior(mean_shape, mesh_tri, landmark_idx, sclera, irises)
+    eyeballs = [remap[np.arange(*SCLERA_LEFT)], remap[np.arange(*SCLERA_RIGHT)]]
+    prior = build_albedo_prior(mean_shape, mesh_tri, landmark_idx, eyeballs, remap[np.arange(*MOUTH_SOCKET)])
     say(f"built albedo prior ({len(prior.names)} modes) in {time.perf_counter() - t0:.1f} s total")
 
     return FaceModelArrays(
