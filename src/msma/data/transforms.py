@@ -190,7 +190,7 @@ class FaceAugment:
 
         img_np = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy().astype(np.float32))
         lm = sample.landmarks.detach().cpu().numpy().astype(np.float64)
-        nan_rows: np.ndarray = np.isnan(lm).any(axis=1)
+        nan_rows = np.asarray(np.isnan(lm).any(axis=1), dtype=bool)
         lm_in = np.where(nan_rows[:, None], 0.0, lm)
         # Three reference points recover the exact affine map the pipeline applied (flip included).
         ref = np.array([[0.0, 0.0], [s - 1.0, 0.0], [0.0, s - 1.0]])

@@ -1,0 +1,238 @@
+"""SyntheticFaceDataset: determinism, cache round trip and repair, ground-truth consistency, pose distribution."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msma.data.batch import collate_samples
+from msma.data.synthetic import (
+    SamplingSettings,
+    SyntheticFaceDataset,
+    _sample_params,
+    procedural_background,
+    sample_params,
+    sample_pose,
+    sample_seed,
+    visible_landmarks,
+)
+from msma.render.renderer import MeshRenderer
+
+S = 64
+
+
+def _dataset(model, n: int = 6, **kw) -> SyntheticFaceDataset:  # type: ignore[no-untyped-def]
+    kw.setdefault("image_size", S)
+    kw.setdefault("progress", False)
+    return SyntheticFaceDataset(model, n, **kw)
+
+
+def _assert_same(a, b, image_tol: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+    assert a.source == b.source
+    assert torch.equal(a.params, b.params)
+    torch.testing.assert_close(a.landmarks, b.landmarks, rtol=0, atol=1e-3)
+    diff = (a.image - b.image).abs()
+    assert float(diff.max()) <= image_tol + 1e-6
+    assert float((diff > 0).float().mean()) <= (0.01 if image_tol > 0 else 0.0)
+    assert float((a.skin_mask - b.skin_mask).abs().max()) <= image_tol + 1e-6
+
+
+def test_sample_is_deterministic_by_seed_and_index(ict_model) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 6, seed=3)
+    first = [ds[i] for i in (4, 1)]
+    again = _dataset(ict_model, 50, seed=3)  # another length, another access order
+    _assert_same(again[1], first[1])
+    _assert_same(again[4], first[0])
+    other = _dataset(ict_model, 6, seed=4)[4]
+    assert not torch.equal(other.params, first[0].params)
+    assert not torch.equal(first[0].params, first[1].params)
+    assert float((first[0].image - first[1].image).abs().mean()) > 0.02
+    assert first[0].source == "synthetic:3:4"
+    assert sample_seed(3, 4) != sample_seed(4, 3) and sample_seed(3, 4) == sample_seed(3, 4)
+
+
+def test_sample_contents_are_consistent_ground_truth(ict_model) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 4, seed=0)
+    s = ds[2]
+    layout = ict_model.layout
+    assert s.image.shape == (3, S, S) and s.image.dtype == torch.float32
+    assert 0.0 <= float(s.image.min()) and float(s.image.max()) <= 1.0
+    assert s.params is not None and s.params.shape == (layout.total,)
+    assert s.landmarks.shape == (68, 2) and torch.isfinite(s.landmarks).all()
+    assert torch.equal(s.crop_to_image, torch.eye(3))
+    assert s.skin_mask is not None and s.skin_mask.shape == (1, S, S)
+    assert 0.05 < float(s.skin_mask.mean()) < 0.9
+    params = layout.split(s.params[None])
+    assert math.isclose(s.yaw, math.degrees(float(params.angles[0, 1])), abs_tol=1e-4)
+    with torch.no_grad():
+        face = ict_model(params, S)
+    torch.testing.assert_close(s.landmarks, face.landmarks_2d[0], rtol=0, atol=1e-3)
+    assert s.vertices is not None
+    torch.testing.assert_close(s.vertices, face.vertices[0], rtol=0, atol=1e-3)
+    exp = params.exp[0]
+    assert float(exp.min()) >= 0.0 and float(exp.max()) <= 1.0  # ICT blendshape weights
+    batch = collate_samples([ds[0], s])
+    assert batch.params is not None and batch.params.shape == (2, layout.total) and bool(batch.params_valid.all())
+    assert batch.vertices is not None and batch.skin_mask is not None
+
+
+def test_landmarks_land_on_the_rendered_face(ict_model) -> None:  # type: ignore[no-untyped-def]
+    size = 96
+    ds = _dataset(ict_model, 12, seed=7, image_size=size, extreme_yaw_fraction=0.3)
+    samples = [ds[i] for i in range(12)]
+    params = ict_model.layout.split(torch.stack([s.params for s in samples]))
+    with torch.no_grad():
+        face = ict_model(params, size)
+        out = MeshRenderer(backend="torch").render(face, ict_model.tri_int32)
+    lm = torch.stack([s.landmarks for s in samples])
+    depth = ict_model.camera.depth(face.landmarks_3d)
+    vis = visible_landmarks(lm, depth, out.depth, out.mask)
+    assert int(vis.sum()) > 0.8 * vis.numel() * 0.8  # most are visible
+    j = lm[..., 0].round().long().clamp(0, size - 1)
+    i = lm[..., 1].round().long().clamp(0, size - 1)
+    bi = torch.arange(len(samples))[:, None].expand_as(j)
+    on_face = out.mask[bi, 0, i, j] > 0.5
+    assert bool(on_face[vis].all())
+    # the stored skin mask is where the face was rendered
+    skin = torch.stack([s.skin_mask for s in samples])  # type: ignore[misc]
+    assert float(skin[out.mask < 0.5].max()) <= 1.0 / 255 + 1e-6
+    # the composite shows the render where the face covers the pixel (up to uint8 rounding and sensor noise)
+    img = torch.stack([s.image for s in samples])
+    full = (out.mask > 0.999).expand_as(img)
+    assert float((img[full] - out.image.clamp(0, 1)[full]).abs().mean()) < 0.03
+
+
+def test_cache_round_trip_equals_on_the_fly(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cached = _dataset(ict_model, 5, seed=1, cache_dir=tmp_path, shard_size=3, render_batch=2)
+    assert cached.ensure_generated() == 2
+    assert cached.ensure_generated() == 0  # nothing left to do
+    root = tmp_path / cached.cache_key()
+    assert sorted(p.name for p in root.iterdir()) == ["settings.json", "shard_00000", "shard_00001"]
+    images = np.load(root / "shard_00000" / "images.npy")
+    assert images.dtype == np.uint8 and images.shape == (3, S, S, 3)
+    fly = _dataset(ict_model, 5, seed=1)
+    for i in range(5):
+        _assert_same(cached[i], fly[i], image_tol=1.0 / 255)
+    # a larger dataset with the same settings reuses the cache; the short last shard is regenerated bigger
+    bigger = _dataset(ict_model, 6, seed=1, cache_dir=tmp_path, shard_size=3, render_batch=3)
+    assert bigger.cache_key() == cached.cache_key()
+    assert bigger.ensure_generated() == 1
+    _assert_same(bigger[4], cached[4], image_tol=1.0 / 255)
+    # other settings -> another cache directory
+    assert _dataset(ict_model, 5, seed=1, cache_dir=tmp_path, max_yaw_deg=30).cache_key() != cached.cache_key()
+    # workers receive a picklable dataset without open memory maps
+    clone = pickle.loads(pickle.dumps(cached))
+    _assert_same(clone[2], cached[2])
+
+
+def test_half_written_shard_is_detected_and_regenerated(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 4, seed=2, cache_dir=tmp_path, shard_size=2, render_batch=2)
+    ds.ensure_generated()
+    before = [ds[i] for i in range(4)]
+    root = tmp_path / ds.cache_key()
+    # 1) truncated file (a copy or write cut short), 2) a shard without its completion record,
+    # 3) a leftover temporary directory of an interrupted writer
+    images = root / "shard_00000" / "images.npy"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    (root / "shard_00001" / "done.json").unlink()
+    (root / ".tmp_shard_00001_x").mkdir()
+    fresh = _dataset(ict_model, 4, seed=2, cache_dir=tmp_path, shard_size=2, render_batch=2)
+    assert not fresh.shard_is_valid(0) and not fresh.shard_is_valid(1)
+    assert fresh.ensure_generated() == 2
+    assert fresh.shard_is_valid(0) and fresh.shard_is_valid(1)
+    for i in range(4):
+        _assert_same(fresh[i], before[i])
+    # a flipped byte with the size intact is caught by the hash check
+    data = bytearray(images.read_bytes())
+    data[-10] ^= 0xFF
+    images.write_bytes(bytes(data))
+    assert fresh.shard_is_valid(0, check_hashes=False) and not fresh.shard_is_valid(0)
+    assert fresh.ensure_generated() == 1
+    done = json.loads((root / "shard_00000" / "done.json").read_text())
+    assert done["count"] == 2 and set(done["files"]) == {"images.npy", "skin.npy", "params.npy", "landmarks.npy"}
+
+
+def test_missing_shard_is_generated_on_access(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 3, seed=5, cache_dir=tmp_path, shard_size=2)
+    s = ds[2]  # no ensure_generated(): the shard is written on first access
+    assert ds.shard_is_valid(1) and not ds.shard_is_valid(0)
+    _assert_same(s, _dataset(ict_model, 3, seed=5)[2], image_tol=1.0 / 255)
+    with pytest.raises(IndexError):
+        ds.raw(3)
+
+
+def test_yaw_distribution_respects_limits() -> None:
+    settings = SamplingSettings(max_yaw_deg=50.0, extreme_yaw_fraction=0.2)
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    angles = torch.rad2deg(sample_pose(gen, n, settings))
+    yaw = angles[:, 1]
+    assert float(yaw.abs().max()) <= 90.0 + 1e-6
+    extreme = yaw.abs() > 50.0
+    assert abs(float(extreme.float().mean()) - 0.2) < 0.015
+    inner = yaw[~extreme]
+    hist = torch.histc(inner, bins=10, min=-50.0, max=50.0) / inner.numel()
+    assert float(hist.min()) > 0.08 and float(hist.max()) < 0.12  # uniform within +-max_yaw
+    assert abs(float((yaw[extreme] > 0).float().mean()) - 0.5) < 0.05  # both sides
+    assert float(angles[:, 0].abs().max()) <= settings.max_pitch_deg + 1e-6
+    assert float(angles[:, 2].abs().max()) <= settings.max_roll_deg + 1e-6
+    assert abs(float(angles[:, 0].std()) - 10.0) < 1.0
+    none = torch.rad2deg(
+        sample_pose(torch.Generator().manual_seed(1), 5000, SamplingSettings(extreme_yaw_fraction=0.0))
+    )
+    assert float(none[:, 1].abs().max()) <= 60.0
+
+
+def test_sample_params_prior_and_expression_structure(ict_model) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(0)
+    p = sample_params(ict_model, 300, gen, id_scale=1.0)
+    layout = ict_model.layout
+    assert (
+        p.id.shape == (300, layout.n_id) and p.exp.shape == (300, layout.n_exp) and p.tex.shape == (300, layout.n_tex)
+    )
+    assert abs(float(p.id.std()) - 1.0) < 0.1 and float(p.id.abs().max()) <= 3.0 + 1e-5
+    names = ict_model.exp_names
+    exp = p.exp
+    assert float(exp.min()) >= 0.0 and float(exp.max()) <= 1.0
+    active = (exp > 0).sum(1)
+    assert float(active.float().mean()) < 0.35 * len(names)  # sparse
+    assert float((active == 0).float().mean()) < 0.2
+    col = {n: i for i, n in enumerate(names)}
+    assert not bool(((exp[:, col["jawLeft"]] > 0) & (exp[:, col["jawRight"]] > 0)).any())
+    assert not bool(((exp[:, col["eyeBlink_L"]] > 0) & (exp[:, col["eyeWide_L"]] > 0)).any())
+    assert bool((exp[:, col["mouthClose"]] <= exp[:, col["jawOpen"]] + 1e-6).all())
+    # gaze is conjugate: the left eye looking out goes with the right eye looking in
+    assert torch.equal(exp[:, col["eyeLookOut_L"]] > 0, exp[:, col["eyeLookIn_R"]] > 0)
+    assert not bool(((exp[:, col["eyeLookOut_L"]] > 0) & (exp[:, col["eyeLookIn_L"]] > 0)).any())
+    # light: Deep3D layout, modest deviations from the default ambient
+    sh = p.sh.view(300, 3, 9)
+    assert float(sh[:, :, 0].abs().max()) < 0.8 and float(sh.abs().max()) < 1.5
+    assert float(p.trans[:, 2].abs().max()) <= 80.0 + 1e-4 and float(p.trans[:, :2].abs().max()) <= 20.0 + 1e-4
+    # one generator per sample reproduces the same draws
+    a = _sample_params(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
+    b = _sample_params(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.items(), b.items()))
+
+
+def test_procedural_backgrounds_vary_and_are_deterministic() -> None:
+    bgs = [procedural_background(48, torch.Generator().manual_seed(k)) for k in range(12)]
+    assert all(b.shape == (3, 48, 48) and float(b.min()) >= 0 and float(b.max()) <= 1 for b in bgs)
+    assert torch.equal(bgs[3], procedural_background(48, torch.Generator().manual_seed(3)))
+    means = torch.stack([b.mean((1, 2)) for b in bgs])
+    assert float(means.std(0).mean()) > 0.05  # different colours
+    assert float(torch.stack([b.std() for b in bgs]).max()) > 0.05  # some texture
+
+
+def test_bad_arguments_are_rejected(ict_model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError, match="unknown sampling settings"):
+        SyntheticFaceDataset(ict_model, 4, max_yaw=30)
+    with pytest.raises(ValueError, match="max_yaw_deg"):
+        SyntheticFaceDataset(ict_model, 4, max_yaw_deg=120)
+    with pytest.raises(ValueError, match="num_samples"):
+        SyntheticFaceDataset(ict_model, -1)
