@@ -1,0 +1,211 @@
+"""FaceReconModule orchestration: losses flow to the encoder only, non-finite steps are skipped and counted,
+checkpoints hold the encoder and the config, pictures are drawn where the landmarks are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from msma.builders import build_loss, build_renderer
+from msma.data.batch import FaceBatch, FaceSample, collate_samples
+from msma.losses.config import LossConfig
+from msma.models import build_encoder
+from msma.module import CONFIG_KEY, FaceReconModule, OptimSettings, landmark_nme, vertex_error_mm
+from msma.viz import PRED_COLOR, TARGET_COLOR, make_grid
+
+SIZE = 64
+
+
+def _gt_batch(face_model: Any, renderer: nn.Module, n: int = 2, seed: int = 0) -> FaceBatch:
+    """Faces rendered from known coefficients over a grey background, with every ground truth filled in."""
+    g = torch.Generator().manual_seed(seed)
+    layout = face_model.layout
+    p = layout.zeros(n)
+    p = p.replace(
+        id=torch.randn(n, layout.n_id, generator=g) * 0.7,
+        tex=torch.randn(n, layout.n_tex, generator=g) * 0.5,
+        angles=torch.randn(n, 3, generator=g) * 0.15,
+        trans=torch.randn(n, 3, generator=g) * 8.0,
+    )
+    with torch.no_grad():
+        face = face_model(p, image_size=SIZE)
+        r = renderer.render(face, face_model.tri)
+    image = r.image * r.mask + 0.4 * (1 - r.mask)
+    flat = layout.join(p)
+    samples = [
+        FaceSample(
+            image=image[i],
+            landmarks=face.landmarks_2d[i],
+            crop_to_image=torch.eye(3),
+            params=flat[i],
+            vertices=face.vertices[i],
+            skin_mask=r.mask[i],
+            source=f"test:{i}",
+        )
+        for i in range(n)
+    ]
+    return collate_samples(samples)
+
+
+@pytest.fixture(scope="module")
+def parts(ict_model: Any) -> tuple[Any, nn.Module]:
+    return ict_model, build_renderer("torch")
+
+
+def _module(face_model: Any, renderer: nn.Module, loss: nn.Module | None = None, **cfg: Any) -> FaceReconModule:
+    torch.manual_seed(0)
+    enc = build_encoder("deep3d_r50", face_model.layout, backbone="resnet18", pretrained=False)
+    return FaceReconModule(
+        encoder=enc,
+        face_model=face_model,
+        renderer=renderer,
+        loss=loss if loss is not None else build_loss(LossConfig()),
+        optim=OptimSettings(lr=1e-3),
+        config={"name": "unit", **cfg},
+    )
+
+
+def test_gradients_reach_the_encoder_only(parts: tuple[Any, nn.Module]) -> None:
+    fm, renderer = parts
+    module = _module(fm, renderer)
+    batch = _gt_batch(fm, renderer)
+    loss = module.training_step(batch, 0)
+    assert loss is not None and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in module.encoder.parameters() if p.requires_grad]
+    # Zero-initialised heads: their gradients are non-zero, the trunk's are zero until the heads move.
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    assert all(not p.requires_grad for p in fm.parameters())
+    opt = module.configure_optimizers()["optimizer"]
+    assert {id(p) for group in opt.param_groups for p in group["params"]} == {
+        id(p) for p in module.encoder.parameters()
+    }
+
+
+def _identity(x: FaceBatch) -> FaceBatch:
+    return x
+
+
+class _NaNLoss(nn.Module):
+    """Wraps a loss and makes its total NaN on chosen calls."""
+
+    def __init__(self, inner: nn.Module, bad_calls: set[int]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.bad_calls = bad_calls
+        self.calls = 0
+
+    def forward(self, *args: Any) -> Any:
+        out = self.inner(*args)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            return type(out)(total=out.total * float("nan"), terms=out.terms, raw=out.raw)
+        return out
+
+
+def _fit(module: FaceReconModule, batches: list[FaceBatch], root: Any) -> Any:
+    from lightning.pytorch import Trainer
+
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, collate_fn=_identity))
+    return trainer
+
+
+def test_nonfinite_loss_is_skipped_and_counted(parts: tuple[Any, nn.Module], tmp_path: Any) -> None:
+    fm, renderer = parts
+    batch = _gt_batch(fm, renderer, n=2)
+    # A NaN loss on the only step: no backward, no update at all.
+    module = _module(fm, renderer, loss=_NaNLoss(build_loss(LossConfig()), bad_calls={1}))
+    before = {k: v.detach().clone() for k, v in module.encoder.named_parameters()}
+    _fit(module, [batch], tmp_path)
+    assert module.nonfinite_steps == 1
+    # (BatchNorm running statistics move in the forward pass; the weights must not.)
+    assert all(torch.equal(before[k], v) for k, v in module.encoder.named_parameters())
+    # NaN on the 2nd of 3 steps: counted once, the other steps train, weights stay finite.
+    module = _module(fm, renderer, loss=_NaNLoss(build_loss(LossConfig()), bad_calls={2}))
+    _fit(module, [batch] * 3, tmp_path)
+    assert module.nonfinite_steps == 1
+    after = dict(module.encoder.named_parameters())
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_holds_encoder_and_config_only(parts: tuple[Any, nn.Module]) -> None:
+    fm, renderer = parts
+    module = _module(fm, renderer, seed=3)
+    ckpt: dict[str, Any] = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert ckpt[CONFIG_KEY] == {"name": "unit", "seed": 3}
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith("encoder.") for k in keys)
+    other = _module(fm, renderer)
+    with torch.no_grad():
+        for p in other.encoder.parameters():
+            p.add_(1.0)
+    other.on_load_checkpoint(ckpt)
+    other.load_state_dict(ckpt["state_dict"])  # strict: face model buffers were filled back in
+    for k, v in module.encoder.state_dict().items():
+        assert torch.equal(v, other.encoder.state_dict()[k])
+
+
+def test_transfer_batch_to_device_keeps_facebatch(parts: tuple[Any, nn.Module]) -> None:
+    fm, renderer = parts
+    module = _module(fm, renderer)
+    batch = _gt_batch(fm, renderer, n=1)
+    moved = module.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert isinstance(moved, FaceBatch) and moved.image.device.type == "cpu"
+
+
+def test_metrics_at_ground_truth(parts: tuple[Any, nn.Module]) -> None:
+    fm, renderer = parts
+    batch = _gt_batch(fm, renderer, n=2)
+    assert batch.vertices is not None
+    assert torch.allclose(landmark_nme(batch.landmarks, batch.landmarks), torch.zeros(2))
+    shifted = batch.landmarks + torch.tensor([3.0, 4.0])
+    box = batch.landmarks.amax(1) - batch.landmarks.amin(1)
+    expected = 5.0 / (box[:, 0] * box[:, 1]).sqrt()
+    assert torch.allclose(landmark_nme(shifted, batch.landmarks), expected, rtol=1e-4)
+    assert torch.allclose(
+        vertex_error_mm(batch.vertices + torch.tensor([0.0, 3.0, 4.0]), batch.vertices), torch.full((2,), 5.0)
+    )
+
+
+def test_validation_logs_nme_and_vertex_error(parts: tuple[Any, nn.Module]) -> None:
+    fm, renderer = parts
+    module = _module(fm, renderer).eval()
+    batch = _gt_batch(fm, renderer, n=2)
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    # The untrained module predicts the mean face: a clearly non-zero error against the posed ground truth.
+    assert float(module.val_nme.compute()) > 0.01
+    assert float(module.val_vertex_mm.compute()) > 1.0
+    assert module.last_val_example is not None
+
+
+def test_grid_draws_landmarks_where_they_are() -> None:
+    image = torch.zeros(2, 3, 32, 32)
+    rendered = torch.ones(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1.0
+    pred = torch.full((2, 68, 2), 5.0)
+    target = torch.full((2, 68, 2), 25.0)
+    grid = make_grid(image, rendered, mask, pred, target)
+    assert grid.shape == (64, 96, 3) and grid.dtype == np.uint8
+    assert (grid[16, 32 + 16] == 255).all() and (grid[2, 32 + 2] == 0).all()  # overlay panel
+    assert tuple(grid[5, 64 + 5]) == PRED_COLOR and tuple(grid[25, 64 + 25]) == TARGET_COLOR
+    assert tuple(grid[32 + 5, 64 + 5]) == PRED_COLOR
