@@ -180,7 +180,7 @@ class LabelCache:
         """The entry for an image hash, or None when missing, corrupt or stale (then it is logged)."""
         path = self.path_for(sha256)
         try:
-            raw = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -188,7 +188,9 @@ class LabelCache:
             self.invalid += 1
             return None
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("format") != CACHE_FORMAT:
                 raise ValueError(f"format {doc.get('format')!r}, expected {CACHE_FORMAT}")
             payload = doc["payload"]
@@ -353,4 +355,5 @@ def cached_labels(
         return hit, "cached"
     labels = label_image(path, sha256, backend, detector, cache.key)
     cache.put(labels)
-    return labels, "computed"
+    # Return exactly what a later read returns (stored precision), so cached and fresh runs agree.
+    return ImageLabels.from_payload(labels.payload()), "computed"

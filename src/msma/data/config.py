@@ -42,7 +42,8 @@ class DataConfig:
         cache_dir: label cache folder (None: ``$MSMA_HOME/labels/<folder>-<hash>``).
         num_samples: synthetic training samples.
         val_samples: synthetic validation samples.
-        synthetic_cache_dir: where synthetic samples are cached (None: the synthetic dataset's default).
+        synthetic_cache_dir: where synthetic samples are cached (None: rendered on the fly).
+        synthetic_renderer: renderer of synthetic generation: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
         test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
         test_root: its folder.
         aflw_crop: AFLW2000-3D crop: ``"gt_box"`` (benchmark protocol) or ``"detect"``.
@@ -67,6 +68,7 @@ class DataConfig:
     num_samples: int = 10000
     val_samples: int = 256
     synthetic_cache_dir: Optional[str] = None
+    synthetic_renderer: str = "torch"
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
     aflw_crop: str = "gt_box"
@@ -102,6 +104,7 @@ def build_datamodule(cfg: DataConfig, face_model: nn.Module | None = None) -> Fa
         num_samples=cfg.num_samples,
         val_samples=cfg.val_samples,
         synthetic_cache_dir=cfg.synthetic_cache_dir,
+        synthetic_renderer=cfg.synthetic_renderer,
         test_kind=cfg.test_kind,
         test_root=cfg.test_root,
         aflw_crop=cfg.aflw_crop,

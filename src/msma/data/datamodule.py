@@ -14,9 +14,10 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,9 +25,15 @@ from msma.data.batch import FaceSample, collate_samples
 from msma.data.datasets import AFLW2000Dataset, FolderDataset, ParamMapper, W300LPDataset, stable_split
 from msma.data.prepare import prepare_folder
 
+if TYPE_CHECKING:
+    from msma.data.synthetic import SyntheticFaceDataset
+
 log = logging.getLogger(__name__)
 
 KINDS = ("synthetic", "folder", "aflw2000_3d", "300w_lp")
+#: Seed offsets of the synthetic validation / test sets (disjoint from the training seed's samples).
+VAL_SEED_OFFSET = 1_000_003
+TEST_SEED_OFFSET = 2_000_003
 Transform = Callable[[FaceSample], FaceSample]
 
 
@@ -76,7 +83,8 @@ class FaceDataModule(L.LightningDataModule):
         cache_dir: label cache (None: the default per folder).
         num_samples: synthetic training samples.
         val_samples: synthetic validation samples.
-        synthetic_cache_dir: synthetic sample cache.
+        synthetic_cache_dir: synthetic sample cache (None: rendered on the fly in the loader workers).
+        synthetic_renderer: renderer backend of synthetic generation (``"torch"``, ``"nvdiffrast"``, ``"auto"``).
         test_kind: optional test set kind (same names as ``kind``).
         test_root: its folder.
         aflw_crop: ``"gt_box"`` or ``"detect"`` for AFLW2000-3D.
@@ -106,6 +114,7 @@ class FaceDataModule(L.LightningDataModule):
         num_samples: int = 10000,
         val_samples: int = 256,
         synthetic_cache_dir: str | None = None,
+        synthetic_renderer: str = "torch",
         test_kind: str | None = None,
         test_root: str | os.PathLike[str] | None = None,
         aflw_crop: str = "gt_box",
@@ -149,6 +158,7 @@ class FaceDataModule(L.LightningDataModule):
         self.num_samples = int(num_samples)
         self.val_samples = int(val_samples)
         self.synthetic_cache_dir = synthetic_cache_dir
+        self.synthetic_renderer = synthetic_renderer
         self.test_kind = test_kind
         self.test_root = None if test_root is None else str(test_root)
         self.aflw_crop = aflw_crop
@@ -160,7 +170,15 @@ class FaceDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
-        """Fills label caches once (Lightning: one process per node) so ranks never race on them."""
+        """Fills label caches (and the synthetic cache) once per node so ranks never race on them."""
+        if self.synthetic_cache_dir is not None:
+            specs = []
+            if self.kind == "synthetic":
+                specs += [(self.num_samples, self.seed), (self.val_samples, self.seed + VAL_SEED_OFFSET)]
+            if self.test_kind == "synthetic":
+                specs.append((self.val_samples, self.seed + TEST_SEED_OFFSET))
+            for num, seed in specs:
+                self._synthetic_dataset(num, seed).ensure_generated()
         for kind, root in ((self.kind, self.root), (self.test_kind, self.test_root)):
             if kind == "folder" and root is not None and self.landmarks != "gt":
                 run = prepare_folder(
@@ -192,16 +210,20 @@ class FaceDataModule(L.LightningDataModule):
 
         return FaceAugment(image_size=self.image_size, flip=self.flip, **self.augment_kwargs)
 
-    def _synthetic(self, num_samples: int, seed: int, transform: Transform | None) -> Dataset[FaceSample]:
+    def _synthetic_dataset(self, num_samples: int, seed: int) -> SyntheticFaceDataset:
         from msma.data.synthetic import SyntheticFaceDataset
 
-        dataset = SyntheticFaceDataset(
-            self.face_model,
+        return SyntheticFaceDataset(
+            self.face_model,  # type: ignore[arg-type]
             num_samples=num_samples,
             seed=seed,
             image_size=self.image_size,
             cache_dir=self.synthetic_cache_dir,
+            renderer_backend=self.synthetic_renderer,
         )
+
+    def _synthetic(self, num_samples: int, seed: int, transform: Transform | None) -> Dataset[FaceSample]:
+        dataset = self._synthetic_dataset(num_samples, seed)
         return TransformedSubset(dataset, range(len(dataset)), transform) if transform is not None else dataset
 
     def _real(self, kind: str, root: str) -> Dataset[FaceSample]:
@@ -234,7 +256,7 @@ class FaceDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             if self.kind == "synthetic":
                 self.train_set = self._synthetic(self.num_samples, self.seed, self._augmentation())
-                self.val_set = self._synthetic(self.val_samples, self.seed + 1_000_003, None)
+                self.val_set = self._synthetic(self.val_samples, self.seed + VAL_SEED_OFFSET, None)
             else:
                 assert self.root is not None
                 full = self._real(self.kind, self.root)
@@ -244,7 +266,7 @@ class FaceDataModule(L.LightningDataModule):
                 log.info("%s: %d training / %d validation samples", self.root, len(train_idx), len(val_idx))
         if stage in (None, "test", "predict") and self.test_set is None and self.test_kind is not None:
             if self.test_kind == "synthetic":
-                self.test_set = self._synthetic(self.val_samples, self.seed + 2_000_003, None)
+                self.test_set = self._synthetic(self.val_samples, self.seed + TEST_SEED_OFFSET, None)
             else:
                 assert self.test_root is not None
                 self.test_set = self._real(self.test_kind, self.test_root)
@@ -260,7 +282,7 @@ class FaceDataModule(L.LightningDataModule):
             drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             collate_fn=collate_samples,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
         )
 
