@@ -281,6 +281,19 @@ def test_skin_probability_matches_direct_gmm_and_separates_colours() -> None:
     assert (p.flatten()[3:] < 0.1).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_skin_probability_precision_on_random_colours(dtype: torch.dtype) -> None:
+    rgb = torch.rand(4000, 3, generator=torch.Generator().manual_seed(7))
+    image = rgb.T.reshape(1, 3, 40, 100).to(dtype)
+    direct = _direct_gmm_posterior(image.reshape(3, -1).T.double())
+    p = skin_probability(image)
+    assert p.dtype == dtype
+    assert torch.allclose(p.flatten().double(), direct, atol=1e-4 if dtype == torch.float32 else 1e-10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision must not degrade the mask
+        p_amp = skin_probability(image)
+    assert torch.allclose(p_amp.flatten().double(), direct, atol=1e-4 if dtype == torch.float32 else 1e-10)
+
+
 def test_skin_probability_on_a_photo() -> None:
     skimage_data = pytest.importorskip("skimage.data")
     image = torch.tensor(skimage_data.astronaut()).permute(2, 0, 1)[None].float() / 255.0

@@ -286,8 +286,12 @@ class IdentityLoss(nn.Module):
         Returns:
             (B, D) unit embeddings.
         """
-        matrix = similarity_transform(five_point_landmarks(landmarks.detach()), self.template.to(image.dtype))
-        crop = warp_affine(image, matrix, ARCFACE_SIZE)
+        # Alignment in full precision even inside a mixed-precision step (bf16 would move pixels by ~0.5 px).
+        dtype = torch.promote_types(image.dtype, torch.float32)
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            lm5 = five_point_landmarks(landmarks.detach().to(dtype))
+            matrix = similarity_transform(lm5, self.template.to(dtype))
+            crop = warp_affine(image.to(dtype), matrix, ARCFACE_SIZE)
         net = self._holder[0]
         if isinstance(net, nn.Module):
             net.eval()

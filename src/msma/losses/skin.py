@@ -10,7 +10,8 @@ with priors P(skin) = 0.8 and P(non-skin) = 0.2:
 
 The mixture constants below are the published ones (weights, means, det(Sigma), Sigma^-1, as Deep3D lists
 them). Here the mixture is evaluated in log space (log-sum-exp), so pixels far from both mixtures get a
-well-defined posterior instead of 0/0. The result is used as the photometric loss's attention mask when a
+well-defined posterior instead of 0/0, in float32 for float32 images (error < 1e-3, below the 1/255 steps
+of the uint8 masks Deep3D stores) and in float64 for float64 images. The result is used as the photometric loss's attention mask when a
 batch carries no precomputed ``skin_mask``.
 """
 
@@ -146,18 +147,19 @@ def skin_probability(image: Tensor, prior: float = SKIN_PRIOR) -> Tensor:
     """
     if not 0.0 < prior < 1.0:
         raise ValueError(f"skin prior must be in (0, 1), got {prior}")
-    b, _, h, w = image.shape
     dev = image.device
-    d = rgb_to_ycbcr(image.detach().to(torch.float64)) - torch.tensor(_CENTRE, dtype=torch.float64, device=dev).view(
-        1, 3, 1, 1
-    )
-    d = d.permute(0, 2, 3, 1).reshape(-1, 3)
-    d0, d1, d2 = d.unbind(dim=1)
-    mono = torch.stack([d0 * d0, d1 * d1, d2 * d2, d0 * d1, d0 * d2, d1 * d2, d0, d1, d2, torch.ones_like(d0)], dim=1)
-    maha = mono @ torch.cat([_SKIN_Q, _NONSKIN_Q], dim=1).to(dev)  # (P, 8): 4 skin then 4 non-skin components
-    log_comp = -0.5 * maha + torch.cat([_SKIN_LOGN, _NONSKIN_LOGN]).to(dev)
-    log_skin = torch.logsumexp(log_comp[:, :4], dim=1)
-    log_non = torch.logsumexp(log_comp[:, 4:], dim=1)
-    logit = log_skin - log_non + math.log(prior) - math.log(1.0 - prior)
-    prob = torch.sigmoid(logit).view(b, 1, h, w)
+    # float32 at least (half precision cannot hold the quadratic forms); autocast off so that no matmul drops
+    # to bf16/fp16 inside a mixed-precision step.
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    with torch.autocast(device_type=dev.type, enabled=False):
+        centre = torch.tensor(_CENTRE, dtype=dtype, device=dev).view(1, 3, 1, 1)
+        d = rgb_to_ycbcr(image.detach().to(dtype)) - centre  # (B, 3, H, W)
+        d0, d1, d2 = d.unbind(dim=1)
+        mono = torch.stack([d0 * d0, d1 * d1, d2 * d2, d0 * d1, d0 * d2, d1 * d2, d0, d1, d2, torch.ones_like(d0)], 1)
+        weights = torch.cat([_SKIN_Q, _NONSKIN_Q], dim=1).to(dev, dtype)  # (10, 8): 4 skin, 4 non-skin components
+        maha = torch.einsum("bmhw,mk->bkhw", mono, weights)
+        log_comp = -0.5 * maha + torch.cat([_SKIN_LOGN, _NONSKIN_LOGN]).to(dev, dtype).view(1, 8, 1, 1)
+        log_skin = torch.logsumexp(log_comp[:, :4], dim=1, keepdim=True)
+        log_non = torch.logsumexp(log_comp[:, 4:], dim=1, keepdim=True)
+        prob = torch.sigmoid(log_skin - log_non + (math.log(prior) - math.log(1.0 - prior)))  # (B, 1, H, W)
     return prob.to(image.dtype)
