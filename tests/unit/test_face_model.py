@@ -310,3 +310,27 @@ def test_module_moves_with_to() -> None:
     assert m.mean_shape.dtype == torch.float64 and m.tri.dtype == torch.int64
     out = m(random_params(m.layout, 1).to(torch.float64))
     assert out.vertices.dtype == torch.float64
+
+
+def test_fingerprint_tracks_content(tmp_path: Path) -> None:
+    a = sphere_arrays()
+    m1, m2 = FaceModel(a), FaceModel(a)
+    assert m1.fingerprint() == m2.fingerprint() and len(m1.fingerprint()) == 16
+    changed = FaceModel(FaceModelArrays(**{**a.__dict__, "albedo_mean": a.albedo_mean + 0.01}))
+    assert changed.fingerprint() != m1.fingerprint()
+    m1.save(tmp_path / "m.npz")
+    assert FaceModel.load(tmp_path / "m.npz").fingerprint() == m1.fingerprint()
+
+
+@pytest.mark.gpu
+def test_forward_on_cuda_matches_cpu(ict_model: FaceModel) -> None:
+    p = random_params(ict_model.layout, 2)
+    ref = ict_model(p)
+    gpu = ict_model.to("cuda")
+    try:
+        out = gpu(p.to("cuda"))
+        assert gpu.tri_int32.device.type == "cuda"
+        for key in ("vertices", "normals", "color", "landmarks_2d", "clip"):
+            torch.testing.assert_close(getattr(out, key).cpu(), getattr(ref, key), atol=1e-3, rtol=1e-4)
+    finally:
+        ict_model.to("cpu")

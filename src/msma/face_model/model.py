@@ -265,6 +265,22 @@ class FaceModel(nn.Module):
         """(F, 3) int32 triangles to render, on the model's device (what rasterisers take)."""
         return self._tri_i32
 
+    def fingerprint(self) -> str:
+        """A short sha256 over the name, layout, coefficient names and every buffer's bytes.
+
+        Changes whenever the model's content changes (e.g. a new conversion recipe), so caches of data generated
+        with the model (synthetic renders, fitted parameters) can key on it. Costs one pass over the buffers.
+        """
+        import hashlib
+
+        h = hashlib.sha256(f"{self.name}|{self.layout}|{self.exp_kind}|{self.exp_names}|{self.tex_names}".encode())
+        for key in (*_ARRAY_KEYS, "uv"):
+            t = getattr(self, key)
+            if t is not None:
+                h.update(key.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, vertices={self.n_vertices}, render_triangles={int(self.tri.shape[0])}, "
