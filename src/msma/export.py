@@ -97,7 +97,7 @@ def export_obj(
             specular=(0, 0, 0, 255),
         )
         mesh.visual = trimesh.visual.TextureVisuals(uv=uv_np, image=image, material=material)
-        mesh.export(path, file_type="obj", include_texture=image is not None, mtl_name=f"{path.stem}.mtl")
+        mesh.export(path, file_type="obj", include_texture=True, mtl_name=f"{path.stem}.mtl")
         return path
     if vertex_colors is not None:
         mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=_colors_u8(vertex_colors, len(mesh.vertices)))

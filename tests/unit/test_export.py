@@ -40,6 +40,14 @@ def test_obj_with_uv_and_texture(tmp_path: Path) -> None:
         export_obj(tmp_path / "x.obj", V, F, texture=tex)
 
 
+def test_obj_with_uv_only(tmp_path: Path) -> None:
+    uv = V[:, :2] / 20.0
+    path = export_obj(tmp_path / "u.obj", V, F, uv=uv)
+    assert "vt " in path.read_text()
+    m = trimesh.load(path, process=False)
+    np.testing.assert_allclose(m.visual.uv, uv, atol=1e-6)
+
+
 def test_ply_with_colors(tmp_path: Path) -> None:
     path = export_ply(tmp_path / "a.ply", V[None], F, vertex_colors=C)  # a batch of one is accepted
     m = trimesh.load(path, process=False)

@@ -39,7 +39,6 @@ Regions kept (vertex ranges of the upstream README, half-open here):
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -367,13 +366,3 @@ def convert_ict(
         tex_names=prior.names,
         uv=uv,
     )
-
-
-def read_ict_bytes(data: bytes) -> IctSource:  # pragma: no cover - convenience for in-memory archives
-    """An :class:`IctSource` over an in-memory archive (written to a temporary file first)."""
-    import tempfile
-
-    tmp = tempfile.NamedTemporaryFile(suffix=".zip", delete=False)
-    with tmp:
-        tmp.write(io.BytesIO(data).getvalue())
-    return IctSource(tmp.name)
