@@ -236,3 +236,21 @@ def test_bad_arguments_are_rejected(ict_model) -> None:  # type: ignore[no-untyp
         SyntheticFaceDataset(ict_model, 4, max_yaw_deg=120)
     with pytest.raises(ValueError, match="num_samples"):
         SyntheticFaceDataset(ict_model, -1)
+
+
+def test_dataloader_workers_and_a_moved_model_give_the_same_samples(ict_model) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    mine = copy.deepcopy(ict_model)
+    ds = _dataset(mine, 4, seed=11, image_size=32)
+    assert ds.face_model is not mine
+    mine.double()  # the caller's model changes (Lightning moves it to a GPU in place): the dataset keeps its copy
+    direct = [ds[i] for i in range(4)]
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_samples, shuffle=False)
+    batches = list(loader)
+    assert [s for b in batches for s in b.source] == [f"synthetic:11:{i}" for i in range(4)]
+    got = torch.cat([b.image for b in batches])
+    assert torch.equal(got, torch.stack([s.image for s in direct]))
+    assert torch.equal(torch.cat([b.params for b in batches]), torch.stack([s.params for s in direct]))  # type: ignore[misc]

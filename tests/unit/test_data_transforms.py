@@ -203,3 +203,14 @@ def test_augment_rejects_wrong_size() -> None:
         aug(bad)
     with pytest.raises(ValueError, match="border_mode"):
         FaceAugment(border_mode="wrap")
+
+
+def test_unseeded_calls_follow_torch_global_generator(face_landmarks: torch.Tensor) -> None:
+    aug = FaceAugment(image_size=S, color_jitter=False, blur=False)
+    sample = _dot_sample(face_landmarks)
+    torch.manual_seed(5)
+    a = aug(sample)
+    b = aug(sample)
+    torch.manual_seed(5)
+    c = aug(sample)
+    assert torch.equal(a.image, c.image) and not torch.equal(a.image, b.image)

@@ -24,6 +24,7 @@ so a larger dataset reuses the shards of a smaller one with the same settings.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -541,7 +542,10 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         unknown = set(sampling) - {f.name for f in dataclasses.fields(SamplingSettings)}
         if unknown:
             raise TypeError(f"SyntheticFaceDataset got unknown sampling settings {sorted(unknown)}")
-        self.face_model = face_model
+        # A private CPU copy: the caller's model may later move to a GPU (Lightning moves the module's model in
+        # place), and DataLoader workers must not touch CUDA tensors.
+        self.face_model: FaceModel = copy.deepcopy(face_model).to("cpu").eval()
+        self._device_model: FaceModel | None = None
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.image_size = int(image_size)
@@ -716,6 +720,14 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         self._shards.pop(shard, None)
 
     # ------------------------------------------------------------------------------------- generation
+    def _generation_model(self) -> FaceModel:
+        """The face model on the generation device (the CPU copy itself when generating on the CPU)."""
+        if self.device.type == "cpu":
+            return self.face_model
+        if self._device_model is None:
+            self._device_model = copy.deepcopy(self.face_model).to(self.device)
+        return self._device_model
+
     def _get_renderer(self) -> MeshRenderer:
         if self._renderer is None:
             self._renderer = MeshRenderer(backend=self.renderer_backend, antialias=True)
@@ -738,19 +750,9 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             backgrounds.append(procedural_background(size, gen))
             extras.append(torch.rand(6, generator=gen))  # mouth cavity colour and sensor noise
         params = FaceParams.cat(params_list)
-        model = self.face_model
-        model_device = next(iter(model.buffers())).device
-        face = model(params.to(model_device), size)
-        if model_device != self.device:
-            face = dataclasses.replace(
-                face,
-                **{
-                    f.name: getattr(face, f.name).to(self.device)
-                    for f in dataclasses.fields(face)
-                    if isinstance(getattr(face, f.name), Tensor)
-                },
-            )
-        tri = model.tri_int32.to(self.device)
+        model = self._generation_model()
+        face = model(params.to(self.device), size)
+        tri = model.tri_int32
         # The skin weight rides along as a fourth colour channel: interpolated, antialiased and premultiplied by
         # the coverage exactly like the image.
         skin_w = model.skin_mask.to(self.device, face.color.dtype)
@@ -825,10 +827,8 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         vertices = None
         if self.return_vertices:
             with torch.no_grad():
-                model_device = next(iter(self.face_model.buffers())).device
-                p = params.to(model_device)
-                shape = self.face_model.shape(p.id, p.exp)
-                vertices = self.face_model.transform(shape, p.angles, p.trans)[0].float().cpu()
+                shape = self.face_model.shape(params.id, params.exp)
+                vertices = self.face_model.transform(shape, params.angles, params.trans)[0].float()
         return FaceSample(
             image=torch.from_numpy(raw.images[0].copy()).permute(2, 0, 1).float().div_(255.0),
             landmarks=torch.from_numpy(raw.landmarks[0].copy()),
@@ -845,6 +845,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         state = self.__dict__.copy()
         state["_shards"] = {}
         state["_renderer"] = None
+        state["_device_model"] = None
         return state
 
 
