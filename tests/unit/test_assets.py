@@ -134,3 +134,40 @@ def test_msma_home_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSMA_HOME", "/x/y")
     assert A.msma_home() == Path("/x/y")
     assert os.fspath(A.ict_cache_path()).startswith("/x/y/ict_")
+
+
+class FakeResponse:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.headers = {"Content-Length": str(len(payload))}
+
+    def read(self, n: int = -1) -> bytes:
+        out, self.payload = (self.payload, b"") if n < 0 else (self.payload[:n], self.payload[n:])
+        return out
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_download_when_no_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_env: dict[str, object]) -> None:
+    monkeypatch.setenv("MSMA_ASSET_MIRROR", str(tmp_path / "empty"))
+    urls: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float) -> FakeResponse:
+        urls.append(url)
+        return FakeResponse(b"archive")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    path = A.find_ict_archive()
+    assert urls == [ICT_URL] and path == A.msma_home() / "downloads" / ICT_ARCHIVE_NAME
+    assert path.read_bytes() == b"archive"
+    assert A.find_ict_archive() == path and len(urls) == 1  # reused, verified, not downloaded again
+    # A corrupted download fails the checksum and leaves nothing behind.
+    path.unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(b"garbage"))
+    with pytest.raises(AssetError, match="sha256"):
+        A.find_ict_archive()
+    assert not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_albedo_prior_plausible(ict_model: FaceModel) -> None:
 
 
 @pytest.mark.slow
-def test_subset_conversion_equals_full_slices(ict_model: FaceModel) -> None:
+def test_subset_conversion_equals_full_slices(ict_model: FaceModel, tmp_path: Path) -> None:
     ids = [0, 37, 99]
     exprs = ["jawOpen", "eyeBlink_L", "mouthSmile_R"]
     sub = convert_ict(mirror_zip(), identities=ids, expressions=exprs)
@@ -158,5 +159,15 @@ def test_subset_conversion_equals_full_slices(ict_model: FaceModel) -> None:
     for key in ("mean_shape", "albedo_mean", "albedo_basis", "tri", "mesh_tri", "landmark_idx", "skin_mask", "uv"):
         assert np.array_equal(getattr(sub, key), getattr(full, key).numpy()), key
     assert sub.exp_names == tuple(exprs)
+    # The same subset from an extracted copy (with the archive's top folder) gives identical arrays.
+    with zipfile.ZipFile(mirror_zip()) as zf:
+        wanted = [f"identity{i:03d}.obj" for i in ids] + [f"{e}.obj" for e in exprs]
+        wanted += ["generic_neutral_mesh.obj", "vertex_indices.json"]
+        for name in zf.namelist():
+            if name.endswith("README.md") and name.count("/") == 1 or name.rsplit("/", 1)[-1] in wanted:
+                zf.extract(name, tmp_path)
+    from_dir = convert_ict(tmp_path, identities=ids, expressions=exprs)
+    for key in ("mean_shape", "id_basis", "exp_basis", "albedo_basis", "tri", "landmark_idx"):
+        assert np.array_equal(getattr(from_dir, key), getattr(sub, key)), key
     with pytest.raises(ValueError, match="unknown ICT expressions"):
         convert_ict(mirror_zip(), identities=[0], expressions=["notAnExpression"])
