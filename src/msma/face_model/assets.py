@@ -215,7 +215,9 @@ def load_ict(camera: PerspectiveCamera | None = None) -> FaceModel:
         return FaceModel(load_arrays(path), camera=camera)
 
 
-def load_face_model(name: str = "ict", path: str | None = None, camera: PerspectiveCamera | None = None) -> FaceModel:
+def load_face_model(
+    name: str = "ict", path: str | os.PathLike[str] | None = None, camera: PerspectiveCamera | None = None
+) -> FaceModel:
     """Loads a face model.
 
     Args:
@@ -232,17 +234,17 @@ def load_face_model(name: str = "ict", path: str | None = None, camera: Perspect
         AssetError / FileNotFoundError / ValueError: with the file and the problem.
     """
     key = name.lower()
+    if key not in ("ict", "bfm"):
+        raise ValueError(f"unknown face model {name!r}; expected 'ict' or 'bfm'")
     if path is not None and str(path).endswith(".npz"):
         return FaceModel.load(path, camera=camera)
     if key == "ict":
         if path is not None:
-            return FaceModel(convert_ict(path), camera=camera)
+            return FaceModel(convert_ict(Path(path)), camera=camera)
         return load_ict(camera=camera)
-    if key == "bfm":
-        from msma.face_model.bfm import load_bfm
+    from msma.face_model.bfm import load_bfm
 
-        return load_bfm(path, camera=camera)
-    raise ValueError(f"unknown face model {name!r}; expected 'ict' or 'bfm'")
+    return load_bfm(path, camera=camera)
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
