@@ -254,3 +254,16 @@ def test_dataloader_workers_and_a_moved_model_give_the_same_samples(ict_model) -
     got = torch.cat([b.image for b in batches])
     assert torch.equal(got, torch.stack([s.image for s in direct]))
     assert torch.equal(torch.cat([b.params for b in batches]), torch.stack([s.params for s in direct]))  # type: ignore[misc]
+
+
+def test_preview_cli_writes_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    from msma.data.synthetic import main
+
+    out = tmp_path / "grid.png"
+    assert main(["--grid", str(out), "--num", "3", "--size", "32", "--speed", "2", "--batch", "2"]) == 0
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape == (32, 4 * 32, 3)  # 3 tiles padded to a row of 4
+    assert float(grid[:, 3 * 32 :].max()) == 0.0 and float(grid[:, :32].std()) > 5
+    assert "s/sample" in capsys.readouterr().out
