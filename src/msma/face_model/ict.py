@@ -10,7 +10,7 @@ landmark vertex indices listed in the repository ``README.md`` (cross-checked ag
 Conversions:
 
 * Units: the OBJs are in **centimetres** (neutral mesh: jaw landmarks 0 and 16 are 14.7 units apart, outer
-  eye corners 8.9, brows to chin 11.9: a human face in cm) -> millimetres (x10).
+  eye corners 8.9, brows to chin 13.5: a human face in cm) -> millimetres (x10).
 * Frame: the OBJ frame is already x = subject's left (viewer's right), y up, z out of the face; kept.
 * Centre: the mean of the *narrow face area* vertices of the neutral mesh (x set to 0, the mesh is symmetric)
   moves to the origin, like Deep3D's ``recenter`` of BFM's front face.
