@@ -103,7 +103,7 @@ class TorchRasterizer:
             return torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
 
         tri_l = tri.long()
-        verts = clip_pos.detach()[:, tri_l]  # (B, F, 3, 4)
+        verts = clip_pos.detach().index_select(1, tri_l.reshape(-1)).view(batch, n_faces, 3, 4)
         px, py, pz = _to_pixels(verts, height, width)  # (B, F, 3) each
         x0, x1, x2 = px.unbind(-1)
         y0, y1, y2 = py.unbind(-1)
@@ -123,17 +123,17 @@ class TorchRasterizer:
         sel = valid.reshape(-1).nonzero().squeeze(1)  # flat (b * F + f) of triangles with candidates
         if sel.numel() == 0:
             return torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
-        inv_area = 1.0 / area.reshape(-1)[sel]
+        inv_area = 1.0 / area.reshape(-1).index_select(0, sel)
 
         def flat(t: Tensor) -> Tensor:
-            return t.reshape(-1)[sel]
+            return t.reshape(-1).index_select(0, sel)
 
         fx0, fx1, fx2, fy0, fy1, fy2 = (flat(t) for t in (x0, x1, x2, y0, y1, y2))
         # Edge functions: l0 ∝ (x1 - x) (y2 - y) - (x2 - x) (y1 - y) = a0 x + b0 y + c0, etc. (cyclic).
         a0, b0, c0 = fy1 - fy2, fx2 - fx1, fx1 * fy2 - fx2 * fy1
         a1, b1, c1 = fy2 - fy0, fx0 - fx2, fx2 * fy0 - fx0 * fy2
         a2, b2, c2 = fy0 - fy1, fx1 - fx0, fx0 * fy1 - fx1 * fy0
-        z = pz.reshape(-1, 3)[sel]
+        z = pz.reshape(-1, 3).index_select(0, sel)
         coeff = torch.stack([a0, b0, c0, a1, b1, c1, a2, b2, c2], dim=1) * inv_area[:, None]
         # Screen-space depth plane z/w = sum_k l_k z_k.
         za = coeff[:, 0] * z[:, 0] + coeff[:, 3] * z[:, 1] + coeff[:, 6] * z[:, 2]
@@ -141,56 +141,54 @@ class TorchRasterizer:
         zc = coeff[:, 2] * z[:, 0] + coeff[:, 5] * z[:, 1] + coeff[:, 8] * z[:, 2]
         coeff = torch.cat([coeff, torch.stack([za, zb, zc], dim=1)], dim=1)  # (T, 12)
 
-        counts = (flat(nx) * flat(ny)).long()
-        nx_s = flat(nx).long()
-        j0 = flat(j_lo).long()
-        i0 = flat(i_lo).long()
+        j0, i0 = flat(j_lo).long(), flat(i_lo).long()
+        j1, i1 = flat(j_hi).long(), flat(i_hi).long()
         batch_idx = torch.div(sel, n_faces, rounding_mode="floor")
         face_idx = sel - batch_idx * n_faces
-        pix_base = batch_idx * n_pix
-
-        ends = torch.cumsum(counts, 0)
-        total = int(ends[-1])
-        # Chunk boundaries in triangle index so that each chunk holds <= max_candidates (a single huge triangle
-        # may exceed it on its own; it is then processed alone).
-        n_chunks = (total + self.max_candidates - 1) // self.max_candidates
-        bounds = [0]
-        if n_chunks > 1:
-            targets = torch.arange(1, n_chunks, device=device, dtype=torch.int64) * self.max_candidates
-            cuts = torch.searchsorted(ends, targets, right=True).tolist()
-            bounds += sorted(set(c for c in cuts if 0 < c < sel.numel()))
-        bounds.append(sel.numel())
-
-        for t_lo, t_hi in zip(bounds[:-1], bounds[1:], strict=True):
-            c = counts[t_lo:t_hi]
-            n_cand = int(c.sum())
-            if n_cand == 0:
-                continue
-            owner = torch.repeat_interleave(torch.arange(t_lo, t_hi, device=device), c)
-            start = ends[owner] - counts[owner]
-            local = torch.arange(start.numel(), device=device, dtype=torch.int64) + (ends[t_lo] - counts[t_lo]) - start
-            w_box = nx_s[owner]
-            row = torch.div(local, w_box, rounding_mode="floor")
-            col = local - row * w_box
-            jj = j0[owner] + col
-            ii = i0[owner] + row
-            k = coeff[owner]
-            xf = jj.to(k.dtype)
-            yf = ii.to(k.dtype)
-            l0 = k[:, 0] * xf + k[:, 1] * yf + k[:, 2]
-            l1 = k[:, 3] * xf + k[:, 4] * yf + k[:, 5]
-            l2 = k[:, 6] * xf + k[:, 7] * yf + k[:, 8]
-            zw = k[:, 9] * xf + k[:, 10] * yf + k[:, 11]
-            keep = (l0 >= 0) & (l1 >= 0) & (l2 >= 0) & (zw >= -1) & (zw <= 1)
-            keep_idx = keep.nonzero().squeeze(1)
-            if keep_idx.numel() == 0:
-                continue
-            own_k = owner[keep_idx]
-            pix = pix_base[own_k] + ii[keep_idx] * width + jj[keep_idx]
-            # Depth in [0, 1] as float32 bits: monotonic as an integer for non-negative floats.
-            depth01 = ((zw[keep_idx] + 1.0) * 0.5).to(torch.float32).clamp(0.0, 1.0)
-            key = (depth01.view(torch.int32).to(torch.int64) << 32) | face_idx[own_k]
-            keys.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
+        pix_base = batch_idx * n_pix + i0 * width + j0  # flat index of each box's top-left pixel centre
+        # Bucket triangles by power-of-two box size (sx, sy) >= (nx, ny): each bucket is a dense (T, sx * sy)
+        # grid evaluated by broadcasting, with no per-candidate gathers; padding is masked by the box test.
+        log_x = torch.frexp((flat(nx) - 1).to(torch.float64)).exponent.long()
+        log_y = torch.frexp((flat(ny) - 1).to(torch.float64)).exponent.long()
+        bucket = log_x * 64 + log_y
+        order = torch.argsort(bucket)
+        kinds, sizes = torch.unique_consecutive(bucket[order], return_counts=True)
+        dtype = coeff.dtype
+        offset = 0
+        for kind, size in zip(kinds.tolist(), sizes.tolist(), strict=True):
+            members = order[offset : offset + size]
+            offset += size
+            sx, sy = 1 << (kind // 64), 1 << (kind % 64)
+            k = sx * sy
+            grid = torch.arange(k, device=device)
+            oy = torch.div(grid, sx, rounding_mode="floor")
+            ox = grid - oy * sx
+            oxf, oyf = ox.to(dtype), oy.to(dtype)
+            step = max(1, self.max_candidates // k)
+            for lo in range(0, size, step):
+                t = members[lo : lo + step]
+                c = coeff.index_select(0, t)  # (T, 12)
+                xs = j0.index_select(0, t).to(dtype)[:, None]
+                ys = i0.index_select(0, t).to(dtype)[:, None]
+                # Affine functions evaluated at the box origin plus the grid offsets.
+                base = c[:, 0::3, None] * xs[:, None] + c[:, 1::3, None] * ys[:, None] + c[:, 2::3, None]  # (T,4,1)
+                vals = base + c[:, 0::3, None] * oxf + c[:, 1::3, None] * oyf  # (T, 4, K): l0, l1, l2, z/w
+                zw = vals[:, 3]
+                keep = (vals[:, :3] >= 0).all(dim=1) & (zw >= -1) & (zw <= 1)
+                keep &= (ox <= (j1.index_select(0, t) - j0.index_select(0, t))[:, None]) & (
+                    oy <= (i1.index_select(0, t) - i0.index_select(0, t))[:, None]
+                )
+                hit = keep.view(-1).nonzero().squeeze(1)
+                if hit.numel() == 0:
+                    continue
+                row = torch.div(hit, k, rounding_mode="floor")
+                col = hit - row * k
+                tri_hit = t.index_select(0, row)
+                pix = pix_base.index_select(0, tri_hit) + oy.index_select(0, col) * width + ox.index_select(0, col)
+                # Depth in [0, 1] as float32 bits: monotonic as an integer for non-negative floats.
+                depth01 = ((zw.reshape(-1).index_select(0, hit) + 1.0) * 0.5).to(torch.float32).clamp(0.0, 1.0)
+                key = (depth01.view(torch.int32).to(torch.int64) << 32) | face_idx.index_select(0, tri_hit)
+                keys.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
         covered = keys != _EMPTY_KEY
         ids = torch.where(covered, keys & 0xFFFFFFFF, torch.full_like(keys, -1))
@@ -217,13 +215,15 @@ class TorchRasterizer:
         if pix.numel() == 0:
             # Keep the graph connected so backward through an empty image yields zero gradients.
             return (out + 0.0 * clip_pos.sum()).view(batch, height, width, 4)
-        face = flat_ids[pix]
+        face = flat_ids.index_select(0, pix)
         n_pix = height * width
         b = torch.div(pix, n_pix, rounding_mode="floor")
         rem = pix - b * n_pix
         yi = torch.div(rem, width, rounding_mode="floor")
         xj = rem - yi * width
-        verts = clip_pos[b[:, None], tri.long()[face]]  # (M, 3, 4), differentiable
+        n_vert = clip_pos.shape[1]
+        vidx = (b[:, None] * n_vert + tri.long().index_select(0, face)).reshape(-1)
+        verts = clip_pos.reshape(-1, 4).index_select(0, vidx).view(-1, 3, 4)  # (M, 3, 4), differentiable
         px, py, pz = _to_pixels(verts, height, width)
         xf = xj.to(px.dtype)[:, None]
         yf = yi.to(py.dtype)[:, None]
@@ -244,7 +244,7 @@ class TorchRasterizer:
         v = q1 / denom
         tid = (face + 1).to(clip_pos.dtype)
         vals = torch.stack([u, v, zw, tid], dim=1)
-        out = out.index_put((pix,), vals)
+        out = out.index_copy(0, pix, vals)
         return out.view(batch, height, width, 4)
 
     def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
@@ -268,21 +268,23 @@ class TorchRasterizer:
             raise ValueError(f"interpolate: attr batch {attr.shape[0]} does not match rast batch {batch}")
         channels = attr.shape[-1]
         flat = rast.reshape(-1, 4)
-        tid = flat[:, 3].detach().round().long()
+        tid = flat[:, 3].detach().long()
         pix = (tid > 0).nonzero().squeeze(1)
         dtype = torch.promote_types(attr.dtype, rast.dtype)
         out = attr.new_zeros(batch * height * width, channels, dtype=dtype)
         if pix.numel() == 0:
             return (out + 0.0 * attr.sum() + 0.0 * rast.sum()).view(batch, height, width, channels)
-        face = tid[pix] - 1
+        face = tid.index_select(0, pix) - 1
         if int(face.max()) >= tri.shape[0]:
             raise ValueError(f"interpolate: rast holds triangle id {int(face.max())} but tri has {tri.shape[0]}")
         b = torch.div(pix, height * width, rounding_mode="floor") if attr.shape[0] > 1 else torch.zeros_like(pix)
-        corners = attr[b[:, None], tri.long()[face]].to(dtype)  # (M, 3, C)
-        uv = flat[pix, :2].to(dtype)
+        n_vert = attr.shape[1]
+        vidx = (b[:, None] * n_vert + tri.long().index_select(0, face)).reshape(-1)
+        corners = attr.reshape(-1, channels).index_select(0, vidx).view(-1, 3, channels).to(dtype)  # (M, 3, C)
+        uv = flat[:, :2].index_select(0, pix).to(dtype)
         u, v = uv[:, 0:1], uv[:, 1:2]
         vals = u * corners[:, 0] + v * corners[:, 1] + (1.0 - u - v) * corners[:, 2]
-        out = out.index_put((pix,), vals)
+        out = out.index_copy(0, pix, vals)
         return out.view(batch, height, width, channels)
 
     def antialias(self, color: Tensor, rast: Tensor, clip_pos: Tensor, tri: Tensor) -> Tensor:
