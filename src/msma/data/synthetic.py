@@ -570,13 +570,9 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
 
     # ------------------------------------------------------------------------------------- identity / cache
     def face_model_id(self) -> str:
-        """SHA-256 (16 hex digits) of the face model's name, layout and buffers: it identifies the model content."""
+        """:meth:`FaceModel.fingerprint` (name, layout, coefficient names, buffers) plus the camera (16 hex digits)."""
         if self._model_id is None:
-            h = hashlib.sha256()
-            h.update(f"{self.face_model.name}|{self.face_model.layout}|{self.face_model.exp_kind}".encode())
-            for name, buf in sorted(self.face_model.state_dict().items()):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(buf.detach().cpu().numpy()).tobytes())
+            h = hashlib.sha256(f"{self.face_model.fingerprint()}|{self.face_model.camera}".encode())
             self._model_id = h.hexdigest()[:16]
         return self._model_id
 
