@@ -83,6 +83,24 @@ def test_prepare_counts_and_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert second["faces"] >= expected["usable"]
 
 
+def test_prepare_with_workers(tmp_path: Path) -> None:
+    """Two labelling processes: same counts and same labels as one; duplicated files labelled once."""
+    from msma.data.prepare import prepare_folder
+
+    expected = make_folder(tmp_path / "photos", n_good=4, n_bad_each=2, seed=3)
+    par = prepare_folder(tmp_path / "photos", cache_dir=tmp_path / "c2", workers=2)
+    seq = prepare_folder(tmp_path / "photos", cache_dir=tmp_path / "c1")
+    _check(par.as_dict(), expected)
+    assert par.as_dict()["skipped"] == seq.as_dict()["skipped"]
+    # Identical bad files (the two empty, truncated, text and tiny files) share one entry each.
+    assert par.computed == seq.computed == expected["images"] - 4 and par.cached == seq.cached == 4
+    assert [lab.payload() if lab else None for _, lab in par.labels] == [
+        lab.payload() if lab else None for _, lab in seq.labels
+    ]
+    again = prepare_folder(tmp_path / "photos", cache_dir=tmp_path / "c2", workers=2)
+    assert again.computed == 0 and again.cached == expected["images"]
+
+
 def test_prepare_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert msma_main(["prepare", "--data", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err

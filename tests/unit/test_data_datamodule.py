@@ -133,6 +133,7 @@ def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-u
         num_workers=0,
         num_samples=4,
         val_samples=2,
+        flip=False,
         synthetic_cache_dir=str(tmp_path / "syn"),
     )
     dm = build_datamodule(cfg, ict_model)
@@ -140,5 +141,8 @@ def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-u
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.image.shape == (2, 3, 64, 64) and batch.params is not None and batch.params_valid.all()
+    # No geometric augmentation on synthetic data: the ground-truth vertices (dropped by one) survive.
+    assert batch.vertices is not None
+    assert dm.train_set is not None and getattr(dm.train_set, "transform", None) is not None
     val = next(iter(dm.val_dataloader()))
     assert val.image.shape == (2, 3, 64, 64)

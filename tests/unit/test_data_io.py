@@ -190,3 +190,30 @@ def test_list_images(tmp_path: Path) -> None:
     assert found == ["a.png", "b.JPG", "sub/c.jpeg"]
     with pytest.raises(FileNotFoundError, match="not a directory"):
         list_images(tmp_path / "missing")
+
+
+def test_big_but_not_a_bomb_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between Pillow's warning and error thresholds: loaded (and downscaled if needed), not rejected."""
+    Image.fromarray(_rgb(100, 100)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)
+    assert load_image(tmp_path / "a.png").image.shape == (100, 100, 3)
+
+
+def test_huge_jpeg_draft_decoding(tmp_path: Path) -> None:
+    """A 9000 px wide JPEG: decoded at reduced scale, exactly max_side wide, content where it belongs."""
+    arr = np.zeros((400, 9000, 3), dtype=np.uint8)
+    arr[:, 4500:] = 255
+    Image.fromarray(arr).save(tmp_path / "wide.jpg", quality=90)
+    loaded = load_image(tmp_path / "wide.jpg")
+    assert loaded.width == 8192 and loaded.height == round(400 * 8192 / 9000)
+    assert "downscaled" in loaded.notes and loaded.scale == pytest.approx(8192 / 9000)
+    edge = int(4500 * loaded.scale)
+    assert loaded.image[:, edge - 20 : edge - 5].mean() < 0.05 and loaded.image[:, edge + 5 : edge + 20].mean() > 0.95
+
+
+def test_exif_rotated_tiny_rejected_before_decoding(tmp_path: Path) -> None:
+    img = Image.fromarray(_rgb(20, 60))
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert _reason(tmp_path / "r.jpg") == "too_small"

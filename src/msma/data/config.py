@@ -42,7 +42,8 @@ class DataConfig:
         cache_dir: label cache folder (None: ``$MSMA_HOME/labels/<folder>-<hash>``).
         num_samples: synthetic training samples.
         val_samples: synthetic validation samples.
-        synthetic_cache_dir: where synthetic samples are cached (None: rendered on the fly).
+        synthetic_cache_dir: where synthetic samples are generated once and cached (``"auto"``:
+            ``$MSMA_HOME/synthetic``; None: rendered on the fly in the loader workers).
         synthetic_renderer: renderer of synthetic generation: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
         test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
         test_root: its folder.
@@ -67,7 +68,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
     num_samples: int = 10000
     val_samples: int = 256
-    synthetic_cache_dir: Optional[str] = None
+    synthetic_cache_dir: Optional[str] = "auto"
     synthetic_renderer: str = "torch"
     test_kind: Optional[str] = None
     test_root: Optional[str] = None

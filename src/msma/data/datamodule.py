@@ -74,7 +74,8 @@ class FaceDataModule(L.LightningDataModule):
         persistent_workers: keep workers between epochs (only with workers).
         val_fraction: held-out fraction of a real-photo training set.
         seed: split and synthetic seed.
-        augment: augment the training split.
+        augment: augment the training split (real photos: Deep3D's shift/scale/rotation + colour + blur;
+            synthetic: colour + blur only, the renderer already varies the pose).
         flip: allow horizontal flips in the augmentation.
         landmarks: ``folder`` pseudo-label backend (``"dlib"``, ``"fan"``, ``"gt"``).
         landmark_weights: its model file.
@@ -83,7 +84,8 @@ class FaceDataModule(L.LightningDataModule):
         cache_dir: label cache (None: the default per folder).
         num_samples: synthetic training samples.
         val_samples: synthetic validation samples.
-        synthetic_cache_dir: synthetic sample cache (None: rendered on the fly in the loader workers).
+        synthetic_cache_dir: synthetic sample cache (``"auto"``: ``$MSMA_HOME/synthetic``; None: rendered on
+            the fly in the loader workers).
         synthetic_renderer: renderer backend of synthetic generation (``"torch"``, ``"nvdiffrast"``, ``"auto"``).
         test_kind: optional test set kind (same names as ``kind``).
         test_root: its folder.
@@ -113,7 +115,7 @@ class FaceDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_samples: int = 10000,
         val_samples: int = 256,
-        synthetic_cache_dir: str | None = None,
+        synthetic_cache_dir: str | None = "auto",
         synthetic_renderer: str = "torch",
         test_kind: str | None = None,
         test_root: str | os.PathLike[str] | None = None,
@@ -157,6 +159,10 @@ class FaceDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.num_samples = int(num_samples)
         self.val_samples = int(val_samples)
+        if synthetic_cache_dir == "auto":
+            from msma.face_model.assets import msma_home
+
+            synthetic_cache_dir = str(msma_home() / "synthetic")
         self.synthetic_cache_dir = synthetic_cache_dir
         self.synthetic_renderer = synthetic_renderer
         self.test_kind = test_kind
@@ -203,12 +209,15 @@ class FaceDataModule(L.LightningDataModule):
                 )
 
     # ------------------------------------------------------------------------------------------- datasets
-    def _augmentation(self) -> Transform | None:
+    def _augmentation(self, geometric: bool = True) -> Transform | None:
+        """The training augmentation; ``geometric=False`` (synthetic data) keeps pose coefficients exact."""
         if not self.augment:
             return None
         from msma.data.transforms import FaceAugment
 
-        return FaceAugment(image_size=self.image_size, flip=self.flip, **self.augment_kwargs)
+        kwargs: dict[str, Any] = {"image_size": self.image_size, "flip": self.flip, "geometric": geometric}
+        kwargs.update(self.augment_kwargs)
+        return FaceAugment(**kwargs)
 
     def _synthetic_dataset(self, num_samples: int, seed: int) -> SyntheticFaceDataset:
         from msma.data.synthetic import SyntheticFaceDataset
@@ -255,7 +264,9 @@ class FaceDataModule(L.LightningDataModule):
         """Builds the datasets for ``stage`` (``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or None)."""
         if stage in (None, "fit", "validate") and self.train_set is None:
             if self.kind == "synthetic":
-                self.train_set = self._synthetic(self.num_samples, self.seed, self._augmentation())
+                # Synthetic data already varies pose, translation and scale: colour/blur (and flips if enabled) only,
+                # so the coefficients stay exact (a flip drops a sample's params; see docs/synthetic.md).
+                self.train_set = self._synthetic(self.num_samples, self.seed, self._augmentation(geometric=False))
                 self.val_set = self._synthetic(self.val_samples, self.seed + VAL_SEED_OFFSET, None)
             else:
                 assert self.root is not None

@@ -9,13 +9,15 @@ Policy (the same for every dataset):
 * smaller than ``min_side`` (32 px) on either side -> rejected (``too_small``);
 * larger than ``max_side`` (8192 px) on either side -> downscaled (area resampling) so the longer side is
   ``max_side``, with a logged reason; :attr:`LoadedImage.scale` records the factor so results map back;
-* more pixels than Pillow's decompression-bomb limit -> rejected (``too_large``).
+* more than twice Pillow's ``MAX_IMAGE_PIXELS`` (a decompression bomb: ~179 Mpx by default) -> rejected
+  (``too_large``); JPEGs above ``max_side`` are decoded at a reduced scale (``draft``) before downscaling.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -190,20 +192,28 @@ def load_image(
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above MAX_IMAGE_PIXELS and raises DecompressionBombError above twice that; big
+            # photos in between are downscaled below, only the error case is rejected.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as opened:
-                opened.load()
+                w_raw, h_raw = opened.size
                 orientation = opened.getexif().get(0x0112, 1)  # EXIF Orientation tag
-                upright = ImageOps.exif_transpose(opened) if orientation not in (1, None) else opened
-                if orientation not in (1, None):
-                    notes.append("exif_rotated")
-                w0, h0 = upright.size
+                rotated = orientation not in (1, None)
+                # Upright size (orientations 5-8 swap width and height).
+                w0, h0 = (h_raw, w_raw) if orientation in (5, 6, 7, 8) else (w_raw, h_raw)
                 if min(w0, h0) < min_side:
                     raise BadImageError(p, REASON_TOO_SMALL, f"{w0}x{h0} px, need at least {min_side} px a side")
+                factor = max_side / float(max(w0, h0))
+                if factor < 1.0 and opened.format == "JPEG":
+                    # Let the JPEG decoder skip detail (1/2, 1/4, 1/8 scale, never below the requested size).
+                    opened.draft(opened.mode, (math.ceil(w_raw * factor), math.ceil(h_raw * factor)))
+                opened.load()
+                upright = ImageOps.exif_transpose(opened) if rotated else opened
+                if rotated:
+                    notes.append("exif_rotated")
                 scale = 1.0
-                if max(w0, h0) > max_side:
-                    scale = max_side / float(max(w0, h0))
-                    new_size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+                if factor < 1.0:
+                    new_size = (max(1, round(w0 * factor)), max(1, round(h0 * factor)))
                     log.info("%s: %dx%d px is larger than %d px; downscaled to %dx%d", p, w0, h0, max_side, *new_size)
                     notes.append("downscaled")
                     if upright.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -215,7 +225,7 @@ def load_image(
         raise
     except PermissionError as exc:
         raise BadImageError(p, REASON_UNREADABLE, str(exc)) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise BadImageError(p, REASON_TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise BadImageError(p, REASON_NOT_AN_IMAGE, "Pillow cannot identify the format") from exc

@@ -1,6 +1,7 @@
 """Pseudo-labelling a folder of photos into its label cache: ``msma prepare``.
 
-``msma prepare --data DIR --landmarks dlib [--detector dlib] [--all-faces] [--cache DIR] [--weights FILE]``
+``msma prepare --data DIR --landmarks dlib [--detector dlib] [--all-faces] [--cache DIR] [--weights FILE]
+[--workers N]``
 detects faces and 68 landmarks in every photo under ``DIR`` (recursive), stores them in the label cache
 (:mod:`msma.data.cache`) with a progress bar, and prints a summary: images found, labelled now, read from
 the cache, usable images and faces, and skipped images by reason. Rerunning skips finished images; an
@@ -13,12 +14,15 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, label_image, labeller_key
 from msma.data.detect import FaceDetector, FaceSelection, make_detector
@@ -165,6 +169,68 @@ def _skip(run: LabelRun, path: Path, reason: str, detail: str) -> None:
     _count_skip(run, path, reason)
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(landmarks: str, weights: str | None, device: str, detector: str, cache_dir: str, key: str) -> None:
+    """Process-pool initializer: each worker builds its own backend and detector (not picklable)."""
+    backend = make_landmark_backend(landmarks, weights, device=device)
+    _WORKER["backend"] = backend
+    _WORKER["detector"] = make_detector(detector) if backend.needs_detector else None
+    _WORKER["cache"] = LabelCache(cache_dir, key)
+
+
+def _label_one(item: tuple[str, str]) -> str:
+    path, sha = item
+    _, status = cached_labels(Path(path), sha, _WORKER["cache"], _WORKER["backend"], _WORKER["detector"])
+    return status
+
+
+def _fill_parallel(
+    files: Sequence[Path],
+    cache: LabelCache,
+    index: PathIndex,
+    workers: int,
+    init_args: tuple[str, str | None, str, str, str, str],
+    progress: bool,
+) -> tuple[int, int]:
+    """Labels the cache misses of ``files`` with a process pool; returns (entries computed, invalid entries).
+
+    Entries are written by the workers with the same atomic writes, so this is as safe to interrupt as the
+    sequential pass; identical files (same hash) are labelled once.
+    """
+    todo: dict[str, str] = {}
+    for path in files:
+        try:
+            sha = index.sha256(path)
+        except OSError:
+            continue  # counted by the sequential pass
+        if sha not in todo and cache.get(sha) is None:
+            todo[sha] = str(path)
+    index.save()
+    if not todo:
+        return 0, cache.invalid
+    device = init_args[2]
+    ctx = multiprocessing.get_context("spawn" if device.startswith("cuda") else None)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"labelling ({init_args[0]}, {workers} workers)", unit="img", file=sys.stderr)
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
+            items = [(p, sha) for sha, p in todo.items()]
+            for _ in pool.map(_label_one, items, chunksize=4):
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done, cache.invalid
+
+
 def prepare_folder(
     root: str | os.PathLike[str],
     landmarks: str = "dlib",
@@ -175,6 +241,7 @@ def prepare_folder(
     faces: FaceSelection = "largest",
     progress: bool = False,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    workers: int = 1,
 ) -> LabelRun:
     """Fills the label cache of a folder of photos (what ``msma prepare`` and ``FaceDataModule.prepare_data`` run).
 
@@ -188,12 +255,26 @@ def prepare_folder(
         faces: ``"largest"`` or ``"all"`` (only changes the face count; the cache stores every face).
         progress: show a progress bar.
         extensions: photo suffixes.
+        workers: labelling processes (each loads its own model); 1 labels in this process.
     """
     files = list_images(root, extensions)
     backend = make_landmark_backend(landmarks, weights, device=device)
     det = make_detector(detector) if backend.needs_detector else None
     cache = None if not backend.needs_detector else Path(cache_dir) if cache_dir else default_cache_dir(root)
-    return label_files(files, backend, det, cache, faces=faces, progress=progress)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or cache is None:
+        return label_files(files, backend, det, cache, faces=faces, progress=progress)
+    key = labeller_key(backend, det)
+    label_cache = LabelCache(cache, key)
+    label_cache.clean_temporaries()
+    init_args = (landmarks, None if weights is None else str(weights), device, detector, str(cache), key)
+    filled, invalid = _fill_parallel(files, label_cache, PathIndex(cache / "paths.json"), workers, init_args, progress)
+    run = label_files(files, backend, det, cache, faces=faces, progress=False)
+    run.computed += filled
+    run.cached -= filled
+    run.invalid_entries += invalid
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-faces", action="store_true", help="count every face as a sample, not only the largest per image"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the fan backend")
+    parser.add_argument("--workers", type=int, default=1, help="labelling processes (each loads the model)")
     parser.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped file")
@@ -227,6 +309,7 @@ def cli_main(argv: list[str]) -> int:
             device=args.device,
             faces="all" if args.all_faces else "largest",
             progress=not args.no_progress,
+            workers=args.workers,
         )
     except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
         print(f"msma prepare: {exc}", file=sys.stderr)
