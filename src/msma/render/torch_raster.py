@@ -32,6 +32,8 @@ nvdiffrast backend implements nvdiffrast's analytic silhouette antialiasing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -66,6 +68,101 @@ def _to_pixels(clip: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, T
     return x, y, clip[..., 2] * inv_w
 
 
+class _Barycentrics(torch.autograd.Function):
+    """Perspective-correct barycentrics of the winning triangles, with the analytic gradient w.r.t. clip x, y, w.
+
+    With ``h_k = (x_k, y_k, w_k)`` the homogeneous 2D clip position of vertex ``k`` and ``r = (ndc_x, ndc_y, 1)``
+    the pixel centre, the perspective-correct barycentrics are ``b_k = D_k / (D_0 + D_1 + D_2)`` with
+    ``D_k = det(r, h_{k+1}, h_{k+2})`` (Cramer's rule on ``sum_k b_k h_k ∝ r``; homogeneous rasterisation, Olano &
+    Greer 1997). Subtracting ``r``'s multiples of the w column, ``D_k = X_{k+1} Y_{k+2} - X_{k+2} Y_{k+1}`` with
+    ``X = x - ndc_x w`` and ``Y = y - ndc_y w``, whose derivatives are used in ``backward``. As in nvdiffrast the
+    z/w channel carries no gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, clip_flat: Tensor, vidx: Tensor, ray: Tensor, pix: Tensor, tid: Tensor, n_out: int
+    ) -> Tensor:
+        verts = clip_flat.index_select(0, vidx.reshape(-1)).view(-1, 3, 4)  # (M, 3, 4)
+        rx, ry = ray[:, 0:1], ray[:, 1:2]
+        w = verts[..., 3]
+        big_x = verts[..., 0] - rx * w  # (M, 3)
+        big_y = verts[..., 1] - ry * w
+        x0, x1, x2 = big_x.unbind(1)
+        y0, y1, y2 = big_y.unbind(1)
+        d0 = x1 * y2 - x2 * y1
+        d1 = x2 * y0 - x0 * y2
+        d2 = x0 * y1 - x1 * y0
+        total = d0 + d1 + d2
+        u = d0 / total
+        v = d1 / total
+        z, w0, w1, w2 = verts[..., 2], w[:, 0], w[:, 1], w[:, 2]
+        b2 = 1.0 - u - v
+        zw = (u * z[:, 0] + v * z[:, 1] + b2 * z[:, 2]) / (u * w0 + v * w1 + b2 * w2)
+        vals = torch.stack([u, v, zw, tid], dim=1)
+        out = clip_flat.new_zeros(n_out, 4).index_copy_(0, pix, vals)
+        ctx.save_for_backward(vidx, ray, pix, big_x, big_y, u, v, total)
+        ctx.n_clip = clip_flat.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        vidx, ray, pix, big_x, big_y, u, v, total = ctx.saved_tensors
+        g = grad_out.index_select(0, pix)
+        gu, gv = g[:, 0], g[:, 1]
+        inv = 1.0 / total
+        common = (gu * u + gv * v) * inv
+        gd = (gu * inv - common, gv * inv - common, -common)  # dL/dD_k
+        x = big_x.unbind(1)
+        y = big_y.unbind(1)
+        g_clip = big_x.new_empty(big_x.shape[0], 3, 4)
+        rx, ry = ray[:, 0], ray[:, 1]
+        for j in range(3):
+            j1, j2 = (j + 1) % 3, (j + 2) % 3
+            gx = gd[j2] * y[j1] - gd[j1] * y[j2]
+            gy = gd[j1] * x[j2] - gd[j2] * x[j1]
+            g_clip[:, j, 0] = gx
+            g_clip[:, j, 1] = gy
+            g_clip[:, j, 2] = 0.0
+            g_clip[:, j, 3] = -(rx * gx + ry * gy)
+        grad = g_clip.new_zeros(ctx.n_clip, 4).index_add_(0, vidx.reshape(-1), g_clip.view(-1, 4))
+        return grad, None, None, None, None, None
+
+
+class _Interpolate(torch.autograd.Function):
+    """``out[p] = u attr[v0] + v attr[v1] + (1 - u - v) attr[v2]`` on covered pixels, zero elsewhere."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, attr_flat: Tensor, uv: Tensor, vidx: Tensor, pix: Tensor, n_out: int, rast_shape: tuple[int, ...]
+    ) -> Tensor:
+        channels = attr_flat.shape[1]
+        corners = attr_flat.index_select(0, vidx.reshape(-1)).view(-1, 3, channels)
+        u, v = uv[:, 0:1], uv[:, 1:2]
+        c2 = corners[:, 2]
+        vals = c2 + u * (corners[:, 0] - c2) + v * (corners[:, 1] - c2)
+        out = attr_flat.new_zeros(n_out, channels).index_copy_(0, pix, vals)
+        ctx.save_for_backward(corners, uv, vidx, pix)
+        ctx.n_attr = attr_flat.shape[0]
+        ctx.rast_shape = rast_shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        corners, uv, vidx, pix = ctx.saved_tensors
+        g = grad_out.index_select(0, pix)  # (M, C)
+        grad_attr = grad_uv = None
+        if ctx.needs_input_grad[0]:
+            u, v = uv[:, 0:1], uv[:, 1:2]
+            weights = torch.stack([u, v, 1.0 - u - v], dim=1)  # (M, 3, 1)
+            src = (weights * g[:, None, :]).reshape(-1, g.shape[1])
+            grad_attr = g.new_zeros(ctx.n_attr, g.shape[1]).index_add_(0, vidx.reshape(-1), src)
+        if ctx.needs_input_grad[1]:
+            c2 = corners[:, 2]
+            grad_uv = torch.stack([((corners[:, 0] - c2) * g).sum(1), ((corners[:, 1] - c2) * g).sum(1)], dim=1)
+        return grad_attr, grad_uv, None, None, None, None
+
+
 class TorchRasterizer:
     """nvdiffrast-compatible ``rasterize`` / ``interpolate`` / ``antialias`` in plain PyTorch.
 
@@ -98,95 +195,122 @@ class TorchRasterizer:
         batch, n_faces = clip_pos.shape[0], tri.shape[0]
         device = clip_pos.device
         n_pix = height * width
-        keys = torch.full((batch * n_pix,), _EMPTY_KEY, dtype=torch.int64, device=device)
+        empty = torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
         if n_faces == 0 or batch == 0:
-            return torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
+            return empty
 
-        tri_l = tri.long()
-        verts = clip_pos.detach().index_select(1, tri_l.reshape(-1)).view(batch, n_faces, 3, 4)
+        verts = clip_pos.detach().index_select(1, tri.long().reshape(-1)).view(batch, n_faces, 3, 4)
         px, py, pz = _to_pixels(verts, height, width)  # (B, F, 3) each
-        x0, x1, x2 = px.unbind(-1)
-        y0, y1, y2 = py.unbind(-1)
-        # Twice the signed area; barycentric l_k = (a_k x + b_k y + c_k) / area for either winding.
-        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        finite = torch.isfinite(px).all(-1) & torch.isfinite(py).all(-1) & torch.isfinite(pz).all(-1)
-        valid = (verts[..., 3] > 0).all(-1) & finite & (area != 0)
-        # Bounding box of pixel centres (integers) inside the triangle's extent, clamped to the image.
+        # Bounding box of the pixel centres (integers) the triangle can cover, clamped to the image.
         j_lo = torch.ceil(px.amin(-1)).clamp(0, width)
-        j_hi = torch.floor(px.amax(-1)).clamp(-1, width - 1)
         i_lo = torch.ceil(py.amin(-1)).clamp(0, height)
-        i_hi = torch.floor(py.amax(-1)).clamp(-1, height - 1)
-        nx = (j_hi - j_lo + 1).clamp_min(0)
-        ny = (i_hi - i_lo + 1).clamp_min(0)
-        valid &= (nx > 0) & (ny > 0)
-
-        sel = valid.reshape(-1).nonzero().squeeze(1)  # flat (b * F + f) of triangles with candidates
+        nx = torch.floor(px.amax(-1)).clamp(-1, width - 1) - j_lo + 1
+        ny = torch.floor(py.amax(-1)).clamp(-1, height - 1) - i_lo + 1
+        # NaN bounds (w = 0) fail these comparisons, so such triangles are dropped too.
+        valid = (verts[..., 3] > 0).all(-1) & (nx > 0) & (ny > 0)
+        sel = valid.view(-1).nonzero().squeeze(1)  # flat (b * F + f) of triangles with candidate pixels
         if sel.numel() == 0:
-            return torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
-        inv_area = 1.0 / area.reshape(-1).index_select(0, sel)
+            return empty
 
-        def flat(t: Tensor) -> Tensor:
-            return t.reshape(-1).index_select(0, sel)
+        def pick(t: Tensor) -> Tensor:
+            return t.reshape(-1, *t.shape[2:]).index_select(0, sel)
 
-        fx0, fx1, fx2, fy0, fy1, fy2 = (flat(t) for t in (x0, x1, x2, y0, y1, y2))
-        # Edge functions: l0 ∝ (x1 - x) (y2 - y) - (x2 - x) (y1 - y) = a0 x + b0 y + c0, etc. (cyclic).
-        a0, b0, c0 = fy1 - fy2, fx2 - fx1, fx1 * fy2 - fx2 * fy1
-        a1, b1, c1 = fy2 - fy0, fx0 - fx2, fx2 * fy0 - fx0 * fy2
-        a2, b2, c2 = fy0 - fy1, fx1 - fx0, fx0 * fy1 - fx1 * fy0
-        z = pz.reshape(-1, 3).index_select(0, sel)
-        coeff = torch.stack([a0, b0, c0, a1, b1, c1, a2, b2, c2], dim=1) * inv_area[:, None]
-        # Screen-space depth plane z/w = sum_k l_k z_k.
-        za = coeff[:, 0] * z[:, 0] + coeff[:, 3] * z[:, 1] + coeff[:, 6] * z[:, 2]
-        zb = coeff[:, 1] * z[:, 0] + coeff[:, 4] * z[:, 1] + coeff[:, 7] * z[:, 2]
-        zc = coeff[:, 2] * z[:, 0] + coeff[:, 5] * z[:, 1] + coeff[:, 8] * z[:, 2]
-        coeff = torch.cat([coeff, torch.stack([za, zb, zc], dim=1)], dim=1)  # (T, 12)
-
-        j0, i0 = flat(j_lo).long(), flat(i_lo).long()
-        j1, i1 = flat(j_hi).long(), flat(i_hi).long()
+        sx_, sy_, sz_ = pick(px), pick(py), pick(pz)  # (T, 3)
+        x0, x1, x2 = sx_.unbind(1)
+        y0, y1, y2 = sy_.unbind(1)
+        # Twice the signed area; l_k = edge_k(x, y) / area is the same for either winding (no culling).
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        keep_t = (area != 0).nonzero().squeeze(1)
+        if keep_t.numel() < sel.numel():
+            sel = sel.index_select(0, keep_t)
+            sx_, sy_, sz_, area = sx_[keep_t], sy_[keep_t], sz_[keep_t], area[keep_t]
+            x0, x1, x2 = sx_.unbind(1)
+            y0, y1, y2 = sy_.unbind(1)
+            if sel.numel() == 0:
+                return empty
+        inv_area = 1.0 / area
+        j0, i0 = pick(j_lo).long(), pick(i_lo).long()
+        nx_s, ny_s = pick(nx).long(), pick(ny).long()
+        # Edge functions of vertices 0 and 1 as affine functions of the pixel centre (x, y):
+        # l0 = ((x1 - x)(y2 - y) - (x2 - x)(y1 - y)) / area,  l1 = ((x2 - x)(y0 - y) - (x0 - x)(y2 - y)) / area,
+        # l2 = 1 - l0 - l1; and the screen-space depth plane z/w = l0 z0 + l1 z1 + l2 z2.
+        a0, b0, c0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area, (x1 * y2 - x2 * y1) * inv_area
+        a1, b1, c1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area, (x2 * y0 - x0 * y2) * inv_area
+        z0, z1, z2 = sz_.unbind(1)
+        za, zb, zc = (
+            a0 * (z0 - z2) + a1 * (z1 - z2),
+            b0 * (z0 - z2) + b1 * (z1 - z2),
+            c0 * (z0 - z2) + c1 * (z1 - z2) + z2,
+        )
+        needs_depth_test = ((sz_ < -1) | (sz_ > 1)).any(1)  # the plane is convex: in-range vertices suffice
+        dtype = a0.dtype
+        # Edge coefficients for a box whose origin is the top-left candidate: l = slope . (ox, oy) + offset.
+        x_org, y_org = j0.to(dtype), i0.to(dtype)
+        slopes = torch.stack([a0, b0, a1, b1], 1).view(-1, 2, 2)  # (T, [l0, l1], [d/dx, d/dy])
+        offsets = torch.stack([a0 * x_org + b0 * y_org + c0, a1 * x_org + b1 * y_org + c1], 1)  # (T, 2)
         batch_idx = torch.div(sel, n_faces, rounding_mode="floor")
         face_idx = sel - batch_idx * n_faces
-        pix_base = batch_idx * n_pix + i0 * width + j0  # flat index of each box's top-left pixel centre
+
         # Bucket triangles by power-of-two box size (sx, sy) >= (nx, ny): each bucket is a dense (T, sx * sy)
-        # grid evaluated by broadcasting, with no per-candidate gathers; padding is masked by the box test.
-        log_x = torch.frexp((flat(nx) - 1).to(torch.float64)).exponent.long()
-        log_y = torch.frexp((flat(ny) - 1).to(torch.float64)).exponent.long()
+        # grid evaluated with one matrix product, no per-candidate gathers. Padding cells lie outside the
+        # triangle's box, hence outside the triangle; boxes are shifted to stay inside the image where they fit.
+        log_x = torch.frexp((nx_s - 1).to(torch.float32)).exponent.long()
+        log_y = torch.frexp((ny_s - 1).to(torch.float32)).exponent.long()
         bucket = log_x * 64 + log_y
         order = torch.argsort(bucket)
-        kinds, sizes = torch.unique_consecutive(bucket[order], return_counts=True)
-        dtype = coeff.dtype
-        offset = 0
+        kinds, sizes = torch.unique_consecutive(bucket.index_select(0, order), return_counts=True)
+        keys = torch.full((batch * n_pix,), _EMPTY_KEY, dtype=torch.int64, device=device)
+        start = 0
         for kind, size in zip(kinds.tolist(), sizes.tolist(), strict=True):
-            members = order[offset : offset + size]
-            offset += size
+            members = order[start : start + size]
+            start += size
             sx, sy = 1 << (kind // 64), 1 << (kind % 64)
-            k = sx * sy
-            grid = torch.arange(k, device=device)
+            cells = sx * sy
+            grid = torch.arange(cells, device=device)
             oy = torch.div(grid, sx, rounding_mode="floor")
             ox = grid - oy * sx
-            oxf, oyf = ox.to(dtype), oy.to(dtype)
-            step = max(1, self.max_candidates // k)
+            # Shift the box left/up so the padded grid stays in the image (only when it fits at all).
+            shift_x = (j0.index_select(0, members) + sx - width).clamp_min(0) if sx <= width else None
+            shift_y = (i0.index_select(0, members) + sy - height).clamp_min(0) if sy <= height else None
+            offs = torch.stack([ox, oy]).to(dtype)  # (2, cells)
+            step = max(1, self.max_candidates // cells)
             for lo in range(0, size, step):
                 t = members[lo : lo + step]
-                c = coeff.index_select(0, t)  # (T, 12)
-                xs = j0.index_select(0, t).to(dtype)[:, None]
-                ys = i0.index_select(0, t).to(dtype)[:, None]
-                # Affine functions evaluated at the box origin plus the grid offsets.
-                base = c[:, 0::3, None] * xs[:, None] + c[:, 1::3, None] * ys[:, None] + c[:, 2::3, None]  # (T,4,1)
-                vals = base + c[:, 0::3, None] * oxf + c[:, 1::3, None] * oyf  # (T, 4, K): l0, l1, l2, z/w
-                zw = vals[:, 3]
-                keep = (vals[:, :3] >= 0).all(dim=1) & (zw >= -1) & (zw <= 1)
-                keep &= (ox <= (j1.index_select(0, t) - j0.index_select(0, t))[:, None]) & (
-                    oy <= (i1.index_select(0, t) - i0.index_select(0, t))[:, None]
-                )
-                hit = keep.view(-1).nonzero().squeeze(1)
+                sl = slopes.index_select(0, t)  # (n, 2, 2)
+                off = offsets.index_select(0, t)  # (n, 2)
+                jj0 = j0.index_select(0, t)
+                ii0 = i0.index_select(0, t)
+                if shift_x is not None:
+                    dx = shift_x[lo : lo + step]
+                    off = off - sl[:, :, 0] * dx[:, None].to(dtype)
+                    jj0 = jj0 - dx
+                if shift_y is not None:
+                    dy = shift_y[lo : lo + step]
+                    off = off - sl[:, :, 1] * dy[:, None].to(dtype)
+                    ii0 = ii0 - dy
+                lam = torch.addmm(off.reshape(-1, 1), sl.reshape(-1, 2), offs).view(-1, 2, cells)  # (n, 2, cells)
+                l0, l1 = lam[:, 0], lam[:, 1]
+                inside = (l0 >= 0) & (l1 >= 0) & (l0 + l1 <= 1)
+                if shift_x is None:
+                    inside &= ox < (width - jj0)[:, None]
+                if shift_y is None:
+                    inside &= oy < (height - ii0)[:, None]
+                hit = inside.view(-1).nonzero().squeeze(1)
                 if hit.numel() == 0:
                     continue
-                row = torch.div(hit, k, rounding_mode="floor")
-                col = hit - row * k
+                row = torch.div(hit, cells, rounding_mode="floor")
+                col = hit - row * cells
                 tri_hit = t.index_select(0, row)
-                pix = pix_base.index_select(0, tri_hit) + oy.index_select(0, col) * width + ox.index_select(0, col)
+                xs = jj0.index_select(0, row) + ox.index_select(0, col)
+                ys = ii0.index_select(0, row) + oy.index_select(0, col)
+                zw = za.index_select(0, tri_hit) * xs.to(dtype) + zb.index_select(0, tri_hit) * ys.to(dtype)
+                zw = zw + zc.index_select(0, tri_hit)
+                pix = batch_idx.index_select(0, tri_hit) * n_pix + ys * width + xs
+                if bool(needs_depth_test.index_select(0, tri_hit).any()):
+                    ok = ((zw >= -1) & (zw <= 1)).nonzero().squeeze(1)
+                    zw, pix, tri_hit = zw.index_select(0, ok), pix.index_select(0, ok), tri_hit.index_select(0, ok)
                 # Depth in [0, 1] as float32 bits: monotonic as an integer for non-negative floats.
-                depth01 = ((zw.reshape(-1).index_select(0, hit) + 1.0) * 0.5).to(torch.float32).clamp(0.0, 1.0)
+                depth01 = ((zw + 1.0) * 0.5).to(torch.float32).clamp(0.0, 1.0)
                 key = (depth01.view(torch.int32).to(torch.int64) << 32) | face_idx.index_select(0, tri_hit)
                 keys.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
@@ -205,46 +329,31 @@ class TorchRasterizer:
 
         Returns:
             rast (B, H, W, 4): ``(u, v, z/w, triangle_id + 1)``, zeros on empty pixels. ``u``, ``v`` are the
-            perspective-correct barycentrics of vertices 0 and 1 and carry gradients to ``clip_pos``.
+            perspective-correct barycentrics of vertices 0 and 1 and carry gradients to ``clip_pos`` (x, y, w).
         """
         ids = self.visible_triangles(clip_pos, tri, resolution)
         batch, height, width = ids.shape
-        flat_ids = ids.reshape(-1)
+        flat_ids = ids.view(-1)
         pix = (flat_ids >= 0).nonzero().squeeze(1)
-        out = clip_pos.new_zeros(batch * height * width, 4)
-        if pix.numel() == 0:
-            # Keep the graph connected so backward through an empty image yields zero gradients.
-            return (out + 0.0 * clip_pos.sum()).view(batch, height, width, 4)
         face = flat_ids.index_select(0, pix)
         n_pix = height * width
         b = torch.div(pix, n_pix, rounding_mode="floor")
         rem = pix - b * n_pix
         yi = torch.div(rem, width, rounding_mode="floor")
         xj = rem - yi * width
+        dtype = clip_pos.dtype
+        ray = torch.stack(
+            [
+                (xj.to(dtype) + 0.5) * (2.0 / width) - 1.0,
+                (yi.to(dtype) + 0.5) * (2.0 / height) - 1.0,
+                torch.ones(pix.shape[0], dtype=dtype, device=pix.device),
+            ],
+            dim=1,
+        )
         n_vert = clip_pos.shape[1]
-        vidx = (b[:, None] * n_vert + tri.long().index_select(0, face)).reshape(-1)
-        verts = clip_pos.reshape(-1, 4).index_select(0, vidx).view(-1, 3, 4)  # (M, 3, 4), differentiable
-        px, py, pz = _to_pixels(verts, height, width)
-        xf = xj.to(px.dtype)[:, None]
-        yf = yi.to(py.dtype)[:, None]
-        dx = px - xf
-        dy = py - yf
-        # Screen-space barycentrics: l_k ∝ cross(p_{k+1} - p, p_{k+2} - p).
-        e0 = dx[:, 1] * dy[:, 2] - dx[:, 2] * dy[:, 1]
-        e1 = dx[:, 2] * dy[:, 0] - dx[:, 0] * dy[:, 2]
-        e2 = dx[:, 0] * dy[:, 1] - dx[:, 1] * dy[:, 0]
-        area = e0 + e1 + e2
-        l0, l1, l2 = e0 / area, e1 / area, e2 / area
-        zw = (l0 * pz[:, 0] + l1 * pz[:, 1] + l2 * pz[:, 2]).detach()
-        # Perspective correction: b_k ∝ l_k / w_k.
-        inv_w = 1.0 / verts[..., 3]
-        q0, q1, q2 = l0 * inv_w[:, 0], l1 * inv_w[:, 1], l2 * inv_w[:, 2]
-        denom = q0 + q1 + q2
-        u = q0 / denom
-        v = q1 / denom
-        tid = (face + 1).to(clip_pos.dtype)
-        vals = torch.stack([u, v, zw, tid], dim=1)
-        out = out.index_copy(0, pix, vals)
+        vidx = b[:, None] * n_vert + tri.long().index_select(0, face)  # (M, 3) rows of clip_pos.view(-1, 4)
+        tid = (face + 1).to(dtype)
+        out = _Barycentrics.apply(clip_pos.reshape(-1, 4), vidx, ray, pix, tid, batch * n_pix)
         return out.view(batch, height, width, 4)
 
     def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
@@ -270,21 +379,20 @@ class TorchRasterizer:
         flat = rast.reshape(-1, 4)
         tid = flat[:, 3].detach().long()
         pix = (tid > 0).nonzero().squeeze(1)
-        dtype = torch.promote_types(attr.dtype, rast.dtype)
-        out = attr.new_zeros(batch * height * width, channels, dtype=dtype)
-        if pix.numel() == 0:
-            return (out + 0.0 * attr.sum() + 0.0 * rast.sum()).view(batch, height, width, channels)
         face = tid.index_select(0, pix) - 1
-        if int(face.max()) >= tri.shape[0]:
+        if face.numel() and int(face.max()) >= tri.shape[0]:
             raise ValueError(f"interpolate: rast holds triangle id {int(face.max())} but tri has {tri.shape[0]}")
-        b = torch.div(pix, height * width, rounding_mode="floor") if attr.shape[0] > 1 else torch.zeros_like(pix)
+        dtype = torch.promote_types(attr.dtype, rast.dtype)
         n_vert = attr.shape[1]
-        vidx = (b[:, None] * n_vert + tri.long().index_select(0, face)).reshape(-1)
-        corners = attr.reshape(-1, channels).index_select(0, vidx).view(-1, 3, channels).to(dtype)  # (M, 3, C)
+        tri_px = tri.long().index_select(0, face)
+        if attr.shape[0] > 1:
+            vidx = torch.div(pix, height * width, rounding_mode="floor")[:, None] * n_vert + tri_px
+        else:
+            vidx = tri_px
         uv = flat[:, :2].index_select(0, pix).to(dtype)
-        u, v = uv[:, 0:1], uv[:, 1:2]
-        vals = u * corners[:, 0] + v * corners[:, 1] + (1.0 - u - v) * corners[:, 2]
-        out = out.index_copy(0, pix, vals)
+        out = _Interpolate.apply(
+            attr.to(dtype).reshape(-1, channels), uv, vidx, pix, batch * height * width, tuple(rast.shape)
+        )
         return out.view(batch, height, width, channels)
 
     def antialias(self, color: Tensor, rast: Tensor, clip_pos: Tensor, tri: Tensor) -> Tensor:

@@ -1,0 +1,157 @@
+"""Renderer speed: forward and forward+backward of ``MeshRenderer`` on the ICT face, per backend and batch size.
+
+Scene: the ICT face model (``load_face_model("ict")``) with random identity and small random poses, rendered at
+224x224 (colour, depth and normals interpolated, antialias on). Forward = ``MeshRenderer.forward`` from clip
+positions and per-vertex colours/normals; forward+backward adds the backward of a photometric-style loss to the
+clip positions, colours and normals. Times are wall-clock medians over repeated runs, reported per batch and per
+image. Writes ``benchmarks/results/render-<device>.json``.
+
+Usage: ``python benchmarks/render.py [--batches 1 8 32] [--repeats 15] [--device cpu|cuda] [--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, device_slug, header, markdown_table, median, time_call, write_json
+
+
+def _backends(device: torch.device) -> list[str]:
+    if device.type != "cuda":
+        return ["torch"]
+    from msma.render.nvdiffrast_raster import nvdiffrast_installed
+
+    return ["nvdiffrast", "torch"] if nvdiffrast_installed() else ["torch"]
+
+
+def _scene(
+    batch: int, size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ICT faces: clip (B, V, 4), tri (F, 3) int32, colour (B, V, 3), normals (B, V, 3) on ``device``."""
+    from msma.face_model import load_face_model
+
+    model = load_face_model("ict").eval()
+    g = torch.Generator().manual_seed(batch)
+    base = model.layout.zeros(batch)
+    angles = (torch.rand(batch, 3, generator=g) - 0.5) * torch.tensor([0.3, 0.8, 0.2])
+    params = base.replace(id=torch.randn(base.id.shape, generator=g) * 0.5, angles=angles)
+    with torch.no_grad():
+        face = model(params, image_size=size)
+    return (
+        face.clip.to(device),
+        model.tri.to(device=device, dtype=torch.int32),
+        face.color.to(device),
+        face.normals.to(device),
+    )
+
+
+def _time_renderer(
+    renderer: torch.nn.Module,
+    clip: torch.Tensor,
+    tri: torch.Tensor,
+    color: torch.Tensor,
+    normals: torch.Tensor,
+    size: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of forward and of forward+backward (photometric-style loss) calls."""
+    target = torch.rand(clip.shape[0], 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            renderer(clip, tri, color, normals, resolution=size)
+
+    def forward_backward() -> None:
+        c = clip.detach().requires_grad_(True)
+        col = color.detach().requires_grad_(True)
+        nrm = normals.detach().requires_grad_(True)
+        out = renderer(c, tri, col, nrm, resolution=size)
+        loss = ((out.image - target) * out.mask).square().mean() + out.normals.mean()
+        loss.backward()
+
+    return time_call(forward, device, repeats, warmup), time_call(forward_backward, device, repeats, warmup)
+
+
+def run(
+    batches: list[int], size: int, repeats: int, warmup: int, device: torch.device, backends: list[str] | None = None
+) -> dict[str, Any]:
+    """Times every (backend, batch) pair; returns the JSON payload (without writing it)."""
+    from msma.render import MeshRenderer
+
+    rows: list[dict[str, Any]] = []
+    for name in backends or _backends(device):
+        renderer = MeshRenderer(backend=name, antialias=True)
+        for batch in batches:
+            clip, tri, color, normals = _scene(batch, size, device)
+            fwd, fb = _time_renderer(renderer, clip, tri, color, normals, size, device, repeats, warmup)
+            row = {
+                "backend": name,
+                "batch": batch,
+                "size": size,
+                "forward_ms": 1e3 * median(fwd),
+                "forward_backward_ms": 1e3 * median(fb),
+                "forward_ms_per_image": 1e3 * median(fwd) / batch,
+                "forward_backward_ms_per_image": 1e3 * median(fb) / batch,
+                "repeats": repeats,
+            }
+            rows.append(row)
+            print(
+                f"{name:>10} B={batch:<3} fwd {row['forward_ms']:8.2f} ms ({row['forward_ms_per_image']:.2f}/img)  "
+                f"fwd+bwd {row['forward_backward_ms']:8.2f} ms ({row['forward_backward_ms_per_image']:.2f}/img)",
+                flush=True,
+            )
+    settings = {"size": size, "batches": batches, "repeats": repeats, "warmup": warmup, "antialias": True}
+    payload = header(device, "render", settings)
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        payload["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    payload["results"] = rows
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backends", nargs="+", default=None, choices=["torch", "nvdiffrast"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    payload = run(args.batches, args.size, args.repeats, args.warmup, device, args.backends)
+    if args.note:
+        payload["note"] = args.note
+    cols = ["backend", "batch", "fwd ms", "fwd ms/img", "fwd+bwd ms", "fwd+bwd ms/img"]
+    table = [
+        [
+            r["backend"],
+            r["batch"],
+            r["forward_ms"],
+            r["forward_ms_per_image"],
+            r["forward_backward_ms"],
+            r["forward_backward_ms_per_image"],
+        ]
+        for r in payload["results"]
+    ]
+    print(markdown_table(cols, table))
+    path = write_json(f"render-{device_slug(device)}", payload, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
