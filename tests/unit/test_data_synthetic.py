@@ -267,3 +267,21 @@ def test_preview_cli_writes_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture
     assert grid is not None and grid.shape == (32, 4 * 32, 3)  # 3 tiles padded to a row of 4
     assert float(grid[:, 3 * 32 :].max()) == 0.0 and float(grid[:, :32].std()) > 5
     assert "s/sample" in capsys.readouterr().out
+
+
+def test_head_context_only_changes_the_background(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with_ctx = _dataset(ict_model, 3, seed=8, image_size=48)
+    without = _dataset(ict_model, 3, seed=8, image_size=48, head_context=False)
+    assert (
+        _dataset(ict_model, 3, cache_dir=tmp_path).cache_key()
+        != _dataset(ict_model, 3, cache_dir=tmp_path, head_context=False).cache_key()
+    )
+    changed = 0
+    for i in range(3):
+        a, b = with_ctx[i], without[i]
+        assert torch.equal(a.params, b.params) and torch.equal(a.skin_mask, b.skin_mask)  # type: ignore[arg-type]
+        diff = (a.image - b.image).abs().amax(0)
+        face = a.skin_mask[0] > 0.99  # type: ignore[index]
+        assert float(diff[face].max()) <= 1.0 / 255 + 1e-6  # the face itself is untouched
+        changed += int(float(diff[~face].max()) > 0.1)
+    assert changed >= 1  # most samples get a skull / neck behind the face

@@ -55,7 +55,7 @@ from msma.render.renderer import MeshRenderer
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output for the same settings changes (part of the cache key).
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 #: Files of one cache shard.
 _SHARD_FILES = ("images.npy", "skin.npy", "params.npy", "landmarks.npy")
 _DONE = "done.json"
@@ -510,6 +510,8 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         device: where generation renders (None: CUDA for the nvdiffrast backend, else CPU).
         return_vertices: compute ``FaceSample.vertices`` (N, 3) from the stored coefficients.
         progress: show a tqdm progress bar while generating.
+        head_context: paint a rough skull/hair and neck behind most faces (see :func:`_head_context`), so the
+            network does not learn that a face ends where the background starts.
         **sampling: further keyword arguments of :func:`sample_params` (``pitch_std_deg``, ``id_scale``, ...).
     """
 
@@ -529,6 +531,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         device: str | torch.device | None = None,
         return_vertices: bool = True,
         progress: bool = True,
+        head_context: bool = True,
         **sampling: Any,
     ) -> None:
         if num_samples < 0:
@@ -554,6 +557,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         self.render_batch = int(render_batch)
         self.return_vertices = return_vertices
         self.progress = progress
+        self.head_context = head_context
         self.settings = SamplingSettings(
             max_yaw_deg=max_yaw_deg,
             extreme_yaw_fraction=extreme_yaw_fraction,
@@ -586,6 +590,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             "image_size": self.image_size,
             "shard_size": self.shard_size,
             "renderer_backend": self.renderer_backend,
+            "head_context": self.head_context,
             "sampling": dataclasses.asdict(self.settings),
         }
 
@@ -740,11 +745,13 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         params_list: list[FaceParams] = []
         backgrounds: list[Tensor] = []
         extras: list[Tensor] = []
+        contexts: list[tuple[Tensor, Tensor]] = []
         for i in indices:
             gen = torch.Generator().manual_seed(sample_seed(self.seed, i))
             params_list.append(_sample_params(self.face_model, 1, gen, self.settings))
             backgrounds.append(procedural_background(size, gen))
             extras.append(torch.rand(6, generator=gen))  # mouth cavity colour and sensor noise
+            contexts.append((torch.rand(12, generator=gen), _value_noise(gen, max(16, size // 2), 1, octaves=3)))
         params = FaceParams.cat(params_list)
         model = self._generation_model()
         face = model(params.to(self.device), size)
@@ -761,7 +768,12 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
 
         out_images = []
         for b in range(len(indices)):
-            bg = backgrounds[b]
+            if self.head_context:
+                face_px = skin[b] > 0.5
+                skin_rgb = image[b][:, face_px].mean(dim=1) if bool(face_px.any()) else torch.tensor([0.5, 0.38, 0.32])
+                bg = _head_context(backgrounds[b], landmarks[b], skin_rgb, *contexts[b])
+            else:
+                bg = backgrounds[b]
             cavity = _mouth_cavity(landmarks[b], size)  # (S, S) in [0, 1]
             e = extras[b]
             cavity_colour = torch.tensor([0.25, 0.08, 0.08]) * (0.3 + 0.9 * e[:3])
@@ -846,6 +858,81 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+#: Hair colours (RGB in [0, 1]): black, dark brown, brown, light brown, blond, auburn, grey.
+_HAIR_RGB = torch.tensor(
+    [
+        [0.05, 0.04, 0.04],
+        [0.16, 0.10, 0.07],
+        [0.30, 0.20, 0.13],
+        [0.45, 0.33, 0.22],
+        [0.70, 0.58, 0.38],
+        [0.45, 0.20, 0.10],
+        [0.55, 0.55, 0.55],
+    ]
+)
+
+
+def _head_context(background: Tensor, landmarks: Tensor, skin_rgb: Tensor, r: Tensor, texture: Tensor) -> Tensor:
+    """Paints a rough skull (hair or bald) and a neck onto the background, placed from the face's landmarks.
+
+    The rendered mesh is the face only (forehead to chin); real aligned crops show hair, the back of the head and
+    the neck around it. This layer goes *behind* the render (the composite only shows it where the face does not
+    cover), so it never changes a label.
+
+    Args:
+        background: (3, S, S) background.
+        landmarks: (68, 2) projected landmarks (pixels) of this face.
+        skin_rgb: (3,) mean rendered skin colour (neck and bald skull colour).
+        r: (12,) uniform draws of this sample.
+        texture: (1, s, s) value noise in [0, 1] (hair texture), any s.
+
+    Returns:
+        (3, S, S) background with the head context, or ``background`` for the 25 % of samples without it.
+    """
+    if float(r[0]) < 0.25 or not bool(torch.isfinite(landmarks).all()):
+        return background
+    size = background.shape[-1]
+    chin, nasion, nose = landmarks[8], landmarks[27], landmarks[30]
+    jaw_mid = 0.5 * (landmarks[0] + landmarks[16])
+    up = nasion - chin
+    face_h = float(up.norm().clamp_min(1.0))
+    up = up / face_h
+    side = torch.stack([-up[1], up[0]])  # perpendicular to ``up`` (image x for an upright face)
+    width = max(float((landmarks[16] - landmarks[0]).norm()), 0.75 * face_h)
+    # The skull sits behind the face: centred a little above the nasion and shifted sideways away from where the
+    # nose points (yaw turns the back of the head to the other side).
+    turn = float((nose - jaw_mid) @ side)
+    centre = nasion + up * (0.1 * face_h) - side * (1.2 * turn)
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    dx, dy = xs - float(centre[0]), ys - float(centre[1])
+    a = (dx * float(side[0]) + dy * float(side[1])) / (0.6 * width * (0.95 + 0.3 * float(r[1])))
+    b = (dx * float(up[0]) + dy * float(up[1])) / (1.0 * face_h * (0.95 + 0.25 * float(r[2])))
+    skull = torch.sigmoid((1.0 - (a * a + b * b)) * 12.0)
+    tex = F.interpolate(texture[None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    if float(r[3]) < 0.1:  # bald
+        head_rgb = skin_rgb * (0.85 + 0.2 * float(r[4]))
+        head = head_rgb[:, None, None] * (0.9 + 0.2 * tex)
+    else:
+        hair = _HAIR_RGB[int(float(r[4]) * len(_HAIR_RGB)) % len(_HAIR_RGB)] * (0.7 + 0.6 * float(r[5]))
+        head = hair[:, None, None] * (0.6 + 0.8 * tex)
+        # long hair: extend the hair region down the sides of the face
+        if float(r[6]) < 0.4:
+            below = (dx * float(up[0]) + dy * float(up[1])) < 0
+            drop = torch.sigmoid((1.0 - a.abs()) * 10.0) * torch.sigmoid((1.4 * face_h + (b * 1.05 * face_h)) / 6.0)
+            skull = torch.where(below, torch.maximum(skull, drop), skull)
+    # Neck: a band from under the chin down to the image border, narrower than the face, in shadow.
+    ndx, ndy = xs - float(chin[0]), ys - float(chin[1])
+    along = -(ndx * float(up[0]) + ndy * float(up[1]))  # distance below the chin
+    across = (ndx * float(side[0]) + ndy * float(side[1])) / (0.33 * width * (0.85 + 0.3 * float(r[7])))
+    neck = torch.sigmoid((1.0 - across.abs()) * 8.0) * torch.sigmoid((along + 0.3 * face_h) / 3.0)
+    neck_rgb = skin_rgb * (0.55 + 0.3 * float(r[8]))
+    out = background * (1.0 - neck) + neck_rgb[:, None, None] * neck
+    out = out * (1.0 - skull) + head.clamp(0.0, 1.0) * skull
+    return out.clamp(0.0, 1.0)
+
+
 def _mouth_cavity(landmarks: Tensor, size: int) -> Tensor:
     """Soft mask (S, S) of the inner-lip polygon (what shows through an open mouth, which is not rendered)."""
     pts = landmarks[list(INNER_LIP)].numpy().astype(np.float64)
