@@ -112,6 +112,14 @@ def test_loader_workers_pickle_the_dataset(testdata: Path, tmp_path: Path) -> No
     assert batch.image.shape == (3, 3, 224, 224)
 
 
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.jpg").write_bytes(b"")
+    dm = FaceDataModule(kind="folder", root=tmp_path / "p", landmarks="gt", num_workers=0)
+    with pytest.raises(ValueError, match=r"no usable training samples.*zero_byte"):
+        dm.setup("fit")
+
+
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="unknown data kind"):
         FaceDataModule(kind="celeba")

@@ -271,6 +271,9 @@ class FaceDataModule(L.LightningDataModule):
             else:
                 assert self.root is not None
                 full = self._real(self.kind, self.root)
+                if len(full) == 0:  # type: ignore[arg-type]
+                    skipped = getattr(full, "skip_counts", {})
+                    raise ValueError(f"{self.root}: no usable training samples (skipped: {dict(skipped) or 'none'})")
                 train_idx, val_idx = stable_split(len(full), self.val_fraction, self.seed)  # type: ignore[arg-type]
                 self.train_set = TransformedSubset(full, train_idx, self._augmentation())
                 self.val_set = TransformedSubset(full, val_idx, None)
