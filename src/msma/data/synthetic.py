@@ -501,13 +501,18 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         seed: dataset seed; sample ``i`` depends only on ``(seed, i)`` and the settings.
         image_size: square crop size S in pixels.
         cache_dir: where generated shards are stored (``cache_dir/<key>/``); None generates on the fly.
-        renderer_backend: ``"torch"`` (CPU reference) or ``"nvdiffrast"``/``"auto"`` (see ``MeshRenderer``).
+        renderer_backend: ``"torch"`` (CPU reference), ``"nvdiffrast"`` (CUDA) or ``"auto"`` (nvdiffrast when
+            generating on a CUDA device, else torch; see ``MeshRenderer``). The backends differ slightly
+            (nvdiffrast antialiases silhouettes), so the backend is part of the cache key. Generate a GPU cache
+            with :meth:`ensure_generated` in the main process: on-the-fly generation inside forked ``DataLoader``
+            workers must render on the CPU (``device="cpu"``, ``renderer_backend="torch"``).
         max_yaw_deg: most samples have ``|yaw| <= max_yaw_deg``.
         extreme_yaw_fraction: fraction of samples beyond ``max_yaw_deg`` (up to ``extreme_yaw_limit_deg``).
         extreme_yaw_limit_deg: the largest |yaw|.
         shard_size: samples per cache shard (and per rendering batch).
         render_batch: faces rendered at once when generating.
-        device: where generation renders (None: CUDA for the nvdiffrast backend, else CPU).
+        device: where generation renders (None: CUDA for ``"nvdiffrast"``, and for ``"auto"`` with a
+            ``cache_dir`` when CUDA is available; else CPU).
         return_vertices: compute ``FaceSample.vertices`` (N, 3) from the stored coefficients.
         progress: show a tqdm progress bar while generating.
         head_context: paint a rough skull/hair and neck behind most faces (see :func:`_head_context`), so the
@@ -564,9 +569,21 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             extreme_yaw_limit_deg=extreme_yaw_limit_deg,
             **sampling,
         )
+        if renderer_backend not in ("torch", "nvdiffrast", "auto"):
+            raise ValueError(f"renderer_backend must be 'torch', 'nvdiffrast' or 'auto', got {renderer_backend!r}")
         if device is None:
-            device = "cuda" if renderer_backend == "nvdiffrast" else "cpu"
+            # On-the-fly generation runs in DataLoader workers (forked: no CUDA there), so "auto" stays on the CPU.
+            wants_gpu = renderer_backend == "nvdiffrast" or (
+                renderer_backend == "auto" and cache_dir is not None and torch.cuda.is_available()
+            )
+            device = "cuda" if wants_gpu else "cpu"
         self.device = torch.device(device)
+        # "auto" resolves by device (as MeshRenderer does): the cache key names the backend that renders.
+        self.resolved_backend = (
+            renderer_backend
+            if renderer_backend != "auto"
+            else ("nvdiffrast" if self.device.type == "cuda" else "torch")
+        )
         self._renderer: MeshRenderer | None = None
         self._shards: dict[int, dict[str, np.ndarray]] = {}
         self._model_id: str | None = None
@@ -589,7 +606,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             "seed": self.seed,
             "image_size": self.image_size,
             "shard_size": self.shard_size,
-            "renderer_backend": self.renderer_backend,
+            "renderer_backend": self.resolved_backend,
             "head_context": self.head_context,
             "sampling": dataclasses.asdict(self.settings),
         }
