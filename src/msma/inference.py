@@ -1,0 +1,496 @@
+"""Reconstruction from photos: ``msma.Reconstructor`` and the ``msma reconstruct`` command.
+
+Pipeline per photo (the training crops' preprocessing, so a trained network sees what it was trained on):
+face detection (:mod:`msma.data.detect`), 68 landmarks (:mod:`msma.data.landmarks`, dlib by default),
+Deep3D's 5-point alignment to the face model's own mean-face template (:mod:`msma.data.align`), the encoder on
+the ``S x S`` crop (S = the checkpoint's training image size), the face model, and a rendering that is warped
+back onto the photo for the overlay. Predicted landmarks are reported in the original photo's pixels.
+
+``ckpt`` is a ``.ckpt`` written by ``msma train`` or ``"mean"`` / None: the untrained network, whose
+zero-initialised heads give the mean face, frontal, centred in the aligned crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from msma.face_model.model import FaceModel
+from msma.face_model.params import FaceParams
+from msma.render.renderer import MeshRenderer
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike[str] | np.ndarray | Image.Image
+#: Opacity of the rendered face in the overlay where the render covers the photo.
+OVERLAY_ALPHA = 0.75
+#: Longest side of the rendering used for overlays (it is warped onto the photo).
+MAX_OVERLAY_RENDER = 768
+#: Colour of the predicted landmarks in overlays (red).
+LANDMARK_COLOR = (235, 40, 40)
+
+# Skip reasons (stable codes in summaries).
+SKIP_NO_FACE = "no_face"
+SKIP_LANDMARKS = "landmarks_failed"
+
+
+class NoFaceError(ValueError):
+    """No face was found in an image (the message names the image)."""
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One reconstructed face.
+
+    Attributes:
+        params: predicted coefficients (batch of one) in the face model's layout.
+        vertices: (N, 3) posed vertices in mm, model/camera frame (x right, y up, z towards the camera).
+        vertices_canonical: (N, 3) unposed shape (identity + expression) in mm, model frame.
+        colors: (N, 3) shaded vertex colours (albedo x SH light) in [0, 1].
+        albedo: (N, 3) per-vertex albedo in [0, 1].
+        triangles: (F, 3) int64 triangle indices.
+        landmarks: (68, 2) predicted landmarks in the original image's pixels (x right, y down).
+        detected_landmarks: (68, 2) the landmark detector's points used for the alignment, original pixels.
+        box: (left, top, right, bottom) detected face box in original-image pixels.
+        crop: (3, S, S) the aligned crop the network saw, float RGB in [0, 1].
+        crop_to_image: (3, 3) affine crop pixels -> original image pixels.
+        overlay: (H, W, 3) uint8: the rendering blended on the photo, predicted landmarks drawn.
+        render_mask: (H, W) float32 coverage of the rendered face in the photo, in [0, 1].
+        source: where the image came from (path or ``"<array>"``).
+        face_index: index of this face among the faces reconstructed in the image (0 = largest).
+    """
+
+    params: FaceParams
+    vertices: Tensor
+    vertices_canonical: Tensor
+    colors: Tensor
+    albedo: Tensor
+    triangles: Tensor
+    landmarks: np.ndarray
+    detected_landmarks: np.ndarray
+    box: tuple[float, float, float, float]
+    crop: Tensor
+    crop_to_image: np.ndarray
+    overlay: np.ndarray
+    render_mask: np.ndarray
+    source: str
+    face_index: int = 0
+
+    def coefficients_json(self) -> dict[str, Any]:
+        """The coefficients and alignment as JSON-ready lists (angles in radians and degrees, trans in mm)."""
+        coeffs = {g: t[0].detach().cpu().double().tolist() for g, t in self.params.items()}
+        pitch, yaw, roll = (math.degrees(a) for a in coeffs["angles"])
+        return {
+            "source": self.source,
+            "face_index": self.face_index,
+            "coefficients": coeffs,
+            "angles_deg": {"pitch": pitch, "yaw": yaw, "roll": roll},
+            "units": {"angles": "radians", "trans": "mm", "landmarks": "original-image pixels (x right, y down)"},
+            "box": list(self.box),
+            "landmarks_2d": np.asarray(self.landmarks, dtype=np.float64).tolist(),
+            "crop_to_image": np.asarray(self.crop_to_image, dtype=np.float64).tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class _Input:
+    """A decoded photo: (H, W, 3) float RGB in [0, 1] and the map loaded -> original pixels."""
+
+    image: np.ndarray
+    loaded_to_original: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
+class _Face:
+    image_index: int
+    face_index: int
+    crop: np.ndarray  # (S, S, 3) float32
+    crop_to_loaded: np.ndarray  # (3, 3)
+    detected: np.ndarray  # (68, 2) loaded pixels
+    box: tuple[float, float, float, float]  # loaded pixels
+
+
+def _to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"{source}: expected an (H, W, 3) RGB image, got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    out = arr.astype(np.float32)
+    if out.size and (out.min() < 0.0 or out.max() > 1.0):
+        raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
+    return out
+
+
+def _affine_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, dtype=np.float64) @ m[:2, :2].T + m[:2, 2]
+
+
+def _pixel_rescale(src: int, dst: int) -> np.ndarray:
+    """Affine from pixel-index coordinates of a ``dst``-px square image to those of a ``src``-px one."""
+    k = src / dst
+    return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5], [0.0, 0.0, 1.0]])
+
+
+class Reconstructor:
+    """Single-image 3D face reconstruction with a trained (or the untrained, mean-face) network.
+
+    Args:
+        ckpt: checkpoint path written by ``msma train``; ``None`` or ``"mean"`` for the untrained network
+            (mean face).
+        device: ``"cpu"``, ``"cuda"`` or a torch device.
+        detector: face detector name (:func:`msma.data.detect.make_detector`).
+        landmarks: 68-point backend for the alignment (``"dlib"`` or ``"fan"``).
+        landmark_weights: optional model file of that backend.
+        image_size: crop size S; default the checkpoint's training size (224 for ``"mean"``).
+        renderer_backend: ``"auto"``, ``"torch"`` or ``"nvdiffrast"``.
+    """
+
+    def __init__(
+        self,
+        ckpt: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        detector: str = "dlib",
+        landmarks: str = "dlib",
+        landmark_weights: str | os.PathLike[str] | None = None,
+        image_size: int | None = None,
+        renderer_backend: str = "auto",
+    ) -> None:
+        from msma.builders import build_untrained_module, load_module_from_checkpoint
+        from msma.data.align import template_from_face_model
+        from msma.data.detect import make_detector
+        from msma.data.landmarks import make_landmark_backend
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        if ckpt is None or str(ckpt) == "mean":
+            self.checkpoint = "mean"
+            module = build_untrained_module(renderer_backend=renderer_backend)
+        else:
+            self.checkpoint = str(ckpt)
+            module = load_module_from_checkpoint(Path(ckpt), map_location="cpu")
+        self.module = module.to(self.device).eval()
+        if renderer_backend != "auto":
+            self.module.renderer = MeshRenderer(backend=renderer_backend)
+        data_cfg = dict(self.module.config.get("data") or {})
+        self.image_size = int(image_size or data_cfg.get("image_size") or 224)
+        self.face_model: FaceModel = self.module.face_model  # type: ignore[assignment]
+        self.renderer: MeshRenderer = self.module.renderer  # type: ignore[assignment]
+        self.template = template_from_face_model(self.face_model)  # type: ignore[arg-type]
+        self.detector = make_detector(detector)
+        self.landmark_backend = make_landmark_backend(landmarks, landmark_weights, device=str(self.device))
+        if not self.landmark_backend.needs_detector:
+            raise ValueError("the 'gt' landmark backend needs annotation files; use 'dlib' or 'fan'")
+
+    # ------------------------------------------------------------------------------------------ public
+    def reconstruct(self, image: ImageInput) -> Reconstruction:
+        """Reconstructs the largest face of one image.
+
+        Args:
+            image: a file path, an (H, W, 3) uint8 / float [0, 1] RGB array, or a PIL image.
+
+        Raises:
+            msma.data.io.BadImageError: an unreadable file.
+            NoFaceError: no face found.
+        """
+        return self.reconstruct_faces(image, all_faces=False)[0]
+
+    def reconstruct_faces(self, image: ImageInput, all_faces: bool = True) -> list[Reconstruction]:
+        """Reconstructs every face (largest first) or only the largest; raises :class:`NoFaceError` if none."""
+        inp = self._decode(image)
+        faces, reason = self._faces(inp, 0, all_faces)
+        if not faces:
+            raise NoFaceError(f"{inp.source}: {reason}")
+        return self._run([inp], faces)
+
+    def reconstruct_many(
+        self, images: Sequence[ImageInput], all_faces: bool = False, batch_size: int = 8
+    ) -> list[list[Reconstruction] | str]:
+        """Reconstructs many images, batching the network over faces.
+
+        Returns:
+            One entry per input: its reconstructions, or a skip reason string
+            (``"<code>: <detail>"``, codes: msma.data.io reasons, ``no_face``, ``landmarks_failed``).
+        """
+        from msma.data.io import BadImageError
+
+        results: list[list[Reconstruction] | str] = []
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start : start + max(1, batch_size)]
+            inputs: list[_Input] = []
+            faces: list[_Face] = []
+            slots: list[int] = []
+            for item in chunk:
+                try:
+                    inp = self._decode(item)
+                except (BadImageError, ValueError) as exc:
+                    reason = exc.reason if isinstance(exc, BadImageError) else "unreadable"
+                    results.append(f"{reason}: {exc}")
+                    continue
+                found, why = self._faces(inp, len(inputs), all_faces)
+                if not found:
+                    results.append(why)
+                    continue
+                slots.append(len(results))
+                results.append([])
+                inputs.append(inp)
+                faces += found
+            if faces:
+                recs = self._run(inputs, faces, batch_size=batch_size)
+                per_image: list[list[Reconstruction]] = [[] for _ in inputs]
+                for face, rec in zip(faces, recs):
+                    per_image[face.image_index].append(rec)
+                for slot, recs_i in zip(slots, per_image):
+                    results[slot] = recs_i
+        return results
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _decode(self, image: ImageInput) -> _Input:
+        from msma.data.io import load_image
+
+        if isinstance(image, (str, os.PathLike)):
+            loaded = load_image(image)
+            return _Input(loaded.image, loaded.loaded_to_original(), str(image))
+        return _Input(_to_float_rgb(image, "<array>"), np.eye(3), "<array>")
+
+    def _faces(self, inp: _Input, image_index: int, all_faces: bool) -> tuple[list[_Face], str]:
+        from msma.data.align import alignment_transform, warp_crop
+        from msma.data.detect import select_faces
+        from msma.data.landmarks import LandmarkError
+
+        u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
+        boxes = select_faces(self.detector.detect(u8), "all" if all_faces else "largest")
+        boxes = sorted(boxes, key=lambda b: -b.area)
+        if not boxes:
+            return [], f"{SKIP_NO_FACE}: the face detector found no face in {inp.source}"
+        faces: list[_Face] = []
+        errors: list[str] = []
+        for box in boxes:
+            try:
+                lm = np.asarray(self.landmark_backend.detect(u8, box), dtype=np.float64)
+            except LandmarkError as exc:
+                errors.append(str(exc))
+                continue
+            if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
+                errors.append(f"landmark backend returned {lm.shape} / non-finite points")
+                continue
+            m = alignment_transform(lm, self.template, self.image_size)
+            crop = warp_crop(inp.image, m, self.image_size)
+            faces.append(_Face(image_index, len(faces), crop, m, lm, (box.left, box.top, box.right, box.bottom)))
+        if not faces:
+            return [], f"{SKIP_LANDMARKS}: {inp.source}: {'; '.join(errors)}"
+        return faces, ""
+
+    @torch.no_grad()
+    def _run(self, inputs: list[_Input], faces: list[_Face], batch_size: int = 8) -> list[Reconstruction]:
+        out: list[Reconstruction] = []
+        for start in range(0, len(faces), max(1, batch_size)):
+            group = faces[start : start + max(1, batch_size)]
+            crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
+            params: FaceParams = self.module.encoder(crops)
+            face = self.face_model(params, image_size=self.image_size)
+            for i, f in enumerate(group):
+                out.append(self._finish(inputs[f.image_index], f, params[i], face, i))
+        return out
+
+    def _finish(self, inp: _Input, f: _Face, params: FaceParams, face: Any, i: int) -> Reconstruction:
+        s = self.image_size
+        to_orig = inp.loaded_to_original
+        crop_to_image = to_orig @ f.crop_to_loaded
+        lm_crop = face.landmarks_2d[i].detach().cpu().double().numpy()
+        landmarks = _affine_points(crop_to_image, lm_crop)
+        overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, _affine_points(f.crop_to_loaded, lm_crop))
+        box = tuple(float(v) for v in _affine_points(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
+        assert s == f.crop.shape[0]
+        return Reconstruction(
+            params=params.detach().to("cpu"),
+            vertices=face.vertices[i].detach().cpu(),
+            vertices_canonical=face.vertices_canonical[i].detach().cpu(),
+            colors=face.color[i].detach().clamp(0.0, 1.0).cpu(),
+            albedo=face.albedo[i].detach().clamp(0.0, 1.0).cpu(),
+            triangles=self.face_model.tri.detach().cpu().long(),
+            landmarks=landmarks,
+            detected_landmarks=_affine_points(to_orig, f.detected),
+            box=(box[0], box[1], box[2], box[3]),
+            crop=torch.from_numpy(f.crop.transpose(2, 0, 1).copy()),
+            crop_to_image=crop_to_image,
+            overlay=overlay,
+            render_mask=mask,
+            source=inp.source,
+            face_index=f.face_index,
+        )
+
+    def _overlay(
+        self, image: np.ndarray, crop_to_loaded: np.ndarray, params: FaceParams, landmarks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Renders the face at about the photo's resolution and blends it on the (loaded) photo."""
+        h, w = image.shape[:2]
+        s = self.image_size
+        zoom = math.sqrt(abs(np.linalg.det(crop_to_loaded[:2, :2])))  # photo px per crop px
+        res = int(min(MAX_OVERLAY_RENDER, max(s, round(s * zoom))))
+        face = self.face_model(params.to(self.device), image_size=res)
+        rendered = self.renderer.render(face, self.face_model.tri)
+        rgb = rendered.image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy().astype(np.float32)
+        cov = rendered.mask[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        render_to_image = crop_to_loaded @ _pixel_rescale(s, res)
+        m = render_to_image[:2].astype(np.float64)
+        rgb_img = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0.0, 0.0, 0.0))
+        cov_img = cv2.warpAffine(cov, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
+        alpha = (OVERLAY_ALPHA * cov_img)[..., None]
+        blended = np.clip(rgb_img * alpha + image * (1.0 - alpha), 0.0, 1.0)
+        pil = Image.fromarray((blended * 255.0 + 0.5).astype(np.uint8))
+        draw = ImageDraw.Draw(pil)
+        extent = float(np.ptp(landmarks[:, 0]) + np.ptp(landmarks[:, 1])) / 2.0
+        r = float(np.clip(extent / 70.0, 1.0, 6.0))
+        for x, y in landmarks:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=LANDMARK_COLOR)
+        return np.asarray(pil), cov_img
+
+
+# ---------------------------------------------------------------------------------------------- files
+def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[Path]:
+    """Writes ``<stem>.obj`` (canonical shape, shaded vertex colours), ``<stem>.json``, ``<stem>_overlay.png``."""
+    from msma.export import export_obj
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = export_obj(out_dir / f"{stem}.obj", rec.vertices_canonical, rec.triangles, vertex_colors=rec.colors)
+    meta = rec.coefficients_json()
+    meta["obj"] = obj.name
+    meta["obj_frame"] = "canonical (unposed) shape, mm, x right, y up, z towards the viewer"
+    js = out_dir / f"{stem}.json"
+    js.write_text(json.dumps(meta, indent=1))
+    png = out_dir / f"{stem}_overlay.png"
+    Image.fromarray(rec.overlay).save(png)
+    return [obj, js, png]
+
+
+def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    from msma.data.io import list_images
+
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                missing.append((str(path), "empty: no image files in this folder"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((str(path), "missing: no such file or folder"))
+    return files, missing
+
+
+def _unique_stems(files: Sequence[Path]) -> list[str]:
+    counts = Counter(f.stem for f in files)
+    seen: Counter[str] = Counter()
+    stems = []
+    for f in files:
+        if counts[f.stem] > 1:
+            seen[f.stem] += 1
+            stems.append(f"{f.stem}_{seen[f.stem]}")
+        else:
+            stems.append(f.stem)
+    return stems
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msma reconstruct",
+        description="Reconstruct 3D faces from photos: per face an OBJ, the coefficients as JSON and an overlay PNG.",
+    )
+    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--ckpt", default="mean", help="checkpoint from 'msma train', or 'mean' (untrained: mean face)")
+    p.add_argument("--out", default="reconstructions", help="output folder (default: ./reconstructions)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8, help="images (and faces) per network batch")
+    p.add_argument("--all-faces", action="store_true", help="every detected face, not only the largest")
+    p.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
+    p.add_argument("--landmarks", default="dlib", help="68-point backend for the alignment: dlib or fan")
+    p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
+    p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``msma reconstruct``; returns 0 when at least one face was reconstructed, 1 otherwise, 2 on bad usage."""
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("msma reconstruct: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    files, skipped = _collect_inputs(args.paths)
+    try:
+        rec = Reconstructor(
+            None if args.ckpt == "mean" else args.ckpt,
+            device=args.device,
+            detector=args.detector,
+            landmarks=args.landmarks,
+            landmark_weights=args.landmark_weights,
+            renderer_backend=args.renderer,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"msma reconstruct: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    stems = _unique_stems(files)
+    written = 0
+    faces = 0
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(files), desc="reconstruct", unit="img", disable=not sys.stderr.isatty())
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        results = rec.reconstruct_many([str(f) for f in chunk], all_faces=args.all_faces, batch_size=args.batch_size)
+        for f, stem, res in zip(chunk, stems[start : start + args.batch_size], results):
+            if isinstance(res, str):
+                skipped.append((str(f), res))
+                continue
+            for r in res:
+                name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
+                written += len(save_reconstruction(r, out_dir, name))
+                faces += 1
+        bar.update(len(chunk))
+    bar.close()
+    dt = time.perf_counter() - t0
+    print(
+        f"msma reconstruct: {faces} face(s) from {len(files) - sum(1 for s in skipped if Path(s[0]) in set(files))}"
+        f" of {len(files)} image(s) in {dt:.1f} s ({args.ckpt}, {rec.device}); {written} files in {out_dir}"
+    )
+    if skipped:
+        print(f"skipped {len(skipped)} input(s):")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+    return 0 if faces > 0 else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main(sys.argv[1:]))
