@@ -162,16 +162,17 @@ class MeshRenderer(nn.Module):
         else:
             nrm = torch.zeros_like(feats[..., :3])
 
-        if self.antialias:
+        if self.antialias and getattr(ras, "antialias_is_identity", False) is not True:
             aa = ras.antialias(torch.cat([color_px, covered.to(color_px.dtype)], dim=-1), rast, clip, tri)
             color_px, mask = aa[..., :n_color], aa[..., n_color:]
         else:
             mask = covered.to(color_px.dtype)
 
+        # (B, H, W, C) -> (B, C, H, W) views (channels-last memory layout; no copy).
         return RenderOutput(
-            image=color_px.permute(0, 3, 1, 2).contiguous(),
-            mask=mask.permute(0, 3, 1, 2).contiguous(),
-            depth=depth_px.permute(0, 3, 1, 2).contiguous(),
-            normals=nrm.permute(0, 3, 1, 2).contiguous(),
+            image=color_px.permute(0, 3, 1, 2),
+            mask=mask.permute(0, 3, 1, 2),
+            depth=depth_px.permute(0, 3, 1, 2),
+            normals=nrm.permute(0, 3, 1, 2),
             rast=rast,
         )

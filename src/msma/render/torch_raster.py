@@ -171,6 +171,8 @@ class TorchRasterizer:
     """
 
     name = "torch"
+    #: :meth:`antialias` returns its input unchanged (callers may skip preparing its arguments).
+    antialias_is_identity = True
 
     def __init__(self, max_candidates: int = DEFAULT_MAX_CANDIDATES) -> None:
         if max_candidates < 1:
