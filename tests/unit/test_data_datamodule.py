@@ -154,3 +154,15 @@ def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-u
     assert dm.train_set is not None and getattr(dm.train_set, "transform", None) is not None
     val = next(iter(dm.val_dataloader()))
     assert val.image.shape == (2, 3, 64, 64)
+
+
+def test_real_photos_aligned_to_the_training_model(ict_model, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    from msma.data.align import template_from_face_model
+
+    tmpl = template_from_face_model(ict_model) * 1.1  # stand-in for another model's mean face
+    dm = FaceDataModule(kind="300w_lp", root=testdata / "300w_lp", face_model=ict_model, num_workers=0)
+    np.testing.assert_allclose(dm.template, template_from_face_model(ict_model))
+    dm.template = tmpl
+    dm.setup("fit")
+    assert dm.train_set is not None
+    np.testing.assert_allclose(dm.train_set.dataset.template, tmpl)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from msma.data.align import ICT_TEMPLATE_5P_MM, template_from_face_model
 from msma.data.batch import FaceSample, collate_samples
 from msma.data.datasets import AFLW2000Dataset, FolderDataset, ParamMapper, W300LPDataset, stable_split
 from msma.data.prepare import prepare_folder
@@ -66,7 +67,8 @@ class FaceDataModule(L.LightningDataModule):
         kind: training data: ``"synthetic"`` (rendered from ``face_model``), ``"folder"`` (photos +
             pseudo-labels), ``"aflw2000_3d"`` or ``"300w_lp"``.
         root: dataset folder (real-photo kinds).
-        face_model: the training face model (required by ``synthetic``).
+        face_model: the training face model (required by ``synthetic``; real photos are aligned to its mean
+            face's 5-point template, the ICT template when None).
         image_size: crop side S.
         batch_size: per-device batch size.
         num_workers: DataLoader workers.
@@ -170,6 +172,8 @@ class FaceDataModule(L.LightningDataModule):
         self.aflw_crop = aflw_crop
         self.param_mapper = param_mapper
         self.augment_kwargs = dict(augment_kwargs or {})
+        # Real photos are aligned to the training model's own mean face (as inference and evaluation do).
+        self.template = template_from_face_model(face_model) if face_model is not None else ICT_TEMPLATE_5P_MM  # type: ignore[arg-type]
         self.train_set: Dataset[FaceSample] | None = None
         self.val_set: Dataset[FaceSample] | None = None
         self.test_set: Dataset[FaceSample] | None = None
@@ -245,6 +249,7 @@ class FaceDataModule(L.LightningDataModule):
                 landmark_weights=self.landmark_weights,
                 cache_dir=self.cache_dir,
                 image_size=self.image_size,
+                template=self.template,
             )
         if kind == "aflw2000_3d":
             return AFLW2000Dataset(
@@ -255,9 +260,12 @@ class FaceDataModule(L.LightningDataModule):
                 detector=self.detector,
                 landmark_weights=self.landmark_weights,
                 cache_dir=self.cache_dir,
+                template=self.template,
             )
         if kind == "300w_lp":
-            return W300LPDataset(root, image_size=self.image_size, param_mapper=self.param_mapper)
+            return W300LPDataset(
+                root, image_size=self.image_size, template=self.template, param_mapper=self.param_mapper
+            )
         raise ValueError(f"{kind!r} is not a real-photo dataset kind")
 
     def setup(self, stage: str | None = None) -> None:
