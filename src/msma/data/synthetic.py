@@ -49,6 +49,7 @@ from msma.data.batch import FaceSample
 from msma.data.landmark_index import INNER_LIP
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
+from msma.face_model.rotation import euler_to_matrix
 from msma.face_model.shading import SH_A, SH_DC_OFFSET, sh_basis
 from msma.render.renderer import MeshRenderer
 
@@ -554,6 +555,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         # place), and DataLoader workers must not touch CUDA tensors.
         self.face_model: FaceModel = copy.deepcopy(face_model).to("cpu").eval()
         self._device_model: FaceModel | None = None
+        self._shape_basis: Tensor | None = None
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.image_size = int(image_size)
@@ -851,9 +853,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         params = self.face_model.layout.split(flat[None])
         vertices = None
         if self.return_vertices:
-            with torch.no_grad():
-                shape = self.face_model.shape(params.id, params.exp)
-                vertices = self.face_model.transform(shape, params.angles, params.trans)[0].float()
+            vertices = self._posed_vertices(params)
         return FaceSample(
             image=torch.from_numpy(raw.images[0].copy()).permute(2, 0, 1).float().div_(255.0),
             landmarks=torch.from_numpy(raw.landmarks[0].copy()),
@@ -865,12 +865,30 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             source=f"synthetic:{self.seed}:{index}",
         )
 
+    @torch.no_grad()
+    def _posed_vertices(self, params: FaceParams) -> Tensor:
+        """(N, 3) posed vertices in mm of one sample, ``R (mean + id_basis id + exp_basis exp) + trans``.
+
+        Same as ``face_model.transform(face_model.shape(id, exp), angles, trans)`` but through one matrix-vector
+        product with a cached, contiguous ``(3N, n_id + n_exp)`` basis and one (N, 3) x (3, 3) product (the
+        einsum path copies the bases on each call, which dominated the loading time of a cached sample).
+        """
+        model = self.face_model
+        if self._shape_basis is None:
+            n = model.n_vertices
+            self._shape_basis = torch.cat([model.id_basis, model.exp_basis], dim=2).reshape(3 * n, -1).contiguous()
+        coeffs = torch.cat([params.id[0], params.exp[0]])
+        shape = model.mean_shape + (self._shape_basis @ coeffs).view(-1, 3)
+        rot = euler_to_matrix(params.angles)[0]  # (3, 3), v' = R v
+        return torch.addmm(params.trans[0][None, :], shape, rot.T).float()
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickling for DataLoader workers: memory maps and the renderer are reopened in the worker."""
         state = self.__dict__.copy()
         state["_shards"] = {}
         state["_renderer"] = None
         state["_device_model"] = None
+        state["_shape_basis"] = None
         return state
 
 
@@ -1063,7 +1081,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--speed", type=int, default=0, help="time the generation of this many samples")
     parser.add_argument("--batch", type=int, default=8, help="render batch for --speed")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     model = load_face_model("ict")
     ds = SyntheticFaceDataset(
         model, max(args.num, args.speed), seed=args.seed, image_size=args.size, renderer_backend=args.backend
