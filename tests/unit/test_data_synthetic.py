@@ -27,6 +27,15 @@ from msma.render.renderer import MeshRenderer
 S = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: on a shared CPU, small-tensor work with several threads is many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _dataset(model, n: int = 6, **kw) -> SyntheticFaceDataset:  # type: ignore[no-untyped-def]
     kw.setdefault("image_size", S)
     kw.setdefault("progress", False)
