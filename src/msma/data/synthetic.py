@@ -727,6 +727,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
                 files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
             done = {"count": count, "start": start, "settings_key": self.cache_key(), "files": files}
             (tmp / _DONE).write_text(json.dumps(done, indent=1))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must stay readable
             if final.exists():  # damaged or too small: replace it
                 shutil.rmtree(final)
             try:
