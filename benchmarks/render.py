@@ -3,8 +3,8 @@
 Scene: the ICT face model (``load_face_model("ict")``) with random identity and small random poses, rendered at
 224x224 (colour, depth and normals interpolated, antialias on). Forward = ``MeshRenderer.forward`` from clip
 positions and per-vertex colours/normals; forward+backward adds the backward of a photometric-style loss to the
-clip positions, colours and normals. Times are wall-clock medians over repeated runs, reported per batch and per
-image. Writes ``benchmarks/results/render-<device>.json``.
+clip positions, colours and normals. Times are medians over repeated runs (wall clock, and process CPU time), per
+batch and per image. Writes ``benchmarks/results/render-<device>.json``.
 
 Usage: ``python benchmarks/render.py [--batches 1 8 32] [--repeats 15] [--device cpu|cuda] [--threads N]``
 """
@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_slug, header, markdown_table, median, time_call, write_json
+from common import RESULTS, device_slug, header, markdown_table, median, sync, write_json
 
 
 def _backends(device: torch.device) -> list[str]:
@@ -78,7 +80,26 @@ def _time_renderer(
         loss = ((out.image - target) * out.mask).square().mean() + out.normals.mean()
         loss.backward()
 
-    return time_call(forward, device, repeats, warmup), time_call(forward_backward, device, repeats, warmup)
+    return _timed(forward, device, repeats, warmup), _timed(forward_backward, device, repeats, warmup)
+
+
+def _timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    """(wall-clock seconds, process CPU seconds) of ``repeats`` calls after ``warmup`` untimed ones.
+
+    On a shared CPU the wall clock includes the time spent waiting for a core; the process CPU time (summed over
+    torch's threads) does not, so with one thread it approximates the quiet-machine time.
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def run(
@@ -92,7 +113,9 @@ def run(
         renderer = MeshRenderer(backend=name, antialias=True)
         for batch in batches:
             clip, tri, color, normals = _scene(batch, size, device)
-            fwd, fb = _time_renderer(renderer, clip, tri, color, normals, size, device, repeats, warmup)
+            (fwd, fwd_cpu), (fb, fb_cpu) = _time_renderer(
+                renderer, clip, tri, color, normals, size, device, repeats, warmup
+            )
             row = {
                 "backend": name,
                 "batch": batch,
@@ -101,12 +124,16 @@ def run(
                 "forward_backward_ms": 1e3 * median(fb),
                 "forward_ms_per_image": 1e3 * median(fwd) / batch,
                 "forward_backward_ms_per_image": 1e3 * median(fb) / batch,
+                "forward_cpu_ms": 1e3 * median(fwd_cpu),
+                "forward_backward_cpu_ms": 1e3 * median(fb_cpu),
+                "forward_backward_cpu_ms_per_image": 1e3 * median(fb_cpu) / batch,
                 "repeats": repeats,
             }
             rows.append(row)
             print(
                 f"{name:>10} B={batch:<3} fwd {row['forward_ms']:8.2f} ms ({row['forward_ms_per_image']:.2f}/img)  "
-                f"fwd+bwd {row['forward_backward_ms']:8.2f} ms ({row['forward_backward_ms_per_image']:.2f}/img)",
+                f"fwd+bwd {row['forward_backward_ms']:8.2f} ms ({row['forward_backward_ms_per_image']:.2f}/img)  "
+                f"cpu time fwd+bwd {row['forward_backward_cpu_ms_per_image']:.2f}/img",
                 flush=True,
             )
     settings = {"size": size, "batches": batches, "repeats": repeats, "warmup": warmup, "antialias": True}
@@ -135,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = run(args.batches, args.size, args.repeats, args.warmup, device, args.backends)
     if args.note:
         payload["note"] = args.note
-    cols = ["backend", "batch", "fwd ms", "fwd ms/img", "fwd+bwd ms", "fwd+bwd ms/img"]
+    cols = ["backend", "batch", "fwd ms", "fwd ms/img", "fwd+bwd ms", "fwd+bwd ms/img", "fwd+bwd CPU-time ms/img"]
     table = [
         [
             r["backend"],
@@ -144,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             r["forward_ms_per_image"],
             r["forward_backward_ms"],
             r["forward_backward_ms_per_image"],
+            r["forward_backward_cpu_ms_per_image"],
         ]
         for r in payload["results"]
     ]

@@ -76,6 +76,11 @@ class MeshRenderer(nn.Module):
         self.backend = backend
         self.antialias = bool(antialias)
         self._rasterizers: dict[str, Rasterizer] = {}
+        # The last triangle tensor converted to int32 on the render device (so backends that cache per triangle
+        # tensor, e.g. nvdiffrast's antialias topology hash, see the same tensor every call).
+        self._tri_src: Tensor | None = None
+        self._tri_key: tuple[int, int, str] | None = None
+        self._tri_dev: Tensor | None = None
 
     def rasterizer(self, device: torch.device | str) -> Rasterizer:
         """The (cached) rasteriser used for tensors on ``device``."""
@@ -86,6 +91,16 @@ class MeshRenderer(nn.Module):
         if key not in self._rasterizers:
             self._rasterizers[key] = get_rasterizer(self.backend, dev)
         return self._rasterizers[key]
+
+    def _device_tri(self, tri: Tensor, device: torch.device) -> Tensor:
+        """``tri`` as contiguous int32 on ``device``, cached while the same unmodified tensor is passed."""
+        if tri.device == device and tri.dtype == torch.int32 and tri.is_contiguous():
+            return tri
+        key = (id(tri), tri._version, str(device))
+        if self._tri_dev is None or self._tri_src is not tri or self._tri_key != key:
+            self._tri_dev = tri.to(device=device, dtype=torch.int32).contiguous()
+            self._tri_src, self._tri_key = tri, key
+        return self._tri_dev
 
     def render(self, face: FaceOutput, tri: Tensor) -> RenderOutput:
         """Renders a batch of posed, shaded faces at ``face.image_size``.
@@ -136,7 +151,9 @@ class MeshRenderer(nn.Module):
             raise ValueError(f"MeshRenderer: normals must be (B, {n_vert}, 3), got {tuple(normals.shape)}")
         hw = _resolution(resolution)
         ras = self.rasterizer(clip.device)
-        tri = tri.to(clip.device)
+        if tri.ndim != 2 or tri.shape[-1] != 3:
+            raise ValueError(f"MeshRenderer: tri must be (F, 3), got {tuple(tri.shape)}")
+        tri = self._device_tri(tri, clip.device)
         rast = ras.rasterize(clip, tri, hw)
         covered = (rast[..., 3:4] > 0).to(rast.dtype)  # (B, H, W, 1)
 
@@ -154,11 +171,12 @@ class MeshRenderer(nn.Module):
         dtype = clip.dtype
         attrs = torch.cat([p.to(dtype) for p in parts], dim=-1)
         feats = ras.interpolate(attrs, rast, tri)  # (B, H, W, C+1[+3])
-        color_px = feats[..., :n_color]
-        depth_px = feats[..., n_color : n_color + 1]
+        # split (not slicing): its backward is one concatenation instead of a zero-filled image per slice.
+        pieces = feats.split([n_color, 1, 3] if normals is not None else [n_color, 1], dim=-1)
+        color_px, depth_px = pieces[0], pieces[1]
         if normals is not None:
-            nrm = feats[..., n_color + 1 : n_color + 4]
-            nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12) * covered
+            nrm = pieces[2]
+            nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # empty pixels stay 0
         else:
             nrm = torch.zeros_like(feats[..., :3])
 

@@ -192,44 +192,45 @@ class TorchRasterizer:
         Returns:
             (B, H, W) int64 triangle id, -1 where no triangle covers the pixel centre.
         """
+        keys = self._nearest_keys(clip_pos, tri, resolution)
+        ids = torch.where(keys != _EMPTY_KEY, keys & 0xFFFFFFFF, torch.full_like(keys, -1))
+        return ids.view(clip_pos.shape[0], int(resolution[0]), int(resolution[1]))
+
+    @torch.no_grad()
+    def _nearest_keys(self, clip_pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
+        """(B * H * W,) int64 depth-test keys ``(depth bits << 32) | triangle id``; ``_EMPTY_KEY`` where empty."""
         _check_inputs(clip_pos, tri, resolution)
         height, width = int(resolution[0]), int(resolution[1])
         batch, n_faces = clip_pos.shape[0], tri.shape[0]
         device = clip_pos.device
         n_pix = height * width
-        empty = torch.full((batch, height, width), -1, dtype=torch.int64, device=device)
+        keys = torch.full((batch * n_pix,), _EMPTY_KEY, dtype=torch.int64, device=device)
         if n_faces == 0 or batch == 0:
-            return empty
+            return keys
 
-        verts = clip_pos.detach().index_select(1, tri.long().reshape(-1)).view(batch, n_faces, 3, 4)
-        px, py, pz = _to_pixels(verts, height, width)  # (B, F, 3) each
+        # Per-vertex pixel coordinates once, then gathered per triangle corner: (B, V, 4) -> (B, 3, F, 4).
+        clip_d = clip_pos.detach()
+        px_v, py_v, pz_v = _to_pixels(clip_d, height, width)
+        screen = torch.stack([px_v, py_v, pz_v, clip_d[..., 3]], dim=-1)
+        corners = screen.index_select(1, tri.long().t().reshape(-1)).view(batch, 3, n_faces, 4)
+        (x0, y0, z0, w0), (x1, y1, z1, w1), (x2, y2, z2, w2) = (c.unbind(-1) for c in corners.unbind(1))
         # Bounding box of the pixel centres (integers) the triangle can cover, clamped to the image.
-        j_lo = torch.ceil(px.amin(-1)).clamp(0, width)
-        i_lo = torch.ceil(py.amin(-1)).clamp(0, height)
-        nx = torch.floor(px.amax(-1)).clamp(-1, width - 1) - j_lo + 1
-        ny = torch.floor(py.amax(-1)).clamp(-1, height - 1) - i_lo + 1
-        # NaN bounds (w = 0) fail these comparisons, so such triangles are dropped too.
-        valid = (verts[..., 3] > 0).all(-1) & (nx > 0) & (ny > 0)
-        sel = valid.view(-1).nonzero().squeeze(1)  # flat (b * F + f) of triangles with candidate pixels
-        if sel.numel() == 0:
-            return empty
-
-        def pick(t: Tensor) -> Tensor:
-            return t.reshape(-1, *t.shape[2:]).index_select(0, sel)
-
-        sx_, sy_, sz_ = pick(px), pick(py), pick(pz)  # (T, 3)
-        x0, x1, x2 = sx_.unbind(1)
-        y0, y1, y2 = sy_.unbind(1)
+        j_lo = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2)).clamp_(0, width)
+        i_lo = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2)).clamp_(0, height)
+        nx = torch.floor(torch.maximum(torch.maximum(x0, x1), x2)).clamp_(-1, width - 1) - j_lo + 1
+        ny = torch.floor(torch.maximum(torch.maximum(y0, y1), y2)).clamp_(-1, height - 1) - i_lo + 1
         # Twice the signed area; l_k = edge_k(x, y) / area is the same for either winding (no culling).
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        keep_t = (area != 0).nonzero().squeeze(1)
-        if keep_t.numel() < sel.numel():
-            sel = sel.index_select(0, keep_t)
-            sx_, sy_, sz_, area = sx_[keep_t], sy_[keep_t], sz_[keep_t], area[keep_t]
-            x0, x1, x2 = sx_.unbind(1)
-            y0, y1, y2 = sy_.unbind(1)
-            if sel.numel() == 0:
-                return empty
+        # NaN bounds (w = 0) fail these comparisons, so such triangles are dropped too.
+        valid = (w0 > 0) & (w1 > 0) & (w2 > 0) & (nx > 0) & (ny > 0) & (area != 0)
+        sel = valid.view(-1).nonzero().squeeze(1)  # flat (b * F + f) of triangles with candidate pixels
+        if sel.numel() == 0:
+            return keys
+
+        def pick(t: Tensor) -> Tensor:
+            return t.reshape(-1).index_select(0, sel)
+
+        x0, x1, x2, y0, y1, y2, z0, z1, z2, area = (pick(t) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2, area))
         inv_area = 1.0 / area
         j0, i0 = pick(j_lo).long(), pick(i_lo).long()
         nx_s, ny_s = pick(nx).long(), pick(ny).long()
@@ -238,13 +239,13 @@ class TorchRasterizer:
         # l2 = 1 - l0 - l1; and the screen-space depth plane z/w = l0 z0 + l1 z1 + l2 z2.
         a0, b0, c0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area, (x1 * y2 - x2 * y1) * inv_area
         a1, b1, c1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area, (x2 * y0 - x0 * y2) * inv_area
-        z0, z1, z2 = sz_.unbind(1)
         za, zb, zc = (
             a0 * (z0 - z2) + a1 * (z1 - z2),
             b0 * (z0 - z2) + b1 * (z1 - z2),
             c0 * (z0 - z2) + c1 * (z1 - z2) + z2,
         )
-        needs_depth_test = ((sz_ < -1) | (sz_ > 1)).any(1)  # the plane is convex: in-range vertices suffice
+        # The depth plane is affine: in-range vertices keep every fragment in range.
+        needs_depth_test = (z0 < -1) | (z0 > 1) | (z1 < -1) | (z1 > 1) | (z2 < -1) | (z2 > 1)
         dtype = a0.dtype
         # Edge coefficients for a box whose origin is the top-left candidate: l = slope . (ox, oy) + offset.
         x_org, y_org = j0.to(dtype), i0.to(dtype)
@@ -261,7 +262,6 @@ class TorchRasterizer:
         bucket = log_x * 64 + log_y
         order = torch.argsort(bucket)
         kinds, sizes = torch.unique_consecutive(bucket.index_select(0, order), return_counts=True)
-        keys = torch.full((batch * n_pix,), _EMPTY_KEY, dtype=torch.int64, device=device)
         start = 0
         for kind, size in zip(kinds.tolist(), sizes.tolist(), strict=True):
             members = order[start : start + size]
@@ -316,9 +316,7 @@ class TorchRasterizer:
                 key = (depth01.view(torch.int32).to(torch.int64) << 32) | face_idx.index_select(0, tri_hit)
                 keys.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
-        covered = keys != _EMPTY_KEY
-        ids = torch.where(covered, keys & 0xFFFFFFFF, torch.full_like(keys, -1))
-        return ids.view(batch, height, width)
+        return keys
 
     # ------------------------------------------------------------------ protocol
     def rasterize(self, clip_pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
@@ -333,11 +331,10 @@ class TorchRasterizer:
             rast (B, H, W, 4): ``(u, v, z/w, triangle_id + 1)``, zeros on empty pixels. ``u``, ``v`` are the
             perspective-correct barycentrics of vertices 0 and 1 and carry gradients to ``clip_pos`` (x, y, w).
         """
-        ids = self.visible_triangles(clip_pos, tri, resolution)
-        batch, height, width = ids.shape
-        flat_ids = ids.view(-1)
-        pix = (flat_ids >= 0).nonzero().squeeze(1)
-        face = flat_ids.index_select(0, pix)
+        keys = self._nearest_keys(clip_pos, tri, resolution)
+        batch, height, width = clip_pos.shape[0], int(resolution[0]), int(resolution[1])
+        pix = (keys != _EMPTY_KEY).nonzero().squeeze(1)
+        face = keys.index_select(0, pix) & 0xFFFFFFFF
         n_pix = height * width
         b = torch.div(pix, n_pix, rounding_mode="floor")
         rem = pix - b * n_pix
