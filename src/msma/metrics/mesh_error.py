@@ -289,7 +289,7 @@ def icp_to_surface(
     init: SimilarityTransform,
     with_scale: bool = False,
     iterations: int = 50,
-    tolerance_mm: float = 1e-5,
+    tolerance_mm: float = 1e-3,
 ) -> SimilarityTransform:
     """Point-to-plane ICP (Chen & Medioni 1992) moving a mesh (``surface``) onto fixed ``points``.
 
@@ -411,7 +411,10 @@ def scan_error(
     else:
         tip = _as_points("nose_tip", np.asarray(nose_tip, dtype=np.float64).reshape(1, 3))[0]
 
-    scan_v, _ = crop_mesh(sv, None, tip, crop_radius)
+    # Only surface points count: vertices no triangle uses (e.g. a face model's hidden parts, stray scan
+    # points of a mesh) are left out of both point sets.
+    scan_pts = sv if sf is None else sv[np.unique(sf)]
+    scan_v, _ = crop_mesh(scan_pts, None, tip, crop_radius)
     init = fit_similarity(plm, slm, with_scale=with_scale)
     landmark_rmse = float(np.sqrt(((init.apply(plm) - slm) ** 2).sum(axis=1).mean()))
     pred_surface = SurfaceQuery(pv, pf)
@@ -421,7 +424,7 @@ def scan_error(
     scan_to_mesh = scan_to_mesh * transform.scale  # distances measured in the scan's frame (mm)
     # Predicted vertices inside the crop sphere are measured against the whole scan surface, so the vertices
     # at the rim of the sphere are not pushed off the edge of the cropped scan.
-    crop_v, _ = crop_mesh(transform.apply(pv), None, tip, crop_radius)
+    crop_v, _ = crop_mesh(transform.apply(pv[np.unique(pf)]), None, tip, crop_radius)
     if sf is not None:
         mesh_to_scan, _, _ = SurfaceQuery(sv, sf).query(crop_v)
     else:

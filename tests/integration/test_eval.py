@@ -1,0 +1,169 @@
+"""``msma eval``: AFLW2000-3D frames and protocol, the synthetic split, MICC / NoW scan layouts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msma.data.batch import FaceBatch
+from msma.evaluate import cli_main, evaluate_aflw2000, evaluate_scans, micc_items, now_items, read_pp
+from msma.metrics.mesh_error import NOW_LANDMARKS_68
+from msma.metrics.nme import landmark_box_size
+
+pytestmark = pytest.mark.slow
+
+
+class _OracleModule:
+    """Predicts the ground-truth crop landmarks plus a fixed pixel offset (tests the frame chain)."""
+
+    def __init__(self, face_model, offset: tuple[float, float]) -> None:  # type: ignore[no-untyped-def]
+        self.face_model = face_model
+        self.offset = torch.tensor(offset)
+        self.config: dict[str, object] = {}
+        self.current: FaceBatch | None = None
+
+    def reconstruct(self, image: torch.Tensor, render: bool = False) -> SimpleNamespace:
+        assert self.current is not None
+        lm = self.current.landmarks + self.offset
+        return SimpleNamespace(face=SimpleNamespace(landmarks_2d=lm, landmarks_3d=torch.zeros(*lm.shape[:2], 3)))
+
+
+def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Ground-truth crop landmarks map back to the original image exactly; an offset of (3, 4) crop px is
+    5 * (image px per crop px) / box in the original frame."""
+    import msma.evaluate as ev
+
+    oracle = _OracleModule(ict_model, (3.0, 4.0))
+    original = ev.transform_points
+
+    def spy(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+        return original(points, affine)
+
+    # Feed the current batch to the oracle through the progress iterator.
+    def progress(iterable, total, desc):  # type: ignore[no-untyped-def]
+        for batch in iterable:
+            oracle.current = batch
+            yield batch
+
+    monkeypatch.setattr(ev, "_progress", progress)
+    monkeypatch.setattr(ev, "transform_points", spy)
+    res = evaluate_aflw2000(oracle, testdata / "aflw2000_3d", "gt_box", 224, torch.device("cpu"), 2, None)
+    assert res["counts"] == (1, 1, 0) and res["count"] == 2
+    from msma.data.datasets import AFLW2000Dataset
+
+    ds = AFLW2000Dataset(testdata / "aflw2000_3d")
+    expected = []
+    for i in range(2):
+        s = ds[i]
+        scale = math.sqrt(abs(float(torch.linalg.det(s.crop_to_image[:2, :2].double()))))
+        box = float(landmark_box_size(s.landmarks_3d[None].double()))
+        expected.append(100 * 5.0 * scale / box)
+    # Ground-truth landmarks carried into the crop and back are exact up to float32 rounding.
+    np.testing.assert_allclose(res["bins"][:2], expected, rtol=1e-3)
+    assert res["protocol"]["crop"] == "gt_box"
+    assert "original" in res["protocol"]["ground_truth"]
+
+
+def test_cli_aflw2000_and_synthetic_mean(tmp_path: Path, testdata: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "aflw.json"
+    assert (
+        cli_main(
+            ["--ckpt", "mean", "--data", "aflw2000_3d", "--root", str(testdata / "aflw2000_3d"), "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "NME 2D |yaw| 0-30" in printed and "gt_box" in printed
+    report = json.loads(out.read_text())
+    r = report["result"]
+    assert r["counts"] == [1, 1, 0] and r["count"] == 2
+    assert 0 < r["mean"] < 60 and math.isfinite(r["mean_3d"])
+    assert report["checkpoint"] == "mean" and report["device"] == "cpu"
+
+    out2 = tmp_path / "syn.json"
+    args = ["--ckpt", "mean", "--data", "synthetic", "--root", str(tmp_path / "cache"), "--num-samples", "4"]
+    assert cli_main([*args, "--image-size", "64", "--batch-size", "2", "--out", str(out2)]) == 0
+    syn = json.loads(out2.read_text())["result"]
+    assert syn["count"] == 4
+    for key in ("vertex_error_mm", "vertex_error_raw_mm", "nme_2d_pct", "yaw_deg", "id_rmse"):
+        assert math.isfinite(syn[key]) and syn[key] >= 0
+    # The mean face is the untrained prediction: its aligned shape error is a few mm, not zero.
+    assert 0.5 < syn["vertex_error_mm"] < 20
+    assert cli_main(["--ckpt", "mean", "--data", "micc"]) == 2  # needs --root
+    assert cli_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data", "synthetic"]) == 2
+
+
+def _write_scan(path: Path, verts: np.ndarray, faces: np.ndarray) -> None:
+    import trimesh
+
+    trimesh.Trimesh(verts, faces, process=False).export(path)
+
+
+@pytest.fixture(scope="module")
+def mean_reconstructor():  # type: ignore[no-untyped-def]
+    from msma.inference import Reconstructor
+
+    return Reconstructor(None, renderer_backend="torch")
+
+
+def test_scan_layouts_mean_face_against_itself(tmp_path: Path, mean_reconstructor) -> None:  # type: ignore[no-untyped-def]
+    from skimage import data
+
+    fm = mean_reconstructor.face_model
+    mean = fm.mean_shape.double().numpy()
+    tri = fm.tri.numpy()
+    lm68 = mean[fm.landmark_idx.numpy()]
+    rng = np.random.default_rng(0)
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    rot *= np.sign(np.linalg.det(rot))
+    photo = Image.fromarray(data.astronaut())
+
+    # MICC layout: subject a = the mean face itself under a rigid transform; b = with 0.5 mm noise.
+    micc = tmp_path / "micc"
+    for name, noise in (("a", 0.0), ("b", 0.5)):
+        d = micc / name
+        (d / "images").mkdir(parents=True)
+        photo.save(d / "images" / "frame0.png")
+        v = mean @ rot.T + 40.0
+        v = v + rng.normal(scale=noise, size=v.shape) if noise else v
+        _write_scan(d / "scan.ply", v, tri)
+        np.savetxt(d / "scan_landmarks.txt", lm68 @ rot.T + 40.0)
+    items = micc_items(micc)
+    assert [it.subject for it in items] == ["a", "b"]
+    res = evaluate_scans(mean_reconstructor, items, with_scale=False, crop_radius=95.0, batch_size=2)
+    assert res["count"] == 2 and not res["skipped"]
+    assert res["per_subject_rmse_mm"]["a"] < 0.05
+    assert 0.2 < res["per_subject_rmse_mm"]["b"] < 0.6
+
+    # NoW layout: 7 landmarks in a .pp file, the scan in metres.
+    now = tmp_path / "now"
+    subj = "FaMoS_000000_00000_TA"
+    img_rel = f"{subj}/multiview_neutral/IMG_0001.jpg"
+    (now / "final_release_version" / "iphone_pictures" / subj / "multiview_neutral").mkdir(parents=True)
+    photo.save(now / "final_release_version" / "iphone_pictures" / img_rel)
+    (now / "final_release_version" / "scans" / subj).mkdir(parents=True)
+    _write_scan(now / "final_release_version" / "scans" / subj / "natural_head_rotation.000001.obj", mean / 1000.0, tri)
+    (now / "final_release_version" / "scans_lmks_onlypp" / subj).mkdir(parents=True)
+    pts = "\n".join(
+        f'<point x="{p[0] / 1000}" y="{p[1] / 1000}" z="{p[2] / 1000}" name="{i}" active="1"/>'
+        for i, p in enumerate(lm68[list(NOW_LANDMARKS_68)])
+    )
+    pp = now / "final_release_version" / "scans_lmks_onlypp" / subj / "natural_head_rotation.000001_picked_points.pp"
+    pp.write_text(f"<!DOCTYPE PickedPoints>\n<PickedPoints>\n{pts}\n</PickedPoints>\n")
+    (now / "imagepathsvalidation.txt").write_text(img_rel + "\n")
+    np.testing.assert_allclose(read_pp(pp), lm68[list(NOW_LANDMARKS_68)] / 1000.0, rtol=1e-5)
+    items = now_items(now)
+    res = evaluate_scans(mean_reconstructor, items, with_scale=True, crop_radius=95.0, batch_size=1)
+    assert res["count"] == 1
+    assert res["scan_to_mesh_median_mm"] < 0.05 and res["rmse_mm"] < 0.05
+    with pytest.raises(ValueError, match="7 finite points"):
+        bad = tmp_path / "bad.pp"
+        bad.write_text("<PickedPoints><point x='1' y='2' z='3'/></PickedPoints>")
+        read_pp(bad)
