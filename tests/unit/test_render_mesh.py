@@ -28,7 +28,7 @@ def face_and_tri(ict_model):  # type: ignore[no-untyped-def]
 
 def test_render_outputs(face_and_tri) -> None:  # type: ignore[no-untyped-def]
     face, tri = face_and_tri
-    out = MeshRenderer(backend="torch").render(face, tri)
+    out = MeshRenderer(backend="torch", antialias=False).render(face, tri)
     assert isinstance(out, RenderOutput)
     assert out.image.shape == (2, 3, SIZE, SIZE)
     assert out.mask.shape == out.depth.shape == (2, 1, SIZE, SIZE)
@@ -48,6 +48,10 @@ def test_render_outputs(face_and_tri) -> None:  # type: ignore[no-untyped-def]
     torch.testing.assert_close(n.norm(dim=-1), torch.ones(n.shape[0]), atol=1e-4, rtol=0)
     assert float(n[:, 2].mean()) > 0.5
     assert float(out.image.min()) >= 0.0 and float(out.image[:, :, cov[0, 0]].mean()) > 0.05
+    # With antialiasing the mask is 1 inside, fractional on the outline, and geometry outputs are unchanged.
+    soft = MeshRenderer(backend="torch", antialias=True).render(face, tri)
+    assert torch.all(soft.mask[cov] > 0) and float(soft.mask.max()) <= 1.0 and float(soft.mask.min()) >= 0.0
+    assert torch.equal(soft.depth, out.depth) and torch.equal(soft.rast, out.rast)
 
 
 def test_image_is_upright_and_aligned_with_projected_landmarks(face_and_tri) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +90,15 @@ def test_options_and_errors(face_and_tri) -> None:  # type: ignore[no-untyped-de
     aa = MeshRenderer(backend="torch", antialias=True)(face.clip, tri, face.color[:1], None, resolution=(40, 56))
     plain = MeshRenderer(backend="torch", antialias=False)(face.clip, tri, face.color, None, resolution=(40, 56))
     assert aa.image.shape == (2, 3, 40, 56)
-    torch.testing.assert_close(aa.image[0], plain.image[0])  # torch backend: antialias is the identity
+    # Antialiasing softens the outline only: fractional mask values there, binary mask without it.
+    assert set(plain.mask.unique().tolist()) == {0.0, 1.0}
+    soft = (aa.mask > 0) & (aa.mask < 1)
+    assert int(soft.sum()) > 20
+    cov = plain.mask[0, 0] > 0
+    interior = cov.clone()
+    interior[1:-1, 1:-1] &= cov[:-2, 1:-1] & cov[2:, 1:-1] & cov[1:-1, :-2] & cov[1:-1, 2:]
+    frac_changed = ((aa.image[0] - plain.image[0]).abs().amax(0) > 1e-6)[interior].float().mean()
+    assert float(frac_changed) < 0.02  # interior silhouettes only (eyelids, nose wings)
     assert torch.all(plain.normals == 0)
     assert MeshRenderer(backend="auto").rasterizer("cpu").name == "torch"
     with pytest.raises(ValueError, match="unknown backend"):

@@ -127,3 +127,67 @@ def test_ids_keep_exact_values_for_large_meshes() -> None:
     tri[-1] = torch.tensor([0, 1, 2])
     rast = TorchRasterizer().rasterize(clip[None], tri, (8, 8))
     assert int(rast[..., 3].max()) == n
+
+
+def test_triangle_neighbours() -> None:
+    from msma.render.torch_raster import triangle_neighbours
+
+    tri = torch.tensor([[0, 1, 2], [2, 1, 3], [3, 1, 4]])
+    expected = torch.tensor([[-1, 1, -1], [0, 2, -1], [1, -1, -1]])
+    assert torch.equal(triangle_neighbours(tri), expected)
+
+
+def _aa_scene() -> tuple[Tensor, Tensor]:
+    """A quad of two triangles (shared diagonal, same facing) in perspective, float64."""
+    clip = torch.tensor(
+        [[-0.61, -0.53, 0.1, 1.0], [0.67, -0.41, 0.2, 1.2], [0.07, 0.71, 0.0, 0.9], [-0.57, 0.63, 0.1, 1.1]],
+        dtype=torch.float64,
+    )
+    tri = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
+    return clip[None], tri
+
+
+def test_antialias_blends_only_across_silhouettes() -> None:
+    ras = TorchRasterizer()
+    clip, tri = _aa_scene()
+    res = (20, 24)
+    rast = ras.rasterize(clip, tri, res)
+    img = ras.interpolate(torch.ones(1, 4, 1, dtype=torch.float64), rast, tri)  # constant colour 1 on the quad
+    aa = ras.antialias(img, rast, clip, tri)
+    covered = rast[0, ..., 3] > 0
+    # Pixels away from the outline are unchanged, including along the interior diagonal (not a silhouette).
+    pad = torch.nn.functional.pad(covered[None, None].double(), (1, 1, 1, 1))[0, 0]
+    interior = covered & (pad[:-2, 1:-1] > 0) & (pad[2:, 1:-1] > 0) & (pad[1:-1, :-2] > 0) & (pad[1:-1, 2:] > 0)
+    assert bool((rast[0, ..., 3][interior] == 1).any() and (rast[0, ..., 3][interior] == 2).any())
+    torch.testing.assert_close(aa[0, ..., 0][interior], img[0, ..., 0][interior])
+    assert float(aa.min()) >= 0.0 and float(aa.max()) <= 1.0
+    changed = (aa - img).abs()[0, ..., 0] > 1e-9
+    assert int((changed & ~covered).sum()) > 5 and int((changed & covered).sum()) > 5
+    far = ~covered & (pad[:-2, 1:-1] == 0) & (pad[2:, 1:-1] == 0) & (pad[1:-1, :-2] == 0) & (pad[1:-1, 2:] == 0)
+    assert torch.all(aa[0, ..., 0][far] == 0)
+
+
+def test_antialias_gradients_match_finite_differences() -> None:
+    """Constant colour: without antialiasing positions get no gradient; with it, silhouette vertices do."""
+    ras = TorchRasterizer()
+    clip, tri = _aa_scene()
+    res = (16, 18)
+    ones = torch.ones(1, 4, 1, dtype=torch.float64)
+    weights = torch.rand(1, *res, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(c: Tensor) -> Tensor:
+        rast = ras.rasterize(c, tri, res)
+        return (ras.antialias(ras.interpolate(ones, rast, tri), rast, c, tri) * weights).sum()
+
+    c = clip.clone().requires_grad_(True)
+    loss(c).backward()
+    assert c.grad is not None and float(c.grad.abs().sum()) > 1.0
+    eps = 1e-6
+    fd = torch.zeros_like(clip)
+    for k in range(clip.numel()):
+        plus, minus = clip.clone().view(-1), clip.clone().view(-1)
+        plus[k] += eps
+        minus[k] -= eps
+        with torch.no_grad():
+            fd.view(-1)[k] = (loss(plus.view_as(clip)) - loss(minus.view_as(clip))) / (2 * eps)
+    torch.testing.assert_close(c.grad, fd, atol=1e-6, rtol=1e-6)

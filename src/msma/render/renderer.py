@@ -65,8 +65,8 @@ class MeshRenderer(nn.Module):
 
     Args:
         backend: ``"torch"``, ``"nvdiffrast"`` or ``"auto"`` (see :func:`get_rasterizer`).
-        antialias: apply the backend's silhouette antialiasing to the image and the mask (nvdiffrast: analytic;
-            torch backend: identity).
+        antialias: apply the backend's analytic silhouette antialiasing (nvdiffrast's method in both backends) to the
+            image and the mask, which then has fractional values on the outline.
     """
 
     def __init__(self, backend: str = "auto", antialias: bool = True) -> None:
@@ -180,7 +180,7 @@ class MeshRenderer(nn.Module):
         else:
             nrm = torch.zeros_like(feats[..., :3])
 
-        if self.antialias and getattr(ras, "antialias_is_identity", False) is not True:
+        if self.antialias:
             aa = ras.antialias(torch.cat([color_px, covered.to(color_px.dtype)], dim=-1), rast, clip, tri)
             color_px, mask = aa[..., :n_color], aa[..., n_color:]
         else:
