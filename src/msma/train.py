@@ -25,13 +25,17 @@ import json
 import logging
 import os
 import platform
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import RandomSampler
 
 from msma.config import experiments_dir, register_configs, to_container, validate_config
 
@@ -151,6 +155,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], callbacks:
     from lightning.pytorch import Trainer
 
     t = cfg.trainer
+    if t.sync_batchnorm and str(t.accelerator) == "cpu":
+        raise ValueError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); set it to false on CPU"
+        )
     return Trainer(
         accelerator=str(t.accelerator),
         devices=_devices(t.devices),
@@ -255,6 +263,56 @@ def _heldout_loader(datamodule: Any) -> Any:
     raise ValueError("the datamodule has neither a test nor a validation split for the final evaluation")
 
 
+class EpochSeededSampler(RandomSampler):
+    """A random permutation per epoch drawn from ``(seed, epoch)`` only.
+
+    torch's ``RandomSampler`` draws its seed from the global generator when an epoch's iterator starts, so the
+    data order depends on every random draw made before (validation loaders, augmentation, hooks) and a resumed
+    run does not see the batches an uninterrupted run would. Lightning calls :meth:`set_epoch` at the start of
+    every epoch (as for ``DistributedSampler``, which replaces this sampler under DDP and is epoch-seeded too).
+    """
+
+    def __init__(self, data_source: Any, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=gen).tolist()
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+
+def with_epoch_seeded_order(loader: Any, seed: int) -> Any:
+    """Returns ``loader`` rebuilt with :class:`EpochSeededSampler` when it shuffles with a plain RandomSampler."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(loader, DataLoader) or type(loader.sampler) is not RandomSampler or loader.batch_size is None:
+        return loader
+    if getattr(loader.sampler, "replacement", False) or getattr(loader.sampler, "_num_samples", None) is not None:
+        return loader
+    workers = int(loader.num_workers)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=EpochSeededSampler(loader.dataset, seed),
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        persistent_workers=loader.persistent_workers if workers > 0 else False,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+    )
+
+
 def pregenerate_synthetic(datamodule: Any) -> None:
     """Generates (or verifies) the cached synthetic shards of every split before training, in this process.
 
@@ -346,6 +404,9 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     face_model = build_face_model(cfg.face_model.name, cfg.face_model.path)
     module = build_module(cfg, face_model=face_model)
     datamodule = build_datamodule(cfg, face_model)
+    # Data order as a function of (seed, epoch): exact resume at epoch boundaries (see EpochSeededSampler).
+    make_train_loader = datamodule.train_dataloader
+    datamodule.train_dataloader = lambda: with_epoch_seeded_order(make_train_loader(), int(cfg.seed))
     if int(getattr(rank_zero_only, "rank", 0)) == 0:
         t_data = time.perf_counter()
         pregenerate_synthetic(datamodule)
@@ -391,6 +452,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         raise FileNotFoundError(f"resume={resume}: checkpoint file not found")
     interrupted = False
     t0 = time.perf_counter()
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except SystemExit:
@@ -399,6 +461,10 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         if not trainer.interrupted:
             raise
         interrupted = True
+    finally:
+        # Lightning ignores further Ctrl-C while shutting down; give the caller its handler back.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
     train_seconds = time.perf_counter() - t0
     interrupted = interrupted or trainer.interrupted
     best = str(checkpoint.best_model_path or "")
