@@ -319,14 +319,12 @@ class Reconstructor:
         return out
 
     def _finish(self, inp: _Input, f: _Face, params: FaceParams, face: Any, i: int) -> Reconstruction:
-        s = self.image_size
         to_orig = inp.loaded_to_original
         crop_to_image = to_orig @ f.crop_to_loaded
         lm_crop = face.landmarks_2d[i].detach().cpu().double().numpy()
         landmarks = _affine_points(crop_to_image, lm_crop)
         overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, _affine_points(f.crop_to_loaded, lm_crop))
         box = tuple(float(v) for v in _affine_points(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
-        assert s == f.crop.shape[0]
         return Reconstruction(
             params=params.detach().to("cpu"),
             vertices=face.vertices[i].detach().cpu(),
@@ -463,6 +461,7 @@ def cli_main(argv: list[str]) -> int:
     stems = _unique_stems(files)
     written = 0
     faces = 0
+    images_ok = 0
     t0 = time.perf_counter()
     from tqdm import tqdm
 
@@ -474,6 +473,7 @@ def cli_main(argv: list[str]) -> int:
             if isinstance(res, str):
                 skipped.append((str(f), res))
                 continue
+            images_ok += 1
             for r in res:
                 name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
                 written += len(save_reconstruction(r, out_dir, name))
@@ -482,7 +482,7 @@ def cli_main(argv: list[str]) -> int:
     bar.close()
     dt = time.perf_counter() - t0
     print(
-        f"msma reconstruct: {faces} face(s) from {len(files) - sum(1 for s in skipped if Path(s[0]) in set(files))}"
+        f"msma reconstruct: {faces} face(s) from {images_ok}"
         f" of {len(files)} image(s) in {dt:.1f} s ({args.ckpt}, {rec.device}); {written} files in {out_dir}"
     )
     if skipped:

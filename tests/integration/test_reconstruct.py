@@ -118,3 +118,14 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
         assert set(meta["coefficients"]) == {"id", "exp", "tex", "angles", "sh", "trans"}
         assert len(meta["landmarks_2d"]) == 68
     assert not list(out.glob("corrupt*")) and not list(out.glob("noface*"))
+
+
+@pytest.mark.gpu
+def test_reconstructor_cuda_matches_cpu(reconstructor, astronaut: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    import msma
+
+    cpu = reconstructor.reconstruct(astronaut)
+    gpu = msma.Reconstructor(None, device="cuda").reconstruct(astronaut)
+    np.testing.assert_allclose(gpu.landmarks, cpu.landmarks, atol=0.05)
+    # Renderers differ only along silhouettes (nvdiffrast antialiases).
+    assert np.abs(gpu.render_mask - cpu.render_mask).mean() < 0.01
