@@ -225,7 +225,7 @@ class Reconstructor:
         inp = self._decode(image)
         faces, reason = self._faces(inp, 0, all_faces)
         if not faces:
-            raise NoFaceError(f"{inp.source}: {reason}")
+            raise NoFaceError(reason)
         return self._run([inp], faces)
 
     def reconstruct_many(
