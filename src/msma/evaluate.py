@@ -494,7 +494,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
     p.add_argument("--image-size", type=int, default=None, help="crop size (default: the checkpoint's)")
-    p.add_argument("--num-samples", type=int, default=256, help="synthetic: test samples (before --limit)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="synthetic: test samples before --limit (default: the checkpoint's data.val_samples; mean: 256)",
+    )
     p.add_argument("--seed", type=int, default=None, help="synthetic: base seed (default: the checkpoint's)")
     p.add_argument("--landmarks", default="dlib", help="landmark backend for detect crops / scan benchmarks")
     p.add_argument("--detector", default="dlib", help="face detector for detect crops / scan benchmarks")
@@ -599,5 +604,6 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             landmarks=args.landmarks,
             detector=args.detector,
         )
-    n = args.num_samples if args.limit is None else min(args.limit, args.num_samples)
+    total = args.num_samples or int(dict(module.config.get("data") or {}).get("val_samples") or 256)
+    n = total if args.limit is None else min(args.limit, total)
     return evaluate_synthetic(module, image_size, device, args.batch_size, n, args.seed, args.root)
