@@ -6,7 +6,8 @@ positions and per-vertex colours/normals; forward+backward adds the backward of 
 clip positions, colours and normals. Times are medians over repeated runs (wall clock, and process CPU time), per
 batch and per image. Writes ``benchmarks/results/render-<device>.json``.
 
-Usage: ``python benchmarks/render.py [--batches 1 8 32] [--repeats 15] [--device cpu|cuda] [--threads N]``
+Usage: ``python benchmarks/render.py [--batches 1 8 32] [--repeats 15] [--device cpu|cuda] [--threads N]``;
+``python benchmarks/render.py --picture docs/images/render_ict_mean.png`` renders the README picture.
 """
 
 from __future__ import annotations
@@ -144,6 +145,41 @@ def run(
     return payload
 
 
+def render_picture(path: Path, size: int = 320) -> None:
+    """Writes the README picture: the ICT mean face with Deep3D SH lighting (torch backend), three poses and lights,
+    then its normals and depth (near = bright), side by side on white."""
+    import numpy as np
+    from PIL import Image
+
+    from msma.face_model import load_face_model
+    from msma.render import MeshRenderer
+
+    model = load_face_model("ict").eval()
+    base = model.layout.zeros(3)
+    sh = torch.zeros(3, 3, 9)  # Deep3D SH order: [1, -y, z, -x, ...] per colour channel
+    sh[:, :, 1] = -0.16  # light from above
+    sh[:, :, 2] = 0.10  # from the front
+    sh[:, :, 3] = torch.tensor([0.18, 0.0, -0.18])[:, None]  # from the viewer's left, none, from the right
+    sh[:, 0, 0] += 0.05  # slightly warm
+    angles = torch.tensor([[0.0, 0.0, 0.0], [0.05, 0.55, 0.0], [-0.1, -0.35, 0.05]])
+    params = base.replace(sh=sh.reshape(3, 27), angles=angles)
+    with torch.no_grad():
+        face = model(params, image_size=size)
+        out = MeshRenderer("torch", antialias=True).render(face, model.tri)
+    white = torch.ones_like(out.image)
+    shaded = out.image.clamp(0, 1) * out.mask + white * (1 - out.mask)
+    normals = (out.normals * 0.5 + 0.5) * out.mask + (1 - out.mask)
+    covered = out.rast[0, ..., 3] > 0
+    depth = out.depth[0, 0]
+    near, far = depth[covered].min(), depth[covered].max()
+    depth_img = torch.where(covered, 0.15 + 0.85 * (far - depth) / (far - near), torch.ones_like(depth))
+    tiles = [shaded[0], shaded[1], shaded[2], normals[0], depth_img[None].expand(3, -1, -1)]
+    row = torch.cat(tiles, dim=2).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((row * 255 + 0.5).astype(np.uint8)).save(path, optimize=True)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -155,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    parser.add_argument("--picture", type=Path, default=None, help="only write the README picture to this PNG")
     args = parser.parse_args(argv)
+    if args.picture is not None:
+        render_picture(args.picture)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
