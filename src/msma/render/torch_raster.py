@@ -399,24 +399,30 @@ class TorchRasterizer:
         dtype = a0.dtype
         # Edge coefficients for a box whose origin is the top-left candidate: l = slope . (ox, oy) + offset.
         x_org, y_org = j0.to(dtype), i0.to(dtype)
-        slopes = torch.stack([a0, b0, a1, b1], 1).view(-1, 2, 2)  # (T, [l0, l1], [d/dx, d/dy])
-        offsets = torch.stack([a0 * x_org + b0 * y_org + c0, a1 * x_org + b1 * y_org + c1], 1)  # (T, 2)
+        off0, off1 = a0 * x_org + b0 * y_org + c0, a1 * x_org + b1 * y_org + c1
+        # (T, [l0, l1, l2], [d/dx, d/dy]) and (T, 3); l2 = 1 - l0 - l1 as its own affine function.
+        slopes = torch.stack([a0, b0, a1, b1, -(a0 + a1), -(b0 + b1)], 1).view(-1, 3, 2)
+        offsets = torch.stack([off0, off1, 1.0 - off0 - off1], 1)
+        int_view = torch.int64 if dtype == torch.float64 else torch.int32
         batch_idx = torch.div(sel, n_faces, rounding_mode="floor")
         face_idx = sel - batch_idx * n_faces
 
-        # Bucket triangles by power-of-two box size (sx, sy) >= (nx, ny): each bucket is a dense (T, sx * sy)
-        # grid evaluated with one matrix product, no per-candidate gathers. Padding cells lie outside the
-        # triangle's box, hence outside the triangle; boxes are shifted to stay inside the image where they fit.
-        log_x = torch.frexp((nx_s - 1).to(torch.float32)).exponent.long()
-        log_y = torch.frexp((ny_s - 1).to(torch.float32)).exponent.long()
-        bucket = log_x * 64 + log_y
+        # Bucket triangles by box size (sx, sy) >= (nx, ny) (exact up to 4, then powers of two): each bucket is a
+        # dense (T, sx * sy) grid evaluated with one matrix product, no per-candidate gathers. Padding cells lie
+        # outside the triangle's box, hence outside the triangle; boxes are shifted to stay inside the image where
+        # they fit.
+        def size_class(n: Tensor) -> Tensor:
+            pow2 = torch.ones_like(n) << torch.frexp((n - 1).to(torch.float32)).exponent.long()
+            return torch.where(n <= 4, n, pow2)
+
+        bucket = size_class(nx_s) * 65536 + size_class(ny_s)
         order = torch.argsort(bucket)
         kinds, sizes = torch.unique_consecutive(bucket.index_select(0, order), return_counts=True)
         start = 0
         for kind, size in zip(kinds.tolist(), sizes.tolist(), strict=True):
             members = order[start : start + size]
             start += size
-            sx, sy = 1 << (kind // 64), 1 << (kind % 64)
+            sx, sy = kind // 65536, kind % 65536
             cells = sx * sy
             grid = torch.arange(cells, device=device)
             oy = torch.div(grid, sx, rounding_mode="floor")
@@ -428,8 +434,8 @@ class TorchRasterizer:
             step = max(1, self.max_candidates // cells)
             for lo in range(0, size, step):
                 t = members[lo : lo + step]
-                sl = slopes.index_select(0, t)  # (n, 2, 2)
-                off = offsets.index_select(0, t)  # (n, 2)
+                sl = slopes.index_select(0, t)  # (n, 3, 2)
+                off = offsets.index_select(0, t)  # (n, 3)
                 jj0 = j0.index_select(0, t)
                 ii0 = i0.index_select(0, t)
                 if shift_x is not None:
@@ -440,9 +446,10 @@ class TorchRasterizer:
                     dy = shift_y[lo : lo + step]
                     off = off - sl[:, :, 1] * dy[:, None].to(dtype)
                     ii0 = ii0 - dy
-                lam = torch.addmm(off.reshape(-1, 1), sl.reshape(-1, 2), offs).view(-1, 2, cells)  # (n, 2, cells)
-                l0, l1 = lam[:, 0], lam[:, 1]
-                inside = (l0 >= 0) & (l1 >= 0) & (l0 + l1 <= 1)
+                lam = torch.addmm(off.reshape(-1, 1), sl.reshape(-1, 2), offs).view(-1, 3, cells)  # (n, 3, cells)
+                # Inside iff no barycentric has its sign bit set (l >= 0, +0 included) -- one OR per row.
+                bits = lam.view(int_view)
+                inside = (bits[:, 0] | bits[:, 1] | bits[:, 2]) >= 0
                 if shift_x is None:
                     inside &= ox < (width - jj0)[:, None]
                 if shift_y is None:
