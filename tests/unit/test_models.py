@@ -251,6 +251,18 @@ def test_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(enc, FaceEncoder)
 
 
+def test_pretrained_unreachable_host_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not marked offline but no network: one connection attempt, not the hub client's retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone_mod, "_cached_weights", lambda name: None)
+    monkeypatch.setattr(backbone_mod, "_download_host", lambda name: "weights.invalid")
+    t0 = time.perf_counter()
+    with pytest.raises(PretrainedWeightsError, match="cannot reach weights.invalid") as info:
+        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained=True)
+    assert "allow_random_init" in str(info.value)
+    assert time.perf_counter() - t0 < 20.0
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_pretrained_path_loads_weights(tmp_path: Path, suffix: str) -> None:
     torch.manual_seed(3)

@@ -3,17 +3,19 @@
 Any timm model that supports ``features_only=True`` works; its ``feature_info`` gives the channels and
 strides of the selected stages. Pretrained weights come from (in order): a local file ``pretrained_path``;
 timm's caches (the Hugging Face hub cache or torch hub's ``checkpoints/``); a download through timm unless the
-process is offline (``HF_HUB_OFFLINE``). When none works, :func:`create_backbone` raises a
+process is offline (``HF_HUB_OFFLINE``) or the download host does not accept a single quick connection. When none works, :func:`create_backbone` raises a
 :class:`PretrainedWeightsError` at once, unless ``allow_random_init`` (then it warns and keeps random weights).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -32,6 +34,30 @@ class PretrainedWeightsError(RuntimeError):
 
 def _is_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",))
+
+
+def _download_host(name: str) -> str | None:
+    """Host timm would download ``name``'s default weights from (HF hub endpoint or the weights URL)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:
+        cfg = None
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    url = cfg.url[0] if isinstance(cfg.url, tuple) else cfg.url
+    return urlparse(url).hostname if url else None
+
+
+def host_unreachable(host: str, timeout_s: float = 3.0) -> str | None:
+    """None when a TCP connection to ``host``:443 opens within ``timeout_s``, else the reason (one attempt,
+    so an offline machine fails in seconds instead of going through the hub client's retries)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"cannot reach {host}: {err}"
 
 
 def load_weights_file(path: str | Path) -> dict[str, Tensor]:
@@ -187,7 +213,11 @@ def create_backbone(
         sd = load_weights_file(cached)
         return FeatureBackbone(_load_state_dict(name, out_indices, sd, f"cached weights {str(cached)!r}"), name)
     reason = "no cached weights and HF_HUB_OFFLINE is set"
-    if not _is_offline():
+    host = _download_host(name)
+    unreachable = None if _is_offline() or host is None else host_unreachable(host)
+    if unreachable:
+        reason = f"no cached weights; {unreachable}"
+    elif not _is_offline():
         try:
             return FeatureBackbone(_create(name, out_indices, pretrained=True), name)
         except ValueError:
