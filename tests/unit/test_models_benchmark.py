@@ -1,0 +1,37 @@
+"""benchmarks/model.py runs on tiny settings and writes its table and JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_model_benchmark_tiny_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "model.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_model", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = tmp_path / "model.json"
+    argv = ["--batch", "1", "--size", "64", "--repeats", "1", "--backbone", "resnet18"]
+    argv += ["--only", "msma_lka", "--paired", "2", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    for key in ("date", "device", "versions", "batch", "size", "rows", "paired_msma_vs_deep3d", "target_met"):
+        assert key in result
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["deep3d_r50", "msma_lka"]
+    ref, msma = result["rows"]
+    assert len(ref["step_s_all"]) == 2  # measured before and after the others
+    assert ref["ratio_step_vs_deep3d"] == 1.0 and ref["ratio_flops_vs_deep3d"] == 1.0
+    assert msma["gflops_train"] > msma["gflops_fwd"] > 0 and msma["params_m"] > ref["params_m"]
+    assert len(result["paired_msma_vs_deep3d"]["ratios"]) == 2
+    assert "msma_lka" in capsys.readouterr().out
