@@ -10,7 +10,6 @@ tensors are dropped from ``checkpoint["state_dict"]`` on save and filled back fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -291,8 +290,3 @@ def _detach_step(out: StepOutput) -> StepOutput:
         rast=r.rast.detach(),
     )
     return StepOutput(params=out.params.detach(), face=face, render=render)
-
-
-def is_finite_number(x: float) -> bool:
-    """True for a finite Python float (helper for summaries)."""
-    return math.isfinite(x)

@@ -421,11 +421,23 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         monitor="val/nme",
         mode="min",
         save_top_k=1,
-        save_last=True,
+        save_last=False,
         auto_insert_metric_name=False,
+    )
+    # The latest state, after every validation (Lightning's own save_last only refreshes when the top-k
+    # checkpoint changed) or every `checkpoint_every_n_steps` optimiser steps.
+    every_n = int(cfg.trainer.checkpoint_every_n_steps or 0)
+    latest = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_train_steps=every_n or None,
+        enable_version_counter=False,
     )
     callbacks: list[Any] = [
         checkpoint,
+        latest,
         RngStateCallback(),
         InterruptCheckpoint(ckpt_dir),
         ImageGridCallback(
@@ -433,15 +445,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
-    if cfg.trainer.checkpoint_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(ckpt_dir),
-                every_n_train_steps=int(cfg.trainer.checkpoint_every_n_steps),
-                save_last=True,
-                save_top_k=0,
-            )
-        )
     recorder = _LossRecorder.make()
     callbacks.append(recorder)
     loggers = _build_loggers(cfg, run, resolved)
@@ -468,7 +471,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     train_seconds = time.perf_counter() - t0
     interrupted = interrupted or trainer.interrupted
     best = str(checkpoint.best_model_path or "")
-    last = str(checkpoint.last_model_path or "")
+    last = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else ""
     if interrupted:
         saved = next((c.saved for c in callbacks if isinstance(c, InterruptCheckpoint)), None)
         print(f"interrupted; checkpoint: {saved}; continue with resume={saved}", flush=True)
