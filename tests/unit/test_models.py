@@ -315,3 +315,15 @@ def test_flat_layout_roundtrip_of_output() -> None:
     assert flat.shape == (3, LAYOUT.total)
     assert torch.isfinite(flat).all() and flat.abs().sum() > 0
     assert tuple(g for g, _ in out.items()) == GROUPS
+
+
+@pytest.mark.gpu
+def test_encoders_train_step_on_cuda() -> None:
+    device = torch.device("cuda")
+    for name in available_encoders():
+        enc = build_encoder(name, LAYOUT, backbone=SMALL).to(device).train()
+        _perturb_zero_init(enc)
+        out = enc(torch.rand(2, 3, 128, 128, device=device))
+        assert out.device.type == "cuda"
+        sum(t.square().sum() for _, t in out.items()).backward()  # type: ignore[union-attr]
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in enc.parameters())
