@@ -167,3 +167,34 @@ def test_ctrl_c_writes_a_checkpoint(cache: Path, tmp_path: Path, monkeypatch: py
         tmp_path / "cont",
     )
     assert not cont.interrupted and load_checkpoint_file(cont.last_checkpoint)["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(cache: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = tiny(cache, "trainer.max_epochs=10000", "trainer.grid_every_n=0", f"hydra.run.dir={run}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "msma.train", "--config-name", "quickstart", *args],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.ckpt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    ckpt = load_checkpoint_file(run / "checkpoints" / "interrupted.ckpt")
+    assert ckpt["global_step"] >= 2
+    assert "resume=" in out
