@@ -30,6 +30,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from msma.face_model.params import FaceParams
     from msma.module import FaceReconModule
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "plot_yaw_bins",
     "qualitative_grid",
     "plot_mesh",
+    "render_views",
     "save_figure",
 ]
 
@@ -508,7 +510,7 @@ def plot_yaw_bins(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 @torch.no_grad()
 def qualitative_grid(
-    modules: Mapping[str, FaceReconModule], faces: EvalFaces, count: int = 4
+    modules: Mapping[str, FaceReconModule], faces: EvalFaces, count: int = 4, display_size: int = 128
 ) -> tuple[np.ndarray, list[str]]:
     """The same faces across runs: ``input | overlay of run 1 | overlay of run 2 | ...``.
 
@@ -519,24 +521,39 @@ def qualitative_grid(
         modules: label -> module (with a renderer).
         faces: the test faces (the first ``count`` are shown).
         count: rows.
+        display_size: side D of each panel in pixels (crops smaller than this are upsampled bilinearly after
+            rendering, so the landmark dots stay readable); at least the crop size S.
 
     Returns:
-        ((rows * S, (1 + runs) * S, 3) uint8 picture, column titles).
+        ((rows * D, (1 + runs) * D, 3) uint8 picture, column titles), D = max(display_size, S).
     """
+    import torch.nn.functional as F
+
     from msma.viz import landmark_panel, overlay
 
     rows = min(count, faces.size)
     if rows < 1:
         raise ValueError("qualitative_grid: no faces")
+    size = faces.image_size
+    shown = max(display_size, size)
+    scale = shown / size
+
+    def up(x: Tensor) -> Tensor:
+        return x if shown == size else F.interpolate(x, size=(shown, shown), mode="bilinear", align_corners=False)
+
+    def points(p: Tensor) -> Tensor:
+        # Pixel-index coordinates: pixel centres map as (p + 0.5) * scale - 0.5.
+        return (p + 0.5) * scale - 0.5
+
     image = faces.image[:rows]
-    columns: list[list[np.ndarray]] = [[landmark_panel(image[i], None, None) for i in range(rows)]]
+    columns: list[list[np.ndarray]] = [[landmark_panel(img, None, None) for img in up(image)]]
     for module in modules.values():
         module = module.eval()
         device = next(module.parameters()).device
         out = module.reconstruct(image.to(device), render=True)
-        comp = overlay(image.to(device), out.render.image[:, :3], out.render.mask).cpu()
-        lms = out.face.landmarks_2d.cpu()
-        columns.append([landmark_panel(comp[i], lms[i], faces.landmarks[i]) for i in range(rows)])
+        comp = up(overlay(image.to(device), out.render.image[:, :3], out.render.mask).cpu())
+        lms = points(out.face.landmarks_2d.cpu())
+        columns.append([landmark_panel(comp[i], lms[i], points(faces.landmarks[i])) for i in range(rows)])
     picture = np.concatenate([np.concatenate(col, axis=0) for col in columns], axis=1)
     return picture, ["input", *modules.keys()]
 
@@ -548,12 +565,17 @@ def plot_mesh(
     max_triangles: int = 20_000,
     views: Sequence[tuple[float, float]] = ((0.0, -90.0), (0.0, -45.0)),
 ) -> Figure:
-    """Renders a mesh with matplotlib (3D polygons, per-face colour = mean vertex colour).
+    """Draws a mesh with matplotlib 3D polygons (per-face colour = mean vertex colour), rotatable in Jupyter.
+
+    Matplotlib orders polygons by depth (painter's algorithm, no z-buffer): back faces are culled, but occluded
+    front-facing interior surfaces (ICT's mouth cavity) can still show through; :func:`render_views` renders
+    with msma's z-buffered rasteriser instead.
 
     Args:
         vertices: (N, 3) positions in mm, model frame (x right, y up, z towards the viewer).
         triangles: (F, 3) vertex indices.
-        colors: (N, 3) vertex colours in [0, 1] (default: grey, shaded by the face normal's z).
+        colors: (N, 3) vertex colours in [0, 1] (default: grey, lit from the viewer). Triangles must be
+            counter-clockwise seen from outside (back faces are culled).
         max_triangles: subsample the faces beyond this many (speed).
         views: (elevation, azimuth) pairs in degrees in matplotlib's z-up frame; one panel each
             (azimuth -90: frontal).
@@ -567,23 +589,32 @@ def plot_mesh(
         raise ValueError(f"plot_mesh: vertices must be (N, 3) and triangles (F, 3), got {v.shape} and {f.shape}")
     if len(f) > max_triangles:
         f = f[np.linspace(0, len(f) - 1, max_triangles).astype(np.int64)]
-    # Matplotlib 3D is z-up: show the face's y-up model frame as (x, -z, y).
+    # Matplotlib 3D is z-up: show the face's y-up model frame as (x, -z, y) (a proper rotation: winding kept).
     p = np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
     tri = p[f]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
-    shade = 0.35 + 0.65 * np.abs(normals[:, 1])  # facing the frontal viewer (-y in the plot frame)
     if colors is not None:
         c = np.asarray(colors.detach().cpu() if isinstance(colors, Tensor) else colors, dtype=np.float64)
         face_rgb = np.clip(c[f].mean(axis=1), 0.0, 1.0)
     else:
-        face_rgb = np.clip(shade[:, None] * np.array([[0.8, 0.8, 0.8]]), 0.0, 1.0)
+        face_rgb = None
     fig = plt.figure(figsize=(4.5 * len(views), 4.5))
     lo, hi = p.min(axis=0), p.max(axis=0)
     centre, half = (lo + hi) / 2, (hi - lo).max() / 2
     for k, (elev, azim) in enumerate(views):
+        e, a = math.radians(elev), math.radians(azim)
+        to_viewer = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+        facing = normals @ to_viewer
+        # Back-face culling (counter-clockwise triangles seen from outside): matplotlib sorts polygons by
+        # depth (painter's algorithm), so hidden back faces would otherwise show through.
+        keep = facing > 0 if (facing > 0).any() else np.ones(len(f), dtype=bool)
+        if face_rgb is None:
+            rgb = np.repeat(np.clip(0.2 + 0.75 * facing[keep], 0.0, 1.0)[:, None], 3, axis=1)
+        else:
+            rgb = face_rgb[keep]
         ax = fig.add_subplot(1, len(views), k + 1, projection="3d")
-        ax.add_collection3d(Poly3DCollection(tri, facecolors=face_rgb, edgecolors="none"))
+        ax.add_collection3d(Poly3DCollection(tri[keep], facecolors=rgb, edgecolors="none"))
         for setter, c0 in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):
             setter(c0 - half, c0 + half)
         ax.set_box_aspect((1, 1, 1))
@@ -591,6 +622,63 @@ def plot_mesh(
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def render_views(
+    module: FaceReconModule,
+    params: FaceParams,
+    yaws_deg: Sequence[float] = (0.0, 45.0, 90.0),
+    image_size: int = 256,
+    shading: str = "both",
+) -> np.ndarray:
+    """Renders a predicted face from several yaw angles with the module's own (z-buffered) renderer.
+
+    The face is centred (translation zeroed), pitch and roll set to 0, the yaw replaced by each value.
+
+    Args:
+        module: the network's module (``Reconstructor.module``); its face model and renderer are used.
+        params: coefficients of one face (batch of one), e.g. ``Reconstruction.params``.
+        yaws_deg: yaw angles in degrees (positive: the face turns towards its left, the camera's right).
+        image_size: side of each view in pixels.
+        shading: ``"color"`` (albedo x the predicted SH light), ``"geometry"`` (grey, lit from the camera)
+            or ``"both"`` (two rows).
+
+    Returns:
+        (rows * image_size, len(yaws) * image_size, 3) uint8 picture on a white background.
+    """
+    from dataclasses import replace
+
+    from msma.viz import landmark_panel
+
+    if shading not in ("color", "geometry", "both"):
+        raise ValueError(f"render_views: shading must be 'color', 'geometry' or 'both', got {shading!r}")
+    if params.batch_size != 1:
+        raise ValueError(f"render_views: expected the coefficients of one face, got a batch of {params.batch_size}")
+    device = next(module.parameters()).device
+    params = params.to(device)
+    n = len(yaws_deg)
+    angles = torch.zeros(n, 3, device=device, dtype=params.angles.dtype)
+    angles[:, 1] = torch.tensor([math.radians(y) for y in yaws_deg], device=device, dtype=angles.dtype)
+    batch = replace(
+        params,
+        **{g: t.expand(n, -1) for g, t in params.items() if g not in ("angles", "trans")},
+        angles=angles,
+        trans=torch.zeros(n, 3, device=device, dtype=params.trans.dtype),
+    )
+    face = module.face_model(batch, image_size=image_size)  # type: ignore[operator]
+    tri = module.face_model.tri  # type: ignore[union-attr]
+    rows = []
+    if shading in ("color", "both"):
+        rows.append(module.renderer.render(face, tri))  # type: ignore[operator]
+    if shading in ("geometry", "both"):
+        grey = (0.2 + 0.75 * face.normals[..., 2:3].clamp_min(0.0)).expand(-1, -1, 3)
+        rows.append(module.renderer.render(replace(face, color=grey), tri))  # type: ignore[operator]
+    lines = []
+    for out in rows:
+        img = out.image[:, :3] * out.mask + (1.0 - out.mask)
+        lines.append(np.concatenate([landmark_panel(img[i].cpu(), None, None) for i in range(n)], axis=1))
+    return np.concatenate(lines, axis=0)
 
 
 def save_figure(fig: Figure | np.ndarray, path: str | Path, dpi: int = 110) -> Path:

@@ -194,13 +194,20 @@ def test_plots_and_grid(faces: nbu.EvalFaces, mean_face_module, tmp_path: Path) 
     fig = nbu.plot_yaw_bins({"NME (%)": nbu.yaw_bin_table(df), "vertex (mm)": nbu.yaw_bin_table(df, "vertex_mm")})
     assert len(fig.axes) == 2
     _png_ok(nbu.save_figure(fig, tmp_path / "yaw.png"))
-    picture, titles = nbu.qualitative_grid({"a": mean_face_module, "b": mean_face_module}, faces, count=3)
+    picture, titles = nbu.qualitative_grid(
+        {"a": mean_face_module, "b": mean_face_module}, faces, count=3, display_size=32
+    )
     assert picture.shape == (3 * 32, 3 * 32, 3) and picture.dtype == np.uint8
     assert titles == ["input", "a", "b"]
     # The overlay columns differ from the input (the face is drawn), the two identical runs agree.
     assert np.abs(picture[:, 32:64].astype(int) - picture[:, :32].astype(int)).mean() > 1.0
     np.testing.assert_array_equal(picture[:, 32:64], picture[:, 64:96])
     assert _png_ok(nbu.save_figure(picture, tmp_path / "grid.png")) == (96, 96)
+    big, _ = nbu.qualitative_grid({"a": mean_face_module}, faces, count=2, display_size=64)
+    assert big.shape == (2 * 64, 2 * 64, 3)
+    # The input column is the crop upsampled: its mean colour matches the crop's.
+    crop_mean = faces.image[:2].mean().item() * 255.0
+    assert abs(big[:, :64].astype(float).mean() - crop_mean) < 3.0
 
 
 def test_plot_mesh(tmp_path: Path) -> None:
@@ -211,3 +218,19 @@ def test_plot_mesh(tmp_path: Path) -> None:
     _png_ok(nbu.save_figure(fig, tmp_path / "mesh.png"))
     with pytest.raises(ValueError, match="triangles"):
         nbu.plot_mesh(v, f[:, :2])
+
+
+def test_render_views(mean_face_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    params = mean_face_module.face_model.layout.zeros(1)
+    pic = nbu.render_views(mean_face_module, params, yaws_deg=(0.0, 60.0), image_size=48)
+    assert pic.shape == (2 * 48, 2 * 48, 3) and pic.dtype == np.uint8
+    # A face in the middle of a white background; the turned face differs from the frontal one.
+    assert (pic[0, 0] == 255).all() and (pic[24, 24] < 250).any()
+    assert np.abs(pic[:48, :48].astype(int) - pic[:48, 48:].astype(int)).mean() > 2.0
+    # Frontal face symmetric about the vertical axis (geometry row).
+    geo = pic[48:, :48].astype(float)
+    assert np.abs(geo - geo[:, ::-1]).mean() < 12.0
+    only = nbu.render_views(mean_face_module, params, yaws_deg=(0.0,), image_size=32, shading="geometry")
+    assert only.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="one face"):
+        nbu.render_views(mean_face_module, mean_face_module.face_model.layout.zeros(2))
