@@ -42,6 +42,8 @@ __all__ = [
     "find_runs",
     "latest_run",
     "latest_checkpoint",
+    "tiny_training_overrides",
+    "ensure_runs",
     "read_metrics_csv",
     "read_metrics_json",
     "runs_summary",
@@ -176,6 +178,79 @@ def latest_checkpoint(runs_root: str | Path, experiment: str) -> Path | None:
         if found:
             return found[-1]
     return None
+
+
+def tiny_training_overrides(synthetic_cache_dir: str | Path) -> list[str]:
+    """Hydra overrides that shrink any experiment to a few CPU steps (the notebooks' tiny mode).
+
+    32 px crops, batches of 2, 4 synthetic training faces (2 steps per epoch), 2 epochs (4 steps, a validation
+    after each), ResNet-18 with narrow MSMA fusion widths, CSV log only, no final evaluation.
+
+    Args:
+        synthetic_cache_dir: where the synthetic faces are generated and cached.
+    """
+    return [
+        "trainer=cpu",
+        "renderer=torch",
+        "logger=csv",
+        "num_threads=1",
+        "model.pretrained=false",
+        "model.backbone=resnet18",
+        "model.channels=[12,24,48]",
+        "data=synthetic",
+        "data.image_size=32",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "data.persistent_workers=false",
+        "data.num_samples=4",
+        "data.val_samples=2",
+        "data.augment=false",
+        f"data.synthetic_cache_dir={synthetic_cache_dir}",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=4",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n=1",
+        "trainer.grid_every_n=0",
+        "final_eval=false",
+    ]
+
+
+def ensure_runs(
+    experiments: Sequence[str], runs_root: str | Path, launch_overrides: Sequence[str] | None = None
+) -> dict[str, RunInfo]:
+    """The newest run with a checkpoint of each experiment; missing ones trained when ``launch_overrides`` is given.
+
+    Args:
+        experiments: experiment names (``experiments/<name>.yaml``).
+        runs_root: the runs folder (``<runs_root>/<experiment>/<YYYYmmdd-HHMMSS>/``).
+        launch_overrides: Hydra overrides for the runs trained here (``[]``: the experiment as configured);
+            None: never train, skip experiments without a run (a line is printed for each).
+
+    Returns:
+        experiment -> run, in the order of ``experiments``.
+    """
+    import time
+
+    from msma.config import compose_experiment
+    from msma.train import run_training
+
+    out: dict[str, RunInfo] = {}
+    for exp in experiments:
+        run = latest_run(runs_root, exp)
+        if run is None and launch_overrides is not None:
+            t0 = time.perf_counter()
+            cfg = compose_experiment(exp, list(launch_overrides))
+            run_training(cfg, Path(runs_root) / exp / time.strftime("%Y%m%d-%H%M%S"))
+            print(f"trained {exp} in {time.perf_counter() - t0:.0f} s")
+            run = latest_run(runs_root, exp)
+        if run is None:
+            print(f"{exp}: no run with a checkpoint under {runs_root}; skipped")
+            continue
+        out[exp] = run
+    return out
 
 
 def read_metrics_csv(run: RunInfo | str | Path) -> pd.DataFrame:
@@ -336,14 +411,25 @@ class EvalFaces:
         return int(self.image.shape[-1])
 
 
-def load_eval_faces(num_samples: int, image_size: int, seed: int = 0, cache_dir: str | Path | None = None) -> EvalFaces:
+def load_eval_faces(
+    num_samples: int,
+    image_size: int,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    face_model: str = "ict",
+    face_model_path: str | None = None,
+) -> EvalFaces:
     """The synthetic test split of msma's datamodule (seed ``seed + TEST_SEED_OFFSET``), first ``num_samples``.
+
+    The same faces ``msma eval --data synthetic`` evaluates (its default generation settings).
 
     Args:
         num_samples: number of faces.
         image_size: crop side in pixels.
         seed: the data seed of the runs (``data.seed``; their test split).
         cache_dir: synthetic cache folder (default ``$MSMA_HOME/synthetic``).
+        face_model: the runs' face model name (``face_model.name`` of their config: ``"ict"`` or ``"bfm"``).
+        face_model_path: its file/folder (``face_model.path``; None: the default location).
     """
     from msma.builders import build_face_model
     from msma.data.batch import collate_samples
@@ -353,9 +439,9 @@ def load_eval_faces(num_samples: int, image_size: int, seed: int = 0, cache_dir:
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    face_model = build_face_model("ict")
+    model = build_face_model(face_model, face_model_path)
     dataset = SyntheticFaceDataset(
-        face_model,  # type: ignore[arg-type]
+        model,  # type: ignore[arg-type]
         num_samples=num_samples,
         seed=seed + TEST_SEED_OFFSET,
         image_size=image_size,

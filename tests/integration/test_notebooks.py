@@ -78,12 +78,19 @@ def test_check_notebooks_flags_outputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ablation_notebook_tiny(kernel_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["tiny", "full_without_runs"])
+def test_ablation_notebook(mode: str, kernel_env: dict[str, str], tmp_path: Path) -> None:
+    """Tiny mode; and full mode (`make notebooks`) on a checkout without runs, which falls back to tiny runs."""
     run = _script("run_notebooks")
     out = tmp_path / "out"
-    executed = run.execute(ROOT / "notebooks" / "ablation.ipynb", out, {**kernel_env, "MSMA_NB_OUT": str(out)}, 600)
+    env = {**kernel_env, "MSMA_NB_OUT": str(out)}
+    if mode == "full_without_runs":
+        env.update({"MSMA_NB_TINY": "", "MSMA_NB_RUNS": str(tmp_path / "no_runs")})
+    executed = run.execute(ROOT / "notebooks" / "ablation.ipynb", out, env, 600)
     nb = nbformat.read(executed, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert ("Showing the tiny demonstration" in text) == (mode == "full_without_runs")
     for name in ("ablation_curves.png", "ablation_yaw_bins.png", "ablation_grid.png"):
         _check_png(out / name)
     # Four ablations, each trained a few steps into $MSMA_NB_OUT/runs and evaluated per yaw bin.

@@ -234,3 +234,18 @@ def test_render_views(mean_face_module, tmp_path: Path) -> None:  # type: ignore
     assert only.shape == (32, 32, 3)
     with pytest.raises(ValueError, match="one face"):
         nbu.render_views(mean_face_module, mean_face_module.face_model.layout.zeros(2))
+
+
+def test_ensure_runs_skips_or_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(1)
+    make_run(tmp_path / "runs", "msma_lka", "20260101-000000")
+    got = nbu.ensure_runs(["msma_lka", "msma_no_fusion"], tmp_path / "runs", None)
+    assert list(got) == ["msma_lka"] and "msma_no_fusion: no run" in capsys.readouterr().out
+    # Trains the missing one with the tiny overrides, reuses the existing one (no new folder).
+    overrides = nbu.tiny_training_overrides(tmp_path / "synth")
+    got = nbu.ensure_runs(["msma_no_fusion", "msma_lka"], tmp_path / "runs", overrides)
+    assert list(got) == ["msma_no_fusion", "msma_lka"]
+    assert got["msma_no_fusion"].checkpoint is not None and got["msma_no_fusion"].experiment == "msma_no_fusion"
+    assert len(list((tmp_path / "runs" / "msma_lka").iterdir())) == 1
+    log = nbu.read_metrics_csv(got["msma_no_fusion"])
+    assert log["train/loss"].notna().sum() == 4 and log["val/nme"].notna().sum() == 2
