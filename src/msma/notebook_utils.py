@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,8 @@ __all__ = [
     "find_runs",
     "latest_run",
     "latest_checkpoint",
+    "load_newest",
+    "load_run_module",
     "tiny_training_overrides",
     "ensure_runs",
     "read_metrics_csv",
@@ -58,6 +60,8 @@ __all__ = [
     "render_views",
     "save_figure",
 ]
+
+T = TypeVar("T")
 
 #: AFLW2000-3D yaw bins (|yaw| <= 30, <= 60, > 60 degrees; msma.metrics.nme.yaw_bin).
 YAW_BIN_LABELS: tuple[str, str, str] = ("0-30", "30-60", "60-90")
@@ -178,6 +182,48 @@ def latest_checkpoint(runs_root: str | Path, experiment: str) -> Path | None:
         if found:
             return found[-1]
     return None
+
+
+def load_newest(
+    runs_root: str | Path, experiment: str, loader: Callable[[Path | None], T], attempts: int = 3
+) -> tuple[Path | None, T]:
+    """``loader(latest_checkpoint(runs_root, experiment))``, looking again when the file vanished meanwhile.
+
+    A run still training replaces its ``best-*.ckpt`` (top-1) between the search and the load; the search is
+    then repeated (at most ``attempts`` times). ``loader`` receives None when there is no checkpoint.
+
+    Returns:
+        (the checkpoint used or None, what ``loader`` returned).
+    """
+    for attempt in range(attempts):
+        ckpt = latest_checkpoint(runs_root, experiment)
+        try:
+            return ckpt, loader(ckpt)
+        except FileNotFoundError:
+            if ckpt is None or ckpt.is_file() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def load_run_module(run: RunInfo, map_location: str | torch.device = "cpu", attempts: int = 3) -> FaceReconModule:
+    """The module of a run's best checkpoint (else ``last.ckpt``), re-reading the run folder when a run still
+    training replaced the file in the meantime.
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint (the folder is named).
+    """
+    from msma.builders import load_module_from_checkpoint
+
+    for attempt in range(attempts):
+        ckpt = _run_info(run.run_dir).checkpoint
+        if ckpt is None:
+            raise FileNotFoundError(f"{run.run_dir}: no checkpoint (checkpoints/best*.ckpt or last.ckpt)")
+        try:
+            return load_module_from_checkpoint(ckpt, map_location=map_location)
+        except FileNotFoundError:
+            if ckpt.is_file() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def tiny_training_overrides(synthetic_cache_dir: str | Path) -> list[str]:

@@ -249,3 +249,36 @@ def test_ensure_runs_skips_or_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(list((tmp_path / "runs" / "msma_lka").iterdir())) == 1
     log = nbu.read_metrics_csv(got["msma_no_fusion"])
     assert log["train/loss"].notna().sum() == 4 and log["val/nme"].notna().sum() == 2
+
+
+def test_load_newest_looks_again_when_the_checkpoint_vanished(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "quickstart", "20260101-000000")
+    calls: list[Path | None] = []
+
+    def loader(path: Path | None) -> str:
+        calls.append(path)
+        if path is not None and path.name.startswith("best"):
+            path.unlink()  # a run in progress replaced its best checkpoint
+            raise FileNotFoundError(path)
+        return "loaded"
+
+    ckpt, value = nbu.load_newest(tmp_path, "quickstart", loader)
+    assert value == "loaded" and ckpt == run / "checkpoints" / "last.ckpt"
+    assert [p.name for p in calls if p is not None] == ["best-001-0000003.ckpt", "last.ckpt"]
+    assert nbu.load_newest(tmp_path, "mlanet", lambda p: p) == (None, None)
+
+
+def test_load_run_module(tmp_path: Path) -> None:
+    from msma.config import compose_experiment
+    from msma.train import run_training
+
+    torch.set_num_threads(1)
+    overrides = [*nbu.tiny_training_overrides(tmp_path / "synth"), "trainer.max_steps=1", "trainer.max_epochs=1"]
+    run_training(compose_experiment("deep3d_r50", overrides), tmp_path / "runs" / "deep3d_r50" / "r1")
+    (run,) = nbu.find_runs(tmp_path / "runs")
+    module = nbu.load_run_module(run)
+    assert module.config["name"] == "deep3d_r50" and not module.training
+    empty = make_run(tmp_path / "other", "x", "r", best=False)
+    (empty / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        nbu.load_run_module(nbu.RunInfo("x", empty, None, None))
