@@ -504,8 +504,9 @@ def load_eval_faces(
 def _rendered_vertex_mask(module: FaceReconModule) -> Tensor:
     """(N,) 1 for vertices used by the rendered triangles (the region the photometric loss sees)."""
     fm = module.face_model
-    mask = torch.zeros(int(fm.n_vertices))  # type: ignore[arg-type]
-    mask[fm.tri.unique()] = 1.0  # type: ignore[union-attr, operator]
+    tri: Tensor = fm.tri  # type: ignore[assignment]
+    mask = torch.zeros(int(fm.n_vertices), device=tri.device)  # type: ignore[arg-type]
+    mask[tri.unique()] = 1.0
     return mask
 
 
