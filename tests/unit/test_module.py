@@ -209,3 +209,19 @@ def test_grid_draws_landmarks_where_they_are() -> None:
     assert (grid[16, 32 + 16] == 255).all() and (grid[2, 32 + 2] == 0).all()  # overlay panel
     assert tuple(grid[5, 64 + 5]) == PRED_COLOR and tuple(grid[25, 64 + 25]) == TARGET_COLOR
     assert tuple(grid[32 + 5, 64 + 5]) == PRED_COLOR
+
+
+def test_untrained_module_predicts_the_mean_face(parts: tuple[Any, nn.Module]) -> None:
+    from msma.builders import build_untrained_module
+
+    fm, renderer = parts
+    module = build_untrained_module(encoder="deep3d_r50", backbone="resnet18", renderer_backend="torch")
+    batch = _gt_batch(fm, renderer, n=2)
+    with torch.no_grad():
+        out = module.reconstruct(batch.image)
+        mean = fm(fm.layout.zeros(2), image_size=SIZE)
+    for _, value in out.params.items():
+        assert torch.equal(value, torch.zeros_like(value))
+    assert torch.allclose(out.face.vertices, mean.vertices)
+    assert out.render.image.shape == batch.image.shape
+    assert module.config["model"]["name"] == "deep3d_r50" and module.config["renderer"]["backend"] == "torch"
