@@ -169,3 +169,22 @@ def test_command_without_train_is_rejected(tmp_path: Path) -> None:
     (cmd,) = agent_commands(bad, count=1)
     with pytest.raises(SweepConfigError, match="msma train"):
         hydra_overrides(cmd)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_dry_run_prints_the_agent_commands(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from msma.sweep import main
+
+    assert main([str(path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == min(3, len(_all_commands(path)))
+    assert all(line.startswith("/usr/bin/env msma train --config-name msma_lka ") for line in lines)
+
+
+def test_make_sweep_without_wandb_explains(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from msma.sweep import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main([str(SWEEPS[0])]) == 2
+    err = capsys.readouterr().err
+    assert "W&B is not reachable" in err and "--dry-run" in err
