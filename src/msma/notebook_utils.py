@@ -342,9 +342,10 @@ def read_metrics_json(run: RunInfo | str | Path) -> dict[str, Any] | None:
 def runs_summary(runs: Sequence[RunInfo]) -> pd.DataFrame:
     """One row per run: the last logged training loss and validation metrics (CSV), and ``metrics.json``.
 
-    Columns: ``run``, ``experiment``, ``steps``, ``train_loss``, ``val_nme_pct``, ``val_vertex_mm`` (NaN where
-    not logged), ``test_nme_pct``, ``test_vertex_mm``, ``mean_face_nme_pct``, ``nme_ratio`` (NaN without
-    ``metrics.json``).
+    Columns: ``run``, ``experiment``, ``steps``, ``train_loss``, ``val_nme_pct``, ``val_vertex_mm`` (camera
+    frame), ``val_vertex_aligned_mm`` (rigidly aligned; NaN where not logged), ``test_nme_pct``,
+    ``test_vertex_mm``, ``test_vertex_aligned_mm``, ``mean_face_nme_pct``, ``nme_ratio`` (NaN without
+    ``metrics.json``). NME in percent, vertex errors in mm.
     """
     rows = []
     for run in runs:
@@ -364,11 +365,13 @@ def runs_summary(runs: Sequence[RunInfo]) -> pd.DataFrame:
         row["train_loss"] = last("train/loss")
         row["val_nme_pct"] = 100.0 * last("val/nme")
         row["val_vertex_mm"] = last("val/vertex_mm")
+        row["val_vertex_aligned_mm"] = last("val/vertex_aligned_mm")
         js = read_metrics_json(run) or {}
         trained = js.get("trained", {})
         mean_face = js.get("untrained_mean_face", {})
         row["test_nme_pct"] = 100.0 * float(trained.get("nme", math.nan))
         row["test_vertex_mm"] = float(trained.get("vertex_mm", math.nan))
+        row["test_vertex_aligned_mm"] = float(trained.get("vertex_aligned_mm", math.nan))
         row["mean_face_nme_pct"] = 100.0 * float(mean_face.get("nme", math.nan))
         row["nme_ratio"] = float(js.get("nme_ratio", math.nan))
         rows.append(row)

@@ -16,14 +16,14 @@ from PIL import Image
 
 from msma import notebook_utils as nbu
 
-CSV = """epoch,lr-Adam,step,train/loss,train/lm,val/nme,val/vertex_mm
-0,0.001,0,,,,
-0,,0,2.5,0.4,,
-0,,1,2.0,0.3,,
-0,,1,,,0.08,3.5
-1,,2,1.5,0.2,,
-1,,3,1.2,0.1,,
-1,,3,,,0.05,2.5
+CSV = """epoch,lr-Adam,step,train/loss,train/lm,val/nme,val/vertex_mm,val/vertex_aligned_mm
+0,0.001,0,,,,,
+0,,0,2.5,0.4,,,
+0,,1,2.0,0.3,,,
+0,,1,,,0.08,3.5,2.0
+1,,2,1.5,0.2,,,
+1,,3,1.2,0.1,,,
+1,,3,,,0.05,2.5,1.5
 """
 
 
@@ -39,7 +39,11 @@ def make_run(root: Path, experiment: str, run_id: str, best: bool = True, metric
     if metrics:
         (run / "metrics.json").write_text(
             json.dumps(
-                {"trained": {"nme": 0.04, "vertex_mm": 2.0}, "untrained_mean_face": {"nme": 0.1}, "nme_ratio": 0.4}
+                {
+                    "trained": {"nme": 0.04, "vertex_mm": 2.0, "vertex_aligned_mm": 1.25},
+                    "untrained_mean_face": {"nme": 0.1},
+                    "nme_ratio": 0.4,
+                }
             )
         )
     return run
@@ -104,6 +108,8 @@ def test_runs_summary(tmp_path: Path) -> None:
     assert table.loc["msma_lka", "train_loss"] == pytest.approx(1.2)
     assert table.loc["msma_lka", "val_nme_pct"] == pytest.approx(5.0)
     assert table.loc["msma_lka", "val_vertex_mm"] == pytest.approx(2.5)
+    assert table.loc["msma_lka", "val_vertex_aligned_mm"] == pytest.approx(1.5)
+    assert table.loc["msma_lka", "test_vertex_aligned_mm"] == pytest.approx(1.25)
     assert table.loc["msma_lka", "test_nme_pct"] == pytest.approx(4.0)
     assert table.loc["msma_lka", "nme_ratio"] == pytest.approx(0.4)
     assert math.isnan(table.loc["deep3d_r50", "test_nme_pct"])
