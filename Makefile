@@ -40,7 +40,7 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 setup: $(STAMP) assets ## create .venv with the pinned environment and convert the embedded face model
 
-assets: $(STAMP) ## convert the embedded ICT-FaceKit model into $$MSMA_HOME (mirror: $$MSMA_ASSET_MIRROR)
+assets: $(STAMP) ## convert the embedded ICT-FaceKit model into $MSMA_HOME (mirror: $MSMA_ASSET_MIRROR)
 	$(VENV)/bin/msma assets ict
 
 train: $(STAMP) ## train an experiment: make train EXP=msma_lka [ARGS="key=value ..."] [RESUME=path/to.ckpt]
@@ -61,7 +61,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 eval: $(STAMP) ## evaluate: make eval CKPT=path DATA=aflw2000_3d ROOT=/data/AFLW2000 [ARGS=...]
 	$(VENV)/bin/msma eval --ckpt $(if $(CKPT),$(CKPT),mean) --data $(DATA) $(if $(ROOT),--root $(ROOT),) $(ARGS)
 
-sweep: $(STAMP) ## create a W&B sweep from experiments/sweeps/$(SWEEP).yaml and start an agent
+sweep: $(STAMP) ## create a W&B sweep from experiments/sweeps/$SWEEP.yaml (make sweep SWEEP=lr_weights) and start an agent
 	$(PY) -m msma.sweep experiments/sweeps/$(SWEEP).yaml $(ARGS)
 
 notebooks: $(STAMP) ## execute the notebooks headless (outputs go to runs/notebooks/)
@@ -73,5 +73,5 @@ bench: $(STAMP) ## run the benchmarks; writes benchmarks/results/*.json and benc
 env-file: $(STAMP) ## regenerate environment.yml from constraints.txt
 	$(PY) scripts/sync_environment.py
 
-clean: ## remove caches (keeps .venv, runs/ and $$MSMA_HOME)
+clean: ## remove caches (keeps .venv, runs/ and $MSMA_HOME)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info

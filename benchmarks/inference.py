@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        boxes = sorted(rec.detector.detect(u8), key=lambda b: -b.area)
+        boxes = sorted(rec.detector.detect(u8, largest_only=True), key=lambda b: -b.area)
         t1 = time.perf_counter()
         lm = np.asarray(rec.landmark_backend.detect(u8, boxes[0]), dtype=np.float64)
         t2 = time.perf_counter()

@@ -284,7 +284,7 @@ class Reconstructor:
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        boxes = select_faces(self.detector.detect(u8), "all" if all_faces else "largest")
+        boxes = select_faces(self.detector.detect(u8, largest_only=not all_faces), "all" if all_faces else "largest")
         boxes = sorted(boxes, key=lambda b: -b.area)
         if not boxes:
             return [], f"{SKIP_NO_FACE}: the face detector found no face in {inp.source}"

@@ -158,6 +158,28 @@ def test_detector_downscales_big_images_and_maps_boxes_back() -> None:
     assert big_box.width == pytest.approx(small_box.width * 4, rel=0.15)
 
 
+def test_largest_only_search_finds_the_same_face_and_falls_back_for_small_faces() -> None:
+    import cv2
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    det = make_detector("dlib")
+    full = select_faces(det.detect(photo), "largest")[0]
+    quick = select_faces(det.detect(photo, largest_only=True), "largest")[0]
+    # Same face; the box comes from another pyramid level, so allow a few pixels.
+    assert quick.center == pytest.approx(full.center, abs=8)
+    assert quick.width == pytest.approx(full.width, rel=0.2)
+    # A face too small for the search without upsampling (~60 px here) is still found through the fallback.
+    tiny = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    assert len(det._detector.run(tiny, 0, 0.0)[0]) == 0
+    boxes = det.detect(tiny, largest_only=True)
+    assert len(boxes) == 1
+    cx, cy = boxes[0].center
+    assert 95 < cx < 125 and 45 < cy < 80, boxes[0]
+    # The fallback chain passes the flag on.
+    assert select_faces(make_detector("dlib+opencv").detect(photo, largest_only=True), "largest")
+
+
 def test_select_faces() -> None:
     a, b = FaceBox(0, 0, 10, 10, 0.9), FaceBox(0, 0, 30, 30, 0.1)
     assert select_faces([a, b], "largest") == [b]
