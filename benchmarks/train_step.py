@@ -37,15 +37,28 @@ def _synthetic_batch(face_model: Any, batch: int, size: int) -> Any:
     return collate_samples([ds[i] for i in range(batch)])
 
 
-def run_one(experiment: str, batch: int, size: int, repeats: int, warmup: int, device_name: str, precision: str,
-            channels_last: bool, backbone: str | None) -> dict[str, Any]:
+def run_one(
+    experiment: str,
+    batch: int,
+    size: int,
+    repeats: int,
+    warmup: int,
+    device_name: str,
+    precision: str,
+    channels_last: bool,
+    backbone: str | None,
+) -> dict[str, Any]:
     """Times one configuration in this process; returns a result row."""
     from msma.builders import build_module
     from msma.config import compose_experiment
 
     device = torch.device(device_name)
-    overrides = [f"data.image_size={size}", f"data.batch_size={batch}", "model.pretrained=false",
-                 "renderer.backend=" + ("auto" if device.type == "cuda" else "torch")]
+    overrides = [
+        f"data.image_size={size}",
+        f"data.batch_size={batch}",
+        "model.pretrained=false",
+        "renderer.backend=" + ("auto" if device.type == "cuda" else "torch"),
+    ]
     if backbone:
         overrides.append(f"model.backbone={backbone}")
     cfg = compose_experiment(experiment, overrides)
@@ -82,8 +95,11 @@ def run_one(experiment: str, batch: int, size: int, repeats: int, warmup: int, d
 
     render_times = time_call(render_fb, device, repeats, max(1, warmup))
     sync(device)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = (
+        (torch.cuda.max_memory_allocated(device) / 2**20)
+        if device.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    )
     step_s = median(times)
     return {
         "experiment": experiment,
@@ -124,17 +140,42 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
 
     if args.child:  # one configuration, result as JSON on the last stdout line
-        row = run_one(args.experiments[0], args.batch, args.size, args.repeats, args.warmup, args.device,
-                      args.precision, args.channels_last, args.backbone)
+        row = run_one(
+            args.experiments[0],
+            args.batch,
+            args.size,
+            args.repeats,
+            args.warmup,
+            args.device,
+            args.precision,
+            args.channels_last,
+            args.backbone,
+        )
         print(json.dumps(row))
         return 0
 
     rows = []
     for batch in args.batches or [args.batch]:
         for exp in args.experiments:
-            cmd = [sys.executable, __file__, "--child", "--experiments", exp, "--batch", str(batch), "--size",
-                   str(args.size), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device",
-                   args.device, "--precision", args.precision]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--experiments",
+                exp,
+                "--batch",
+                str(batch),
+                "--size",
+                str(args.size),
+                "--repeats",
+                str(args.repeats),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                args.device,
+                "--precision",
+                args.precision,
+            ]
             if args.channels_last:
                 cmd.append("--channels-last")
             if args.backbone:
@@ -147,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{exp:>20} batch {batch:>3}: {row['step_ms_median']:.0f} ms/step, {row['img_per_s']:.1f} img/s",
-                  flush=True)
+            print(
+                f"{exp:>20} batch {batch:>3}: {row['step_ms_median']:.0f} ms/step, {row['img_per_s']:.1f} img/s",
+                flush=True,
+            )
 
     base = {(r["batch"]): r for r in rows if r["encoder"] == "deep3d_r50"}
     for r in rows:
@@ -159,11 +202,33 @@ def main(argv: list[str] | None = None) -> int:
     name = args.out or f"train_step-{device_slug(device)}" + ("-bf16" if args.precision.startswith("bf16") else "")
     path = write_json(name, payload)
     table = markdown_table(
-        ["experiment", "backbone", "batch", "size", "ms/step", "img/s", "x deep3d_r50", "render fwd+bwd ms",
-         "render share", "peak MiB"],
-        [[r["experiment"], r["backbone"], r["batch"], r["size"], r["step_ms_median"], r["img_per_s"],
-          r["step_ratio_vs_deep3d_r50"] if r["step_ratio_vs_deep3d_r50"] is not None else "-",
-          r["render_fwd_bwd_ms_median"], f"{100 * r['render_share']:.1f} %", r["peak_memory_mib"]] for r in rows],
+        [
+            "experiment",
+            "backbone",
+            "batch",
+            "size",
+            "ms/step",
+            "img/s",
+            "x deep3d_r50",
+            "render fwd+bwd ms",
+            "render share",
+            "peak MiB",
+        ],
+        [
+            [
+                r["experiment"],
+                r["backbone"],
+                r["batch"],
+                r["size"],
+                r["step_ms_median"],
+                r["img_per_s"],
+                r["step_ratio_vs_deep3d_r50"] if r["step_ratio_vs_deep3d_r50"] is not None else "-",
+                r["render_fwd_bwd_ms_median"],
+                f"{100 * r['render_share']:.1f} %",
+                r["peak_memory_mib"],
+            ]
+            for r in rows
+        ],
     )
     print(table)
     print(f"wrote {path}")
