@@ -94,7 +94,9 @@ def sample_parameters(sweep: dict[str, Any], count: int, seed: int = 0) -> list[
     """Parameter sets the agent could run: the first ``count`` grid points, or ``count`` random draws."""
     params: dict[str, dict[str, Any]] = sweep["parameters"]
     if sweep["method"] == "grid":
-        axes = [[(k, v) for v in (spec["values"] if "values" in spec else [spec["value"]])] for k, spec in params.items()]
+        axes = [
+            [(k, v) for v in (spec["values"] if "values" in spec else [spec["value"]])] for k, spec in params.items()
+        ]
         return [dict(point) for point in itertools.islice(itertools.product(*axes), count)]
     rng = random.Random(seed)
     return [{k: _draw(k, spec, rng) for k, spec in params.items()} for _ in range(count)]

@@ -79,16 +79,29 @@ def test_one_working_cv2() -> None:
     # opencv-python (face-alignment) and opencv-python-headless (albumentations) share the cv2 package; both are
     # pinned to the same 4.x release so whichever wrote last, cv2 has CascadeClassifier and cv2.data (dropped in 5).
     assert metadata.version("opencv-python") == metadata.version("opencv-python-headless")
-    code = "import cv2, os; assert hasattr(cv2, 'CascadeClassifier'); p = cv2.data.haarcascades; " \
-        "assert os.path.isfile(os.path.join(p, 'haarcascade_frontalface_default.xml')); " \
+    code = (
+        "import cv2, os; assert hasattr(cv2, 'CascadeClassifier'); p = cv2.data.haarcascades; "
+        "assert os.path.isfile(os.path.join(p, 'haarcascade_frontalface_default.xml')); "
         "assert not cv2.CascadeClassifier(os.path.join(p, 'haarcascade_frontalface_default.xml')).empty(); print(cv2.__version__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("4.")
 
 
 @pytest.mark.parametrize(
-    "module", ["msma", "lightning", "timm", "torchvision", "torchmetrics", "wandb", "albumentations", "face_alignment", "trimesh"]
+    "module",
+    [
+        "msma",
+        "lightning",
+        "timm",
+        "torchvision",
+        "torchmetrics",
+        "wandb",
+        "albumentations",
+        "face_alignment",
+        "trimesh",
+    ],
 )
 def test_imports(module: str) -> None:
     out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
@@ -96,5 +109,7 @@ def test_imports(module: str) -> None:
 
 
 def test_environment_file_is_generated_from_constraints() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_environment.py"), "--check"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sync_environment.py"), "--check"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
