@@ -227,7 +227,8 @@ def create_backbone(
     message = (
         f"pretrained weights for backbone {name!r} are not available ({reason}). "
         "Give a local weights file with pretrained_path=..., or set allow_random_init=true to train from "
-        "random initialisation, or pretrained=false."
+        "random initialisation, or pretrained=false (on the msma train command line: model.pretrained_path=..., "
+        "model.allow_random_init=true, model.pretrained=false)."
     )
     if not allow_random_init:
         raise PretrainedWeightsError(message)
