@@ -36,12 +36,17 @@ def _is_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",))
 
 
+def _pretrained_cfg(name: str) -> Any:
+    """timm's default pretrained config of ``name`` (None for unknown names or models without weights)."""
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except Exception:
+        return None
+
+
 def _download_host(name: str) -> str | None:
     """Host timm would download ``name``'s default weights from (HF hub endpoint or the weights URL)."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except Exception:
-        cfg = None
+    cfg = _pretrained_cfg(name)
     if cfg is None:
         return None
     if cfg.hf_hub_id:
@@ -92,10 +97,7 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
 
 def _cached_weights(name: str) -> Path | None:
     """Path of ``name``'s default pretrained weights in the HF hub or torch hub cache, if present."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except Exception:
-        cfg = None
+    cfg = _pretrained_cfg(name)
     if cfg is None:
         return None
     cfg_dict = cfg.to_dict()
