@@ -121,10 +121,9 @@ def save_png(picture: np.ndarray, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
         raise ValueError(f"save_png: expected (H, W, 3) uint8, got {picture.shape} {picture.dtype}")
-    tmp = out.with_name(out.name + ".tmp")
-    Image.fromarray(picture).save(tmp, format="PNG")
-    tmp.replace(out)
-    return out
+    from msma.utils.files import atomic_write
+
+    return atomic_write(out, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
 @torch.no_grad()

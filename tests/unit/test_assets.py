@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.request
 from pathlib import Path
@@ -45,7 +46,7 @@ def fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, objec
     (mirror / ICT_ARCHIVE_NAME).write_bytes(b"archive")
     monkeypatch.setenv("MSMA_HOME", str(home))
     monkeypatch.setenv("MSMA_ASSET_MIRROR", str(mirror))
-    monkeypatch.setattr(A, "ICT_ARCHIVE_SHA256", A.hashlib.sha256(b"archive").hexdigest())
+    monkeypatch.setattr(A, "ICT_ARCHIVE_SHA256", hashlib.sha256(b"archive").hexdigest())
     calls: list[Path] = []
 
     def fake_convert(src: Path, progress: object = None) -> FaceModelArrays:

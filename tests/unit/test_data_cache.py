@@ -21,15 +21,15 @@ from msma.data.cache import (
     ImageLabels,
     LabelCache,
     PathIndex,
-    atomic_write_text,
     cached_labels,
     label_image,
     labeller_key,
 )
 from msma.data.detect import FaceBox
-from msma.data.io import file_sha256
 from msma.data.landmarks import GroundTruthLandmarks, LandmarkBackend
 from msma.data.prepare import label_files
+from msma.utils.files import atomic_write_text
+from msma.utils.files import sha256_file as file_sha256
 
 # A deterministic, optionally slow labeller (the cache logic is what is tested, not a model).
 FAKE = textwrap.dedent(
@@ -212,7 +212,7 @@ def test_path_index_avoids_rehashing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     calls = []
     import msma.data.cache as cache_mod
 
-    monkeypatch.setattr(cache_mod, "file_sha256", lambda p: calls.append(p) or "x")
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: calls.append(p) or "x")
     again = PathIndex(tmp_path / "paths.json")
     assert again.sha256(img) == sha and calls == []
     time.sleep(0.01)

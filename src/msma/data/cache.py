@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import Any, Literal
 import numpy as np
 
 from msma.data.detect import FaceBox, FaceDetector, select_faces
-from msma.data.io import BadImageError, file_sha256, load_image
+from msma.data.io import BadImageError, load_image
 from msma.data.landmarks import LandmarkBackend, LandmarkError
+from msma.utils.files import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -128,22 +128,6 @@ class ImageLabels:
 
 def _checksum(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def labeller_key(backend: LandmarkBackend, detector: FaceDetector | None) -> str:
@@ -261,7 +245,7 @@ class PathIndex:
         hit = self._entries.get(name)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        digest = file_sha256(file)
+        digest = sha256_file(file)
         self._entries[name] = (st.st_size, st.st_mtime_ns, digest)
         self._dirty = True
         return digest

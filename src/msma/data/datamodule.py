@@ -162,7 +162,7 @@ class FaceDataModule(L.LightningDataModule):
         self.num_samples = int(num_samples)
         self.val_samples = int(val_samples)
         if synthetic_cache_dir == "auto":
-            from msma.face_model.assets import msma_home
+            from msma.utils.home import msma_home
 
             synthetic_cache_dir = str(msma_home() / "synthetic")
         self.synthetic_cache_dir = synthetic_cache_dir

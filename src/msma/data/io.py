@@ -15,7 +15,6 @@ Policy (the same for every dataset):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -113,15 +112,6 @@ class LoadedImage:
         """(3, 3) float64 affine from loaded-image pixel coordinates to original-image pixel coordinates."""
         s = 1.0 / self.scale
         return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]])
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (the content key of the label cache)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:

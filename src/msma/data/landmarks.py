@@ -110,8 +110,9 @@ def find_dlib_predictor(path: str | os.PathLike[str] | None = None) -> Path:
         for loc in spec.submodule_search_locations:
             candidates.append(Path(loc) / "models" / DLIB_PREDICTOR_NAME)
     candidates.append(DEBIAN_DLIB_DIR / DLIB_PREDICTOR_NAME)
-    home = Path(os.environ.get("MSMA_HOME", Path.home() / ".cache" / "msma"))
-    candidates.append(home / "dlib" / DLIB_PREDICTOR_NAME)
+    from msma.utils.home import msma_home
+
+    candidates.append(msma_home() / "dlib" / DLIB_PREDICTOR_NAME)
     for cand in candidates:
         if cand.is_file():
             return cand

@@ -28,6 +28,8 @@ from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, l
 from msma.data.detect import FaceDetector, FaceSelection, make_detector
 from msma.data.io import IMAGE_EXTENSIONS, REASON_MISSING, REASON_UNREADABLE, list_images
 from msma.data.landmarks import LandmarkBackend, LandmarkBackendUnavailable, make_landmark_backend
+from msma.utils.home import msma_home
+from msma.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 def default_cache_dir(root: str | os.PathLike[str]) -> Path:
     """``$MSMA_HOME/labels/<folder name>-<hash of its absolute path>`` (MSMA_HOME defaults to ~/.cache/msma)."""
     base = Path(root).resolve()
-    home = Path(os.environ.get("MSMA_HOME", Path.home() / ".cache" / "msma"))
+    home = msma_home()
     tag = hashlib.sha1(str(base).encode()).hexdigest()[:10]
     return home / "labels" / f"{base.name or 'root'}-{tag}"
 
@@ -118,9 +120,7 @@ def label_files(
     iterator: Sequence[Path] = files
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(files, desc=f"labelling ({backend.name})", unit="img", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(files, desc=f"labelling ({backend.name})", unit="img", enabled=True)
         iterator = bar
     try:
         for n, path in enumerate(iterator):
@@ -214,9 +214,9 @@ def _fill_parallel(
     ctx = multiprocessing.get_context("spawn" if device.startswith("cuda") else None)
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"labelling ({init_args[0]}, {workers} workers)", unit="img", file=sys.stderr)
+        bar = progress_bar(
+            total=len(todo), desc=f"labelling ({init_args[0]}, {workers} workers)", unit="img", enabled=True
+        )
     done = 0
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:

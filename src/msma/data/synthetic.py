@@ -52,6 +52,8 @@ from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix
 from msma.face_model.shading import SH_A, SH_DC_OFFSET, sh_basis
 from msma.render.renderer import MeshRenderer
+from msma.utils.files import atomic_write_text, sha256_file
+from msma.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -645,7 +647,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
                 info = done["files"][name]
                 if path.stat().st_size != int(info["size"]):
                     return False
-                if check_hashes and _sha256(path) != info["sha256"]:
+                if check_hashes and sha256_file(path) != info["sha256"]:
                     return False
         except (OSError, ValueError, KeyError, TypeError):
             return False
@@ -669,7 +671,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             return 0
         total = sum(self._shard_count(k) for k in todo)
         log.info("synthetic: generating %d samples (%d shards) into %s", total, len(todo), self.cache_root)
-        bar = _progress(total, f"synthetic {self.cache_key()}", self.progress)
+        bar = progress_bar(total=total, desc=f"synthetic {self.cache_key()}", unit="face", enabled=self.progress)
         t0 = time.perf_counter()
         for k in todo:
             self._write_shard(k, bar)
@@ -684,7 +686,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         self.cache_root.mkdir(parents=True, exist_ok=True)
         settings_file = self.cache_root / "settings.json"
         if not settings_file.exists():
-            _atomic_write_text(settings_file, json.dumps(self.settings_dict(), indent=2, sort_keys=True))
+            atomic_write_text(settings_file, json.dumps(self.settings_dict(), indent=2, sort_keys=True))
 
     def _remove_stale_tmp(self) -> None:
         """Deletes leftovers of interrupted writes (temporary shard directories older than an hour)."""
@@ -724,7 +726,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
                     np.save(fh, arr, allow_pickle=False)
                     fh.flush()
                     os.fsync(fh.fileno())
-                files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+                files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
             done = {"count": count, "start": start, "settings_key": self.cache_key(), "files": files}
             (tmp / _DONE).write_text(json.dumps(done, indent=1))
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must stay readable
@@ -983,41 +985,6 @@ def _mouth_cavity(landmarks: Tensor, size: int) -> Tensor:
 
 def _to_uint8(x: Tensor) -> Tensor:
     return (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="face")
 
 
 def visible_landmarks(

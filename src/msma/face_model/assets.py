@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,8 +28,9 @@ from pathlib import Path
 from msma.face_model.camera import PerspectiveCamera
 from msma.face_model.ict import ICT_ARCHIVE_NAME, ICT_ARCHIVE_SHA256, ICT_COMMIT, ICT_URL, convert_ict
 from msma.face_model.model import NPZ_FORMAT_VERSION, FaceModel, load_arrays, save_arrays
+from msma.utils.files import atomic_write, sha256_file
+from msma.utils.home import msma_home
 
-ENV_HOME = "MSMA_HOME"
 ENV_MIRROR = "MSMA_ASSET_MIRROR"
 ENV_BFM_DIR = "MSMA_BFM_DIR"
 #: Version of the ICT conversion recipe; bump when :func:`convert_ict` changes its output.
@@ -43,25 +42,10 @@ class AssetError(RuntimeError):
     """A face-model asset cannot be found, fetched or verified."""
 
 
-def msma_home() -> Path:
-    """The cache directory: ``$MSMA_HOME`` or ``~/.cache/msma``."""
-    env = os.environ.get(ENV_HOME)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "msma"
-
-
 def ict_cache_path(home: Path | None = None) -> Path:
     """Path of the converted ICT model in the cache."""
     home = msma_home() if home is None else home
     return home / f"ict_{ICT_COMMIT[:8]}_v{NPZ_FORMAT_VERSION}.{ICT_RECIPE_VERSION}.npz"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -77,29 +61,15 @@ def cache_is_valid(path: Path) -> bool:
     return recorded == sha256_file(path)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write(tmp)`` on a temporary file next to ``target`` and moves it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_cache(model_writer: Callable[[Path], None], path: Path) -> None:
     """Writes a cache file and its checksum sidecar, both atomically (the sidecar last)."""
-    _atomic_write(path, model_writer)
+    atomic_write(path, model_writer)
     digest = sha256_file(path)
 
     def write_sidecar(tmp: Path) -> None:
         tmp.write_text(f"{digest}  {path.name}\n")
 
-    _atomic_write(_sidecar(path), write_sidecar)
+    atomic_write(_sidecar(path), write_sidecar)
 
 
 def _download(url: str, target: Path, sha256: str) -> Path:
@@ -117,7 +87,7 @@ def _download(url: str, target: Path, sha256: str) -> Path:
         if got != sha256:
             raise AssetError(f"download of {url} has sha256 {got}, expected {sha256}")
 
-    _atomic_write(target, fetch)
+    atomic_write(target, fetch)
     return target
 
 

@@ -32,6 +32,8 @@ from types import ModuleType
 
 import torch
 
+from msma.utils.home import msma_home
+
 log = logging.getLogger(__name__)
 
 #: Default architecture when no GPU is visible at build time (Hopper: H100 / H200).
@@ -63,11 +65,6 @@ _plugin: ModuleType | None = None
 
 class NvdiffrastBuildError(RuntimeError):
     """The nvdiffrast CUDA plugin could not be found, compiled or loaded."""
-
-
-def msma_home() -> Path:
-    """The cache directory (``$MSMA_HOME``, default ``~/.cache/msma``)."""
-    return Path(os.environ.get("MSMA_HOME", Path.home() / ".cache" / "msma")).expanduser()
 
 
 def plugin_name() -> str:
