@@ -11,7 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.msma-setup-done
-EXTRAS ?= dev,cuda,dlib
+EXTRAS ?= dev,cuda,dlib,analysis
 
 EXP ?= quickstart
 ARGS ?=

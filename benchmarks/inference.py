@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = Reconstructor(None, device=device, image_size=args.size, renderer_backend="auto")
     # The mean-face Reconstructor uses a small encoder; swap in the benchmarked one (zero heads, same cost as trained).
-    rec.module.encoder = build_encoder(args.encoder, rec.face_model.layout, backbone=args.backbone).to(device).eval()
+    rec.model.encoder = build_encoder(args.encoder, rec.face_model.layout, backbone=args.backbone).to(device).eval()
     photo = skdata.astronaut()  # (512, 512, 3) uint8, one face
     inp = rec._decode(photo)
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         t3 = time.perf_counter()
         with torch.no_grad():
             x = torch.from_numpy(crop.transpose(2, 0, 1).copy())[None].to(device)
-            params = rec.module.encoder(x)
+            params = rec.model.encoder(x)
             face = rec.face_model(params, image_size=rec.image_size)
             face.vertices.sum().item()
         t4 = time.perf_counter()

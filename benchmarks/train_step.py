@@ -49,8 +49,8 @@ def run_one(
     backbone: str | None,
 ) -> dict[str, Any]:
     """Times one configuration in this process; returns a result row."""
-    from msma.builders import build_module
-    from msma.config import compose_experiment
+    from msma.config import compose_experiment, to_typed
+    from msma.training.checkpoint import build_module
 
     device = torch.device(device_name)
     overrides = [
@@ -62,7 +62,7 @@ def run_one(
     if backbone:
         overrides.append(f"model.backbone={backbone}")
     cfg = compose_experiment(experiment, overrides)
-    module = build_module(cfg).to(device).train()
+    module = build_module(to_typed(cfg)).to(device).train()
     if channels_last:
         module.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     data = _synthetic_batch(module.face_model, batch, size).to(device)

@@ -21,7 +21,7 @@ dependencies:
   - python=3.11
   - pip
   - pip:
-      - -e .[dev,cuda,dlib]
+      - -e .[dev,cuda,dlib,analysis]
 """
 
 

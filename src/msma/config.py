@@ -304,3 +304,73 @@ def from_container(data: dict[str, Any]) -> DictConfig:
     if not isinstance(merged, DictConfig):
         raise TypeError("an experiment configuration must be a mapping")
     return merged
+
+
+def to_typed(cfg: DictConfig) -> ExperimentConfig:
+    """The composed configuration as :class:`ExperimentConfig` dataclasses (one conversion per run)."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, ExperimentConfig):
+        raise TypeError(f"expected a configuration composed against ExperimentConfig, got {type(obj).__name__}")
+    return obj
+
+
+def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """A plain dict (e.g. stored in a checkpoint) -> :class:`ExperimentConfig`; unknown keys raise, naming the key."""
+    return to_typed(from_container(data))
+
+
+def to_plain_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """:class:`ExperimentConfig` -> resolved plain dict (what checkpoints and ``config.yaml`` store)."""
+    return to_container(OmegaConf.structured(cfg))
+
+
+def tiny_overrides(
+    synthetic_cache_dir: str | Path,
+    steps: int = 1,
+    epochs: int = 1,
+    image_size: int = 48,
+    train_samples: int = 2,
+    small_encoder: bool = False,
+) -> list[str]:
+    """Hydra overrides that shrink any experiment to a few CPU steps on a tiny synthetic set (tests, notebooks).
+
+    Batches of 2, 2 validation faces, CSV log only, no final evaluation; ``small_encoder`` also swaps in a
+    ResNet-18 with narrow MSMA fusion widths.
+
+    Args:
+        synthetic_cache_dir: where the synthetic faces are generated and cached.
+        steps: optimiser steps (``trainer.max_steps``).
+        epochs: ``trainer.max_epochs`` (one validation after each).
+        image_size: crop side in pixels.
+        train_samples: synthetic training faces.
+        small_encoder: ResNet-18 backbone, fusion widths [12, 24, 48].
+    """
+    out = [
+        "trainer=cpu",
+        "renderer=torch",
+        "logger=csv",
+        "num_threads=1",
+        "model.pretrained=false",
+    ]
+    if small_encoder:
+        out += ["model.backbone=resnet18", "model.channels=[12,24,48]"]
+    return out + [
+        "data=synthetic",
+        f"data.image_size={image_size}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "data.persistent_workers=false",
+        f"data.num_samples={train_samples}",
+        "data.val_samples=2",
+        "data.augment=false",
+        f"data.synthetic_cache_dir={synthetic_cache_dir}",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.max_steps={steps}",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n=1",
+        "trainer.grid_every_n=0",
+        "final_eval=false",
+    ]

@@ -1,4 +1,4 @@
-"""Reconstruction from photos: ``msma.Reconstructor`` and the ``msma reconstruct`` command.
+"""Reconstruction from photos: ``msma.Reconstructor`` (the ``msma reconstruct`` command is :mod:`msma.cli.reconstruct`).
 
 Pipeline per photo (the training crops' preprocessing, so a trained network sees what it was trained on):
 face detection (:mod:`msma.data.detect`), 68 landmarks (:mod:`msma.data.landmarks`, dlib by default),
@@ -12,14 +12,10 @@ zero-initialised heads give the mean face, frontal, centred in the aligned crop.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
-import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +29,7 @@ from torch import Tensor
 
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
+from msma.pipeline import FacePipeline
 from msma.render.renderer import MeshRenderer
 
 log = logging.getLogger(__name__)
@@ -180,7 +177,7 @@ class Reconstructor:
         image_size: int | None = None,
         renderer_backend: str = "auto",
     ) -> None:
-        from msma.builders import build_untrained_module, load_module_from_checkpoint
+        from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.align import template_from_face_model
         from msma.data.detect import make_detector
         from msma.data.landmarks import make_landmark_backend
@@ -188,20 +185,20 @@ class Reconstructor:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        backend = None if renderer_backend == "auto" else renderer_backend
         if ckpt is None or str(ckpt) == "mean":
             self.checkpoint = "mean"
-            module = build_untrained_module(renderer_backend=renderer_backend)
+            model = untrained_pipeline(renderer_backend=renderer_backend)
         else:
             self.checkpoint = str(ckpt)
-            module = load_module_from_checkpoint(Path(ckpt), map_location="cpu")
-        self.module = module.to(self.device).eval()
-        if renderer_backend != "auto":
-            self.module.renderer = MeshRenderer(backend=renderer_backend)
-        data_cfg = dict(self.module.config.get("data") or {})
-        self.image_size = int(image_size or data_cfg.get("image_size") or 224)
-        self.face_model: FaceModel = self.module.face_model  # type: ignore[assignment]
-        self.renderer: MeshRenderer = self.module.renderer  # type: ignore[assignment]
-        self.template = template_from_face_model(self.face_model)  # type: ignore[arg-type]
+            # Encoder + face model + renderer only: a checkpoint trained with losses this machine cannot build
+            # (e.g. the identity loss without its weights) still reconstructs.
+            model = load_inference_model(Path(ckpt), map_location="cpu", renderer_backend=backend)
+        self.model: FacePipeline = model.to(self.device).eval()
+        self.image_size = int(image_size or self.model.image_size)
+        self.face_model: FaceModel = self.model.face_model
+        self.renderer: MeshRenderer = self.model.renderer
+        self.template = template_from_face_model(self.face_model)
         self.detector = make_detector(detector)
         self.landmark_backend = make_landmark_backend(landmarks, landmark_weights, device=str(self.device))
         if not self.landmark_backend.needs_detector:
@@ -312,7 +309,7 @@ class Reconstructor:
         for start in range(0, len(faces), max(1, batch_size)):
             group = faces[start : start + max(1, batch_size)]
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
-            params: FaceParams = self.module.encoder(crops)
+            params: FaceParams = self.model.encoder(crops)
             face = self.face_model(params, image_size=self.image_size)
             for i, f in enumerate(group):
                 out.append(self._finish(inputs[f.image_index], f, params[i], face, i))
@@ -385,112 +382,3 @@ def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[P
     png = out_dir / f"{stem}_overlay.png"
     Image.fromarray(rec.overlay).save(png)
     return [obj, js, png]
-
-
-def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    from msma.data.io import list_images
-
-    files: list[Path] = []
-    missing: list[tuple[str, str]] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                missing.append((str(path), "empty: no image files in this folder"))
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            missing.append((str(path), "missing: no such file or folder"))
-    return files, missing
-
-
-def _unique_stems(files: Sequence[Path]) -> list[str]:
-    counts = Counter(f.stem for f in files)
-    seen: Counter[str] = Counter()
-    stems = []
-    for f in files:
-        if counts[f.stem] > 1:
-            seen[f.stem] += 1
-            stems.append(f"{f.stem}_{seen[f.stem]}")
-        else:
-            stems.append(f.stem)
-    return stems
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="msma reconstruct",
-        description="Reconstruct 3D faces from photos: per face an OBJ, the coefficients as JSON and an overlay PNG.",
-    )
-    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--ckpt", default="mean", help="checkpoint from 'msma train', or 'mean' (untrained: mean face)")
-    p.add_argument("--out", default="reconstructions", help="output folder (default: ./reconstructions)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=8, help="images (and faces) per network batch")
-    p.add_argument("--all-faces", action="store_true", help="every detected face, not only the largest")
-    p.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
-    p.add_argument("--landmarks", default="dlib", help="68-point backend for the alignment: dlib or fan")
-    p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
-    p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    """``msma reconstruct``; returns 0 when at least one face was reconstructed, 1 otherwise, 2 on bad usage."""
-    args = _parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("msma reconstruct: --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    files, skipped = _collect_inputs(args.paths)
-    try:
-        rec = Reconstructor(
-            None if args.ckpt == "mean" else args.ckpt,
-            device=args.device,
-            detector=args.detector,
-            landmarks=args.landmarks,
-            landmark_weights=args.landmark_weights,
-            renderer_backend=args.renderer,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"msma reconstruct: {exc}", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out)
-    stems = _unique_stems(files)
-    written = 0
-    faces = 0
-    images_ok = 0
-    t0 = time.perf_counter()
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(files), desc="reconstruct", unit="img", disable=not sys.stderr.isatty())
-    for start in range(0, len(files), args.batch_size):
-        chunk = files[start : start + args.batch_size]
-        results = rec.reconstruct_many([str(f) for f in chunk], all_faces=args.all_faces, batch_size=args.batch_size)
-        for f, stem, res in zip(chunk, stems[start : start + args.batch_size], results):
-            if isinstance(res, str):
-                skipped.append((str(f), res))
-                continue
-            images_ok += 1
-            for r in res:
-                name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
-                written += len(save_reconstruction(r, out_dir, name))
-                faces += 1
-        bar.update(len(chunk))
-    bar.close()
-    dt = time.perf_counter() - t0
-    print(
-        f"msma reconstruct: {faces} face(s) from {images_ok}"
-        f" of {len(files)} image(s) in {dt:.1f} s ({args.ckpt}, {rec.device}); {written} files in {out_dir}"
-    )
-    if skipped:
-        print(f"skipped {len(skipped)} input(s):")
-        for path, reason in skipped:
-            print(f"  {path}: {reason}")
-    return 0 if faces > 0 else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(cli_main(sys.argv[1:]))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msma.builders import load_checkpoint_file
+from msma.checkpoint import load_checkpoint_file
 
 
 @pytest.mark.slow

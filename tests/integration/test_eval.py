@@ -12,8 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from msma.cli.eval import cli_main
 from msma.data.batch import FaceBatch
-from msma.evaluate import cli_main, evaluate_aflw2000, evaluate_scans, micc_items, now_items, read_pp
+from msma.data.scans import micc_items, now_items, read_pp
+from msma.evaluation.aflw2000 import evaluate_aflw2000
+from msma.evaluation.scans import evaluate_scans
 from msma.metrics.mesh_error import NOW_LANDMARKS_68
 from msma.metrics.nme import landmark_box_size
 
@@ -38,7 +41,7 @@ class _OracleModule:
 def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Ground-truth crop landmarks map back to the original image exactly; an offset of (3, 4) crop px is
     5 * (image px per crop px) / box in the original frame."""
-    import msma.evaluate as ev
+    import msma.evaluation.aflw2000 as ev
 
     oracle = _OracleModule(ict_model, (3.0, 4.0))
     original = ev.transform_points
@@ -47,12 +50,12 @@ def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: 
         return original(points, affine)
 
     # Feed the current batch to the oracle through the progress iterator.
-    def progress(iterable, total, desc):  # type: ignore[no-untyped-def]
+    def progress(iterable, total, desc, unit):  # type: ignore[no-untyped-def]
         for batch in iterable:
             oracle.current = batch
             yield batch
 
-    monkeypatch.setattr(ev, "_progress", progress)
+    monkeypatch.setattr(ev, "progress_bar", progress)
     monkeypatch.setattr(ev, "transform_points", spy)
     res = evaluate_aflw2000(oracle, testdata / "aflw2000_3d", "gt_box", 224, torch.device("cpu"), 2, None)
     assert res["counts"] == (1, 1, 0) and res["count"] == 2
@@ -92,10 +95,10 @@ def test_cli_aflw2000_and_synthetic_mean(tmp_path: Path, testdata: Path, capsys)
     assert cli_main([*args, "--image-size", "64", "--batch-size", "2", "--out", str(out2)]) == 0
     syn = json.loads(out2.read_text())["result"]
     assert syn["count"] == 4
-    for key in ("vertex_error_mm", "vertex_error_raw_mm", "nme_2d_pct", "yaw_deg", "id_rmse"):
+    for key in ("vertex_aligned_mm", "vertex_posed_mm", "nme", "yaw_deg", "id_rmse"):
         assert math.isfinite(syn[key]) and syn[key] >= 0
     # The mean face is the untrained prediction: its aligned shape error is a few mm, not zero.
-    assert 0.5 < syn["vertex_error_mm"] < 20
+    assert 0.5 < syn["vertex_aligned_mm"] < 20
     assert cli_main(["--ckpt", "mean", "--data", "micc"]) == 2  # needs --root
     assert cli_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data", "synthetic"]) == 2
 
@@ -170,7 +173,7 @@ def test_scan_layouts_mean_face_against_itself(tmp_path: Path, mean_reconstructo
 
 
 def test_box_aligned_transform_maps_reference_box() -> None:
-    from msma.evaluate import box_aligned_transform
+    from msma.evaluation.aflw2000 import box_aligned_transform
 
     ref = (50.0, 60.0, 150.0, 140.0)  # 100 x 80 in the crop
     m = box_aligned_transform((200.0, 100.0, 400.0, 260.0), ref)  # 200 x 160: scale 2

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from msma.config import compose_experiment
-    from msma.train import run_training
+    from msma.training.run import run_training
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     overrides = [
@@ -39,7 +39,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_eval_synthetic_writes_json_next_to_checkpoint(checkpoint: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from msma.evaluate import cli_main
+    from msma.cli.eval import cli_main
 
     cache = checkpoint.parents[2] / "cache"
     code = cli_main(["--ckpt", str(checkpoint), "--data", "synthetic", "--num-samples", "2", "--root", str(cache)])
@@ -54,7 +54,8 @@ def test_eval_synthetic_writes_json_next_to_checkpoint(checkpoint: Path, capsys)
 def test_reconstruct_with_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
     from skimage import data
 
-    from msma.inference import Reconstructor, cli_main
+    from msma.cli.reconstruct import cli_main
+    from msma.inference import Reconstructor
 
     rec = Reconstructor(checkpoint, renderer_backend="torch")
     assert rec.image_size == 32

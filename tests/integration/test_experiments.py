@@ -7,35 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from msma.config import compose_experiment, list_experiments
-from msma.train import run_training
-
-
-def tiny_overrides(cache: Path) -> list[str]:
-    """Shrinks any experiment to a one-step CPU run on a 2-sample synthetic set."""
-    return [
-        "trainer=cpu",
-        "renderer=torch",
-        "logger=csv",
-        "num_threads=1",
-        "model.pretrained=false",
-        "data=synthetic",
-        "data.image_size=48",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.pin_memory=false",
-        "data.num_samples=2",
-        "data.val_samples=2",
-        "data.augment=false",
-        f"data.synthetic_cache_dir={cache}",
-        "trainer.max_steps=1",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=1",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.grid_every_n=0",
-        "final_eval=false",
-    ]
+from msma.config import compose_experiment, list_experiments, tiny_overrides
+from msma.training.run import run_training
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_quickstart_notebook_tiny(kernel_env: dict[str, str], tmp_path: Path) ->
     import torch
 
     from msma.config import compose_experiment
-    from msma.train import run_training
+    from msma.training.run import run_training
 
     torch.set_num_threads(1)
     runs = tmp_path / "runs"

@@ -12,7 +12,7 @@ import torch
 
 from msma.config import compose_experiment, list_experiments
 from msma.sweep import SweepConfigError, agent_command, agent_commands, hydra_overrides, load_sweep, sample_parameters
-from msma.train import run_training
+from msma.training.run import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((ROOT / "experiments" / "sweeps").glob("*.yaml"))

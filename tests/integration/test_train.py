@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from msma.builders import load_checkpoint_file, load_module_from_checkpoint
+from msma.checkpoint import CONFIG_KEY, load_checkpoint_file, load_inference_model
 from msma.config import compose_experiment
-from msma.module import CONFIG_KEY
-from msma.train import run_training
+from msma.training.run import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,13 +86,13 @@ def test_cli_run_folder(cache: Path, tmp_path: Path) -> None:
     # Final held-out evaluation.
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("trained", "untrained_mean_face"):
-        assert math.isfinite(metrics[key]["nme"]) and math.isfinite(metrics[key]["vertex_mm"])
+        assert math.isfinite(metrics[key]["nme"]) and math.isfinite(metrics[key]["vertex_posed_mm"])
     assert metrics["global_step"] == 4 and metrics["samples"] == 2
     # The checkpoint holds the resolved config and reloads into an equivalent module.
     ckpt = load_checkpoint_file(best[0])
     assert ckpt[CONFIG_KEY]["name"] == "quickstart" and ckpt[CONFIG_KEY]["data"]["image_size"] == 32
     assert all(k.startswith("encoder.") for k in ckpt["state_dict"])
-    module = load_module_from_checkpoint(best[0])
+    module = load_inference_model(best[0])
     for key, value in ckpt["state_dict"].items():
         assert torch.equal(module.state_dict()[key], value)
 
@@ -102,12 +101,12 @@ def test_bad_checkpoint_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.ckpt"):
-        load_module_from_checkpoint(bad)
+        load_inference_model(bad)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        load_module_from_checkpoint(tmp_path / "missing.ckpt")
+        load_inference_model(tmp_path / "missing.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(ValueError, match="not written by msma train"):
-        load_module_from_checkpoint(tmp_path / "foreign.ckpt")
+        load_inference_model(tmp_path / "foreign.ckpt")
 
 
 @pytest.mark.slow
@@ -141,7 +140,7 @@ def test_missing_resume_file_is_reported(cache: Path, tmp_path: Path) -> None:
 def test_ctrl_c_writes_a_checkpoint(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.pytorch import Callback
 
-    import msma.train as train_mod
+    import msma.training.trainer as train_mod
 
     class CtrlC(Callback):
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import torch
 
-from msma.builders import build_module
-from msma.config import compose_experiment
+from msma.config import compose_experiment, to_typed
 from msma.data.batch import collate_samples
 from msma.data.synthetic import SyntheticFaceDataset
-from msma.module import landmark_nme
+from msma.metrics.nme import nme as landmark_nme
+from msma.training.checkpoint import build_module
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_overfit_one_batch(ict_model: Any) -> None:
         data = SyntheticFaceDataset(ict_model, num_samples=4, seed=11, image_size=48, progress=False)
         batch = collate_samples([data[i] for i in range(4)])
         cfg = compose_experiment("quickstart", ["model.channels=[12,24,48]", "data.image_size=48"])
-        module = build_module(cfg, face_model=ict_model)
+        module = build_module(to_typed(cfg), face_model=ict_model)
         opt = torch.optim.Adam(module.encoder.parameters(), lr=2e-3)
 
         def nme() -> float:

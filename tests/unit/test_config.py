@@ -18,7 +18,7 @@ from msma.config import (
     list_experiments,
     to_container,
 )
-from msma.train import resolve_wandb_mode
+from msma.training.trainer import resolve_wandb_mode
 
 REQUIRED = {
     "quickstart",

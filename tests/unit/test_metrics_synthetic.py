@@ -1,15 +1,12 @@
-"""Synthetic-ground-truth metrics: alignment, per-vertex error, coefficient errors, accumulation."""
+"""Synthetic-ground-truth metrics: alignment, per-vertex error, coefficient errors."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from msma.face_model.params import CoeffLayout
 from msma.metrics.synthetic import (
-    SyntheticMetrics,
     align_vertices,
     coefficient_errors,
     per_vertex_error,
@@ -61,29 +58,3 @@ def test_coefficient_errors_known_values() -> None:
     assert float(err.yaw_deg) == pytest.approx(20.0, abs=1e-4)
     assert float(err.angles_deg) == pytest.approx((10 + 20 + 1) / 3, abs=1e-4)  # 359 deg wraps to -1
     assert float(err.trans_mm) == pytest.approx(5.0)
-
-
-def test_metric_accumulates_means() -> None:
-    layout = CoeffLayout(4, 3, 2)
-    gt_v = torch.randn(3, 100, 3, generator=torch.Generator().manual_seed(3)) * 40
-    gt_lm = torch.rand(3, 68, 2, generator=torch.Generator().manual_seed(4)) * 200
-    metric = SyntheticMetrics()
-    shifts = torch.tensor([1.0, 2.0, 6.0])
-    for i in range(3):
-        pred_v = gt_v[i : i + 1] + torch.tensor([shifts[i], 0.0, 0.0])
-        pred_lm = gt_lm[i : i + 1] + torch.tensor([0.0, shifts[i]])
-        p = layout.zeros(1).replace(trans=torch.tensor([[0.0, 0.0, float(shifts[i])]]))
-        metric.update(pred_v, gt_v[i : i + 1], pred_lm, gt_lm[i : i + 1], p, layout.zeros(1))
-    s = metric.summary()
-    assert s.count == 3
-    assert s.vertex_error_raw_mm == pytest.approx(3.0, rel=1e-5)
-    assert s.vertex_error_mm == pytest.approx(0.0, abs=1e-4)  # a pure translation is removed by alignment
-    box = torch.sqrt((gt_lm.amax(1) - gt_lm.amin(1)).prod(dim=1))
-    assert s.nme_2d_pct == pytest.approx(float((100 * shifts / box).mean()), rel=1e-5)
-    assert s.trans_mm == pytest.approx(3.0)
-    assert s.id_rmse == 0.0
-    assert float(metric.compute()) == pytest.approx(s.vertex_error_mm, abs=1e-9)
-    # Without coefficients those fields stay NaN.
-    m2 = SyntheticMetrics()
-    m2.update(gt_v, gt_v, gt_lm, gt_lm)
-    assert math.isnan(m2.summary().id_rmse) and m2.summary().vertex_error_mm == pytest.approx(0.0, abs=1e-4)

@@ -12,10 +12,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msma.builders import build_loss, build_renderer
+from msma.checkpoint import CONFIG_KEY
+from msma.config import OptimConfig
 from msma.data.batch import FaceBatch, FaceSample, collate_samples
 from msma.losses.config import LossConfig
+from msma.metrics.nme import nme as landmark_nme
+from msma.metrics.synthetic import per_vertex_error
 from msma.models import build_encoder
-from msma.module import CONFIG_KEY, FaceReconModule, OptimSettings, landmark_nme, vertex_error_mm
+from msma.training.module import FaceReconModule
 from msma.viz import PRED_COLOR, TARGET_COLOR, make_grid
 
 SIZE = 64
@@ -65,7 +69,7 @@ def _module(face_model: Any, renderer: nn.Module, loss: nn.Module | None = None,
         face_model=face_model,
         renderer=renderer,
         loss=loss if loss is not None else build_loss(LossConfig()),
-        optim=OptimSettings(lr=1e-3),
+        optim=OptimConfig(lr=1e-3),
         config={"name": "unit", **cfg},
     )
 
@@ -181,7 +185,8 @@ def test_metrics_at_ground_truth(parts: tuple[Any, nn.Module]) -> None:
     expected = 5.0 / (box[:, 0] * box[:, 1]).sqrt()
     assert torch.allclose(landmark_nme(shifted, batch.landmarks), expected, rtol=1e-4)
     assert torch.allclose(
-        vertex_error_mm(batch.vertices + torch.tensor([0.0, 3.0, 4.0]), batch.vertices), torch.full((2,), 5.0)
+        per_vertex_error(batch.vertices + torch.tensor([0.0, 3.0, 4.0]), batch.vertices, "none"),
+        torch.full((2,), 5.0),
     )
 
 
@@ -192,8 +197,9 @@ def test_validation_logs_nme_and_vertex_error(parts: tuple[Any, nn.Module]) -> N
     with torch.no_grad():
         module.validation_step(batch, 0)
     # The untrained module predicts the mean face: a clearly non-zero error against the posed ground truth.
-    assert float(module.val_nme.compute()) > 0.01
-    assert float(module.val_vertex_mm.compute()) > 1.0
+    summary = module.val_metrics.summary()
+    assert summary["nme"] > 0.01 and summary["vertex_posed_mm"] > 1.0 and summary["vertex_aligned_mm"] > 0.0
+    assert summary["id_rmse"] > 0.0 and summary.count == 2
     assert module.last_val_example is not None
 
 
@@ -212,10 +218,10 @@ def test_grid_draws_landmarks_where_they_are() -> None:
 
 
 def test_untrained_module_predicts_the_mean_face(parts: tuple[Any, nn.Module]) -> None:
-    from msma.builders import build_untrained_module
+    from msma.checkpoint import untrained_pipeline
 
     fm, renderer = parts
-    module = build_untrained_module(encoder="deep3d_r50", backbone="resnet18", renderer_backend="torch")
+    module = untrained_pipeline(encoder="deep3d_r50", backbone="resnet18", renderer_backend="torch")
     batch = _gt_batch(fm, renderer, n=2)
     with torch.no_grad():
         out = module.reconstruct(batch.image)
@@ -223,5 +229,5 @@ def test_untrained_module_predicts_the_mean_face(parts: tuple[Any, nn.Module]) -
     for _, value in out.params.items():
         assert torch.equal(value, torch.zeros_like(value))
     assert torch.allclose(out.face.vertices, mean.vertices)
-    assert out.render.image.shape == batch.image.shape
+    assert out.render is not None and out.render.image.shape == batch.image.shape
     assert module.config["model"]["name"] == "deep3d_r50" and module.config["renderer"]["backend"] == "torch"

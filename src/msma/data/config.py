@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from msma.data.datamodule import FaceDataModule
+    from msma.face_model.model import FaceModel
 
 # OmegaConf 2.3 resolves `Optional[X]` annotations; keep them (not `X | None`) in this schema.
 # ruff: noqa: UP045
@@ -75,7 +74,7 @@ class DataConfig:
     aflw_crop: str = "gt_box"
 
 
-def build_datamodule(cfg: DataConfig, face_model: nn.Module | None = None) -> FaceDataModule:
+def build_datamodule(cfg: DataConfig, face_model: FaceModel | None = None) -> FaceDataModule:
     """The :class:`~msma.data.datamodule.FaceDataModule` described by ``cfg``.
 
     Args:
@@ -84,29 +83,4 @@ def build_datamodule(cfg: DataConfig, face_model: nn.Module | None = None) -> Fa
     """
     from msma.data.datamodule import FaceDataModule
 
-    return FaceDataModule(
-        kind=cfg.kind,
-        root=cfg.root,
-        face_model=face_model,
-        image_size=cfg.image_size,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory,
-        persistent_workers=cfg.persistent_workers,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        flip=cfg.flip,
-        landmarks=cfg.landmarks,
-        landmark_weights=cfg.landmark_weights,
-        detector=cfg.detector,
-        faces=cfg.faces,
-        cache_dir=cfg.cache_dir,
-        num_samples=cfg.num_samples,
-        val_samples=cfg.val_samples,
-        synthetic_cache_dir=cfg.synthetic_cache_dir,
-        synthetic_renderer=cfg.synthetic_renderer,
-        test_kind=cfg.test_kind,
-        test_root=cfg.test_root,
-        aflw_crop=cfg.aflw_crop,
-    )
+    return FaceDataModule(cfg, face_model)

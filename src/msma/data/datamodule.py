@@ -10,21 +10,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from msma.data.align import ICT_TEMPLATE_5P_MM, template_from_face_model
 from msma.data.batch import FaceSample, collate_samples
+from msma.data.config import DataConfig
 from msma.data.datasets import AFLW2000Dataset, FolderDataset, ParamMapper, W300LPDataset, stable_split
 from msma.data.prepare import prepare_folder
+from msma.data.sampler import EpochSeededSampler
+from msma.face_model.model import FaceModel
 
 if TYPE_CHECKING:
     from msma.data.synthetic import SyntheticFaceDataset
@@ -61,251 +64,200 @@ class TransformedSubset(Dataset[FaceSample]):
 
 
 class FaceDataModule(L.LightningDataModule):
-    """Loaders for face reconstruction training and evaluation.
+    """Loaders for face reconstruction training and evaluation, described by one :class:`DataConfig`.
+
+    The module owns everything about the data: the training order (:class:`EpochSeededSampler`: a function of
+    ``(seed, epoch)``, so a resumed run sees the batches an uninterrupted one would), the pseudo-labelling and the
+    synthetic pre-generation (:meth:`prepare_data`), and the choice of the held-out split
+    (:meth:`heldout_dataloader`: the test split when one is configured, else the validation split).
 
     Args:
-        kind: training data: ``"synthetic"`` (rendered from ``face_model``), ``"folder"`` (photos +
-            pseudo-labels), ``"aflw2000_3d"`` or ``"300w_lp"``.
-        root: dataset folder (real-photo kinds).
+        config: the data configuration (field meanings: :class:`msma.data.config.DataConfig`).
         face_model: the training face model (required by ``synthetic``; real photos are aligned to its mean
             face's 5-point template, the ICT template when None).
-        image_size: crop side S.
-        batch_size: per-device batch size.
-        num_workers: DataLoader workers.
-        pin_memory: DataLoader ``pin_memory``.
-        persistent_workers: keep workers between epochs (only with workers).
-        val_fraction: held-out fraction of a real-photo training set.
-        seed: split and synthetic seed.
-        augment: augment the training split (real photos: Deep3D's shift/scale/rotation + colour + blur;
-            synthetic: colour + blur only, the renderer already varies the pose).
-        flip: allow horizontal flips in the augmentation.
-        landmarks: ``folder`` pseudo-label backend (``"dlib"``, ``"fan"``, ``"gt"``).
-        landmark_weights: its model file.
-        detector: face detector name.
-        faces: ``"largest"`` or ``"all"`` faces per photo.
-        cache_dir: label cache (None: the default per folder).
-        num_samples: synthetic training samples.
-        val_samples: synthetic validation samples.
-        synthetic_cache_dir: synthetic sample cache (``"auto"``: ``$MSMA_HOME/synthetic``; None: rendered on
-            the fly in the loader workers).
-        synthetic_renderer: renderer backend of synthetic generation (``"torch"``, ``"nvdiffrast"``, ``"auto"``).
-        test_kind: optional test set kind (same names as ``kind``).
-        test_root: its folder.
-        aflw_crop: ``"gt_box"`` or ``"detect"`` for AFLW2000-3D.
         param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`).
         augment_kwargs: extra keyword arguments of ``FaceAugment``.
+        **overrides: fields of ``config`` to replace (``FaceDataModule(kind="folder", root=...)`` in tests and
+            notebooks); an unknown name raises ``TypeError``.
     """
 
     def __init__(
         self,
-        kind: str = "synthetic",
-        root: str | os.PathLike[str] | None = None,
-        face_model: nn.Module | None = None,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        val_fraction: float = 0.05,
-        seed: int = 0,
-        augment: bool = True,
-        flip: bool = True,
-        landmarks: str = "dlib",
-        landmark_weights: str | None = None,
-        detector: str = "dlib",
-        faces: str = "largest",
-        cache_dir: str | None = None,
-        num_samples: int = 10000,
-        val_samples: int = 256,
-        synthetic_cache_dir: str | None = "auto",
-        synthetic_renderer: str = "torch",
-        test_kind: str | None = None,
-        test_root: str | os.PathLike[str] | None = None,
-        aflw_crop: str = "gt_box",
+        config: DataConfig | None = None,
+        face_model: FaceModel | None = None,
         param_mapper: ParamMapper | None = None,
         augment_kwargs: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown data kind {kind!r}; use one of {KINDS}")
-        if test_kind is not None and test_kind not in KINDS:
-            raise ValueError(f"unknown test data kind {test_kind!r}; use one of {KINDS}")
-        if kind != "synthetic" and root is None:
-            raise ValueError(f"data kind {kind!r} needs a root folder")
-        if test_kind not in (None, "synthetic") and test_root is None:
-            raise ValueError(f"test data kind {test_kind!r} needs a test_root folder")
-        if faces not in ("all", "largest"):
-            raise ValueError(f"faces must be 'all' or 'largest', got {faces!r}")
-        if aflw_crop not in ("gt_box", "detect"):
-            raise ValueError(f"aflw_crop must be 'gt_box' or 'detect', got {aflw_crop!r}")
-        if "synthetic" in (kind, test_kind) and face_model is None:
-            raise ValueError("synthetic data needs the face model")
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-        self.kind = kind
-        self.root = None if root is None else str(root)
-        self.face_model = face_model
-        self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
-        self.augment = augment
-        self.flip = flip
-        self.landmarks = landmarks
-        self.landmark_weights = landmark_weights
-        self.detector = detector
-        self.faces = faces
-        self.cache_dir = cache_dir
-        self.num_samples = int(num_samples)
-        self.val_samples = int(val_samples)
-        if synthetic_cache_dir == "auto":
+        cfg = dataclasses.replace(config or DataConfig(), **overrides)
+        if cfg.root is not None:
+            cfg = dataclasses.replace(cfg, root=str(cfg.root))
+        if cfg.test_root is not None:
+            cfg = dataclasses.replace(cfg, test_root=str(cfg.test_root))
+        if cfg.synthetic_cache_dir == "auto":
             from msma.utils.home import msma_home
 
-            synthetic_cache_dir = str(msma_home() / "synthetic")
-        self.synthetic_cache_dir = synthetic_cache_dir
-        self.synthetic_renderer = synthetic_renderer
-        self.test_kind = test_kind
-        self.test_root = None if test_root is None else str(test_root)
-        self.aflw_crop = aflw_crop
+            cfg = dataclasses.replace(cfg, synthetic_cache_dir=str(msma_home() / "synthetic"))
+        _validate(cfg, face_model)
+        self.cfg = cfg
+        self.face_model = face_model
         self.param_mapper = param_mapper
         self.augment_kwargs = dict(augment_kwargs or {})
         # Real photos are aligned to the training model's own mean face (as inference and evaluation do).
-        self.template = template_from_face_model(face_model) if face_model is not None else ICT_TEMPLATE_5P_MM  # type: ignore[arg-type]
+        self.template = template_from_face_model(face_model) if face_model is not None else ICT_TEMPLATE_5P_MM
         self.train_set: Dataset[FaceSample] | None = None
         self.val_set: Dataset[FaceSample] | None = None
         self.test_set: Dataset[FaceSample] | None = None
+        #: seconds :meth:`prepare_data` took in this process (labelling, synthetic generation or verification).
+        self.prepare_seconds = 0.0
 
     # ----------------------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
-        """Fills label caches (and the synthetic cache) once per node so ranks never race on them."""
-        if self.synthetic_cache_dir is not None:
+        """Fills label caches and generates the synthetic shards once per node, so ranks never race on them
+        and loader workers never render lazily."""
+        t_start = time.perf_counter()
+        try:
+            self._prepare()
+        finally:
+            self.prepare_seconds += time.perf_counter() - t_start
+
+    def _prepare(self) -> None:
+        c = self.cfg
+        if c.synthetic_cache_dir is not None:
             specs = []
-            if self.kind == "synthetic":
-                specs += [(self.num_samples, self.seed), (self.val_samples, self.seed + VAL_SEED_OFFSET)]
-            if self.test_kind == "synthetic":
-                specs.append((self.val_samples, self.seed + TEST_SEED_OFFSET))
-            for num, seed in specs:
-                self._synthetic_dataset(num, seed).ensure_generated()
-        for kind, root in ((self.kind, self.root), (self.test_kind, self.test_root)):
-            if kind == "folder" and root is not None and self.landmarks != "gt":
+            if c.kind == "synthetic":
+                specs += [(c.num_samples, c.seed, "train"), (c.val_samples, c.seed + VAL_SEED_OFFSET, "validation")]
+            if c.test_kind == "synthetic":
+                specs.append((c.val_samples, c.seed + TEST_SEED_OFFSET, "test"))
+            for num, seed, name in specs:
+                t0 = time.perf_counter()
+                ds = self._synthetic_dataset(num, seed)
+                ds.ensure_generated()
+                log.info("synthetic %s split ready in %.1f s (%s)", name, time.perf_counter() - t0, ds.cache_root)
+        for kind, root in ((c.kind, c.root), (c.test_kind, c.test_root)):
+            if kind == "folder" and root is not None and c.landmarks != "gt":
                 run = prepare_folder(
                     root,
-                    landmarks=self.landmarks,
-                    detector=self.detector,
-                    cache_dir=self.cache_dir,
-                    weights=self.landmark_weights,
-                    faces=self.faces,  # type: ignore[arg-type]
+                    landmarks=c.landmarks,
+                    detector=c.detector,
+                    cache_dir=c.cache_dir,
+                    weights=c.landmark_weights,
+                    faces=_faces(c.faces),
                 )
                 log.info("labelled %s:\n%s", root, run.summary())
-            elif kind == "aflw2000_3d" and root is not None and self.aflw_crop == "detect":
+            elif kind == "aflw2000_3d" and root is not None and c.aflw_crop == "detect":
                 # Building the dataset fills its detection cache.
                 AFLW2000Dataset(
                     root,
                     crop="detect",
-                    image_size=self.image_size,
-                    landmarks=self.landmarks,
-                    detector=self.detector,
-                    landmark_weights=self.landmark_weights,
-                    cache_dir=self.cache_dir,
+                    image_size=c.image_size,
+                    landmarks=c.landmarks,
+                    detector=c.detector,
+                    landmark_weights=c.landmark_weights,
+                    cache_dir=c.cache_dir,
                 )
 
     # ------------------------------------------------------------------------------------------- datasets
     def _augmentation(self, geometric: bool = True) -> Transform | None:
         """The training augmentation; ``geometric=False`` (synthetic data) keeps pose coefficients exact."""
-        if not self.augment:
+        if not self.cfg.augment:
             return None
         from msma.data.transforms import FaceAugment
 
-        kwargs: dict[str, Any] = {"image_size": self.image_size, "flip": self.flip, "geometric": geometric}
+        kwargs: dict[str, Any] = {"image_size": self.cfg.image_size, "flip": self.cfg.flip, "geometric": geometric}
         kwargs.update(self.augment_kwargs)
         return FaceAugment(**kwargs)
 
     def _synthetic_dataset(self, num_samples: int, seed: int) -> SyntheticFaceDataset:
         from msma.data.synthetic import SyntheticFaceDataset
 
+        if self.face_model is None:
+            raise ValueError("synthetic data needs the face model")
         return SyntheticFaceDataset(
-            self.face_model,  # type: ignore[arg-type]
+            self.face_model,
             num_samples=num_samples,
             seed=seed,
-            image_size=self.image_size,
-            cache_dir=self.synthetic_cache_dir,
-            renderer_backend=self.synthetic_renderer,
+            image_size=self.cfg.image_size,
+            cache_dir=self.cfg.synthetic_cache_dir,
+            renderer_backend=self.cfg.synthetic_renderer,
         )
 
     def _synthetic(self, num_samples: int, seed: int, transform: Transform | None) -> Dataset[FaceSample]:
         dataset = self._synthetic_dataset(num_samples, seed)
         return TransformedSubset(dataset, range(len(dataset)), transform) if transform is not None else dataset
 
-    def _real(self, kind: str, root: str) -> Dataset[FaceSample]:
+    def _real(self, kind: str, root: str) -> FolderDataset | AFLW2000Dataset | W300LPDataset:
+        c = self.cfg
         if kind == "folder":
             return FolderDataset(
                 root,
-                landmarks=self.landmarks,
-                faces=self.faces,  # type: ignore[arg-type]
-                detector=self.detector,
-                landmark_weights=self.landmark_weights,
-                cache_dir=self.cache_dir,
-                image_size=self.image_size,
+                landmarks=c.landmarks,
+                faces=_faces(c.faces),
+                detector=c.detector,
+                landmark_weights=c.landmark_weights,
+                cache_dir=c.cache_dir,
+                image_size=c.image_size,
                 template=self.template,
             )
         if kind == "aflw2000_3d":
             return AFLW2000Dataset(
                 root,
-                crop=self.aflw_crop,  # type: ignore[arg-type]
-                image_size=self.image_size,
-                landmarks=self.landmarks,
-                detector=self.detector,
-                landmark_weights=self.landmark_weights,
-                cache_dir=self.cache_dir,
+                crop="detect" if c.aflw_crop == "detect" else "gt_box",
+                image_size=c.image_size,
+                landmarks=c.landmarks,
+                detector=c.detector,
+                landmark_weights=c.landmark_weights,
+                cache_dir=c.cache_dir,
                 template=self.template,
             )
         if kind == "300w_lp":
-            return W300LPDataset(
-                root, image_size=self.image_size, template=self.template, param_mapper=self.param_mapper
-            )
+            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=self.param_mapper)
         raise ValueError(f"{kind!r} is not a real-photo dataset kind")
 
     def setup(self, stage: str | None = None) -> None:
         """Builds the datasets for ``stage`` (``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or None)."""
+        c = self.cfg
         if stage in (None, "fit", "validate") and self.train_set is None:
-            if self.kind == "synthetic":
+            if c.kind == "synthetic":
                 # Synthetic data already varies pose, translation and scale: colour/blur (and flips if enabled) only,
                 # so the coefficients stay exact (a flip drops a sample's params; see docs/synthetic.md).
-                self.train_set = self._synthetic(self.num_samples, self.seed, self._augmentation(geometric=False))
-                self.val_set = self._synthetic(self.val_samples, self.seed + VAL_SEED_OFFSET, None)
+                self.train_set = self._synthetic(c.num_samples, c.seed, self._augmentation(geometric=False))
+                self.val_set = self._synthetic(c.val_samples, c.seed + VAL_SEED_OFFSET, None)
             else:
-                assert self.root is not None
-                full = self._real(self.kind, self.root)
-                if len(full) == 0:  # type: ignore[arg-type]
+                assert c.root is not None
+                full = self._real(c.kind, c.root)
+                if len(full) == 0:
                     skipped = getattr(full, "skip_counts", {})
-                    raise ValueError(f"{self.root}: no usable training samples (skipped: {dict(skipped) or 'none'})")
-                train_idx, val_idx = stable_split(len(full), self.val_fraction, self.seed)  # type: ignore[arg-type]
+                    raise ValueError(f"{c.root}: no usable training samples (skipped: {dict(skipped) or 'none'})")
+                train_idx, val_idx = stable_split(len(full), c.val_fraction, c.seed)
                 self.train_set = TransformedSubset(full, train_idx, self._augmentation())
                 self.val_set = TransformedSubset(full, val_idx, None)
-                log.info("%s: %d training / %d validation samples", self.root, len(train_idx), len(val_idx))
-        if stage in (None, "test", "predict") and self.test_set is None and self.test_kind is not None:
-            if self.test_kind == "synthetic":
-                self.test_set = self._synthetic(self.val_samples, self.seed + TEST_SEED_OFFSET, None)
+                log.info("%s: %d training / %d validation samples", c.root, len(train_idx), len(val_idx))
+        if stage in (None, "test", "predict") and self.test_set is None and c.test_kind is not None:
+            if c.test_kind == "synthetic":
+                self.test_set = self._synthetic(c.val_samples, c.seed + TEST_SEED_OFFSET, None)
             else:
-                assert self.test_root is not None
-                self.test_set = self._real(self.test_kind, self.test_root)
+                assert c.test_root is not None
+                self.test_set = self._real(c.test_kind, c.test_root)
 
     # -------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset[FaceSample] | None, train: bool, name: str) -> DataLoader[Any]:
         if dataset is None:
             raise RuntimeError(f"no {name} dataset: call setup() first (or configure test_kind for testing)")
+        c = self.cfg
+        size = len(dataset)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            num_workers=self.num_workers,
+            batch_size=c.batch_size,
+            # The training order is a function of (seed, epoch) only; Lightning swaps in a DistributedSampler
+            # (epoch-seeded too) under DDP.
+            sampler=EpochSeededSampler(dataset, c.seed) if train else None,  # type: ignore[arg-type]
+            drop_last=train and size > c.batch_size,
+            num_workers=c.num_workers,
             collate_fn=collate_samples,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers,
+            pin_memory=c.pin_memory and torch.cuda.is_available(),
+            persistent_workers=c.persistent_workers and c.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
@@ -317,12 +269,57 @@ class FaceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[Any]:
         return self._loader(self.test_set, False, "test")
 
+    def heldout_dataloader(self, limit: int | None = None) -> tuple[DataLoader[Any], str]:
+        """The held-out split every evaluation uses: ``("test", loader)`` when a test split is configured,
+        else the validation split; ``limit`` keeps its first samples only.
+
+        Returns:
+            (loader, split name ``"test"`` or ``"validation"``).
+        """
+        if self.cfg.test_kind is not None:
+            self.setup("test")
+            dataset, split = self.test_set, "test"
+        else:
+            self.setup("validate")
+            dataset, split = self.val_set, "validation"
+        if dataset is None:
+            raise ValueError("the data configuration has neither a test nor a validation split")
+        if hasattr(dataset, "ensure_generated"):
+            dataset.ensure_generated()
+        if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
+            dataset = Subset(dataset, range(limit))
+        return self._loader(dataset, False, split), split
+
     def cache_paths(self) -> list[Path]:
         """Label cache folders this module uses (for logging / cleanup)."""
         from msma.data.prepare import default_cache_dir
 
+        c = self.cfg
         out = []
-        for kind, root in ((self.kind, self.root), (self.test_kind, self.test_root)):
+        for kind, root in ((c.kind, c.root), (c.test_kind, c.test_root)):
             if kind in ("folder", "aflw2000_3d") and root is not None:
-                out.append(Path(self.cache_dir) if self.cache_dir else default_cache_dir(root))
+                out.append(Path(c.cache_dir) if c.cache_dir else default_cache_dir(root))
         return out
+
+
+def _faces(value: str) -> Literal["largest", "all"]:
+    return "all" if value == "all" else "largest"
+
+
+def _validate(c: DataConfig, face_model: FaceModel | None) -> None:
+    if c.kind not in KINDS:
+        raise ValueError(f"unknown data kind {c.kind!r}; use one of {KINDS}")
+    if c.test_kind is not None and c.test_kind not in KINDS:
+        raise ValueError(f"unknown test data kind {c.test_kind!r}; use one of {KINDS}")
+    if c.kind != "synthetic" and c.root is None:
+        raise ValueError(f"data kind {c.kind!r} needs a root folder")
+    if c.test_kind not in (None, "synthetic") and c.test_root is None:
+        raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
+    if c.faces not in ("all", "largest"):
+        raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
+    if c.aflw_crop not in ("gt_box", "detect"):
+        raise ValueError(f"aflw_crop must be 'gt_box' or 'detect', got {c.aflw_crop!r}")
+    if "synthetic" in (c.kind, c.test_kind) and face_model is None:
+        raise ValueError("synthetic data needs the face model")
+    if c.batch_size < 1 or c.num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {c.batch_size}, {c.num_workers}")

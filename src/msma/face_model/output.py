@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -33,3 +34,9 @@ class FaceOutput:
     landmarks_2d: Tensor
     clip: Tensor
     image_size: int
+
+    def detach(self) -> FaceOutput:
+        """A copy with every tensor detached from the autograd graph."""
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self) if f.name != "image_size"}
+        )

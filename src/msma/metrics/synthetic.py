@@ -1,4 +1,6 @@
-"""Errors against synthetic ground truth: per-vertex distances in mm, landmark NME, coefficient errors.
+"""Errors against synthetic ground truth: per-vertex distances in mm and coefficient errors.
+
+They are accumulated over a split by :class:`msma.evaluation.heldout.HeldOutMetrics` (with the landmark NME).
 
 Synthetic faces come from the same face model as the prediction, so vertices correspond one to one and no
 surface search is needed: the per-vertex error is the mean Euclidean distance between corresponding vertices,
@@ -8,16 +10,13 @@ either as posed in the camera frame (``raw``: geometry + pose + translation) or 
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from msma.face_model.params import FaceParams
-from msma.metrics.nme import nme
 
 Alignment = Literal["none", "rigid", "similarity"]
 
@@ -127,121 +126,3 @@ def coefficient_errors(pred: FaceParams, gt: FaceParams) -> CoefficientErrors:
         yaw_deg=diff[:, 1].abs(),
         trans_mm=torch.linalg.vector_norm(pred.trans - gt.trans, dim=1),
     )
-
-
-@dataclass(frozen=True)
-class SyntheticSummary:
-    """Means over the evaluated faces.
-
-    Attributes:
-        vertex_error_mm: per-vertex error after rigid alignment (shape only), mm.
-        vertex_error_raw_mm: per-vertex error as posed in the camera frame (shape + pose), mm.
-        nme_2d_pct: 68-point 2D NME in percent of ``sqrt(w*h)`` of the ground-truth landmark box.
-        id_rmse, exp_rmse, tex_rmse, sh_rmse: coefficient RMS errors (NaN when not evaluated).
-        angles_deg: mean absolute pose-angle error in degrees.
-        yaw_deg: mean absolute yaw error in degrees.
-        trans_mm: mean translation error in mm.
-        count: number of faces.
-    """
-
-    vertex_error_mm: float
-    vertex_error_raw_mm: float
-    nme_2d_pct: float
-    id_rmse: float
-    exp_rmse: float
-    tex_rmse: float
-    sh_rmse: float
-    angles_deg: float
-    yaw_deg: float
-    trans_mm: float
-    count: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-#: Accumulated quantities, in the order of the ``sums`` state.
-_FIELDS: tuple[str, ...] = (
-    "vertex_error_mm",
-    "vertex_error_raw_mm",
-    "nme_2d_pct",
-    "id_rmse",
-    "exp_rmse",
-    "tex_rmse",
-    "sh_rmse",
-    "angles_deg",
-    "yaw_deg",
-    "trans_mm",
-)
-
-
-class SyntheticMetrics(Metric):
-    """Synthetic-ground-truth errors accumulated over batches (DDP-safe summed states)."""
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = False
-
-    sums: Tensor
-    counts: Tensor
-
-    def __init__(self, vertex_mask: Tensor | None = None, **kwargs: object) -> None:
-        """Args:
-        vertex_mask: optional (N,) weights of the vertices that count (e.g. the face model's face region).
-        """
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.vertex_mask = vertex_mask
-        self.add_state("sums", default=torch.zeros(len(_FIELDS), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("counts", default=torch.zeros(len(_FIELDS), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(  # type: ignore[override]
-        self,
-        pred_vertices: Tensor,
-        gt_vertices: Tensor,
-        pred_landmarks: Tensor,
-        gt_landmarks: Tensor,
-        pred_params: FaceParams | None = None,
-        gt_params: FaceParams | None = None,
-    ) -> None:
-        """Adds a batch.
-
-        Args:
-            pred_vertices: (B, N, 3) predicted posed vertices in mm (camera/model frame).
-            gt_vertices: (B, N, 3) ground-truth posed vertices in mm.
-            pred_landmarks: (B, 68, 2) predicted 2D landmarks, pixels.
-            gt_landmarks: (B, 68, 2) ground-truth 2D landmarks in the same frame.
-            pred_params, gt_params: coefficients (same layout) for the coefficient errors, or None.
-        """
-        mask = None if self.vertex_mask is None else self.vertex_mask.to(pred_vertices.device)
-        values: list[Tensor | None] = [
-            per_vertex_error(pred_vertices, gt_vertices, "rigid", mask),
-            per_vertex_error(pred_vertices, gt_vertices, "none", mask),
-            100.0 * nme(pred_landmarks, gt_landmarks),
-        ]
-        if pred_params is not None and gt_params is not None:
-            ce = coefficient_errors(pred_params, gt_params)
-            values += [ce.id, ce.exp, ce.tex, ce.sh, ce.angles_deg, ce.yaw_deg, ce.trans_mm]
-        else:
-            values += [None] * 7
-        sums = torch.zeros_like(self.sums)
-        counts = torch.zeros_like(self.counts)
-        for i, v in enumerate(values):
-            if v is None:
-                continue
-            v = v.detach().double().to(sums.device)
-            finite = torch.isfinite(v)
-            sums[i] = torch.where(finite, v, torch.zeros_like(v)).sum()
-            counts[i] = finite.sum()
-        self.sums += sums
-        self.counts += counts
-
-    def compute(self) -> Tensor:
-        """Mean aligned per-vertex error in mm (0-dim; NaN before any update)."""
-        return self.sums[0] / self.counts[0] if float(self.counts[0]) > 0 else torch.tensor(math.nan)
-
-    def summary(self) -> SyntheticSummary:
-        """All means (synchronised across processes under DDP)."""
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True):
-            means = [float(s) / float(c) if float(c) > 0 else math.nan for s, c in zip(self.sums, self.counts)]
-            count = int(self.counts[0])
-        return SyntheticSummary(**dict(zip(_FIELDS, means)), count=count)

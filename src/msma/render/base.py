@@ -14,6 +14,7 @@ Conventions (identical to nvdiffrast, so outputs of the backends compare directl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -66,3 +67,7 @@ class RenderOutput:
     depth: Tensor
     normals: Tensor
     rast: Tensor
+
+    def detach(self) -> RenderOutput:
+        """A copy with every tensor detached from the autograd graph."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self)})

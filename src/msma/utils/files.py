@@ -23,7 +23,7 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Calls ``write(tmp)`` on a temporary path next to ``target``, then moves it onto ``target``.
 
     Args:

@@ -1,4 +1,4 @@
-"""msma.notebook_utils: run folders and their logs, W&B offline behaviour, per-face evaluation with yaw bins,
+"""msma.analysis: run folders and their logs, W&B offline behaviour, per-face evaluation with yaw bins,
 plots and the qualitative grid."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from msma import notebook_utils as nbu
+from msma import analysis as nbu
 
-CSV = """epoch,lr-Adam,step,train/loss,train/lm,val/nme,val/vertex_mm,val/vertex_aligned_mm
+CSV = """epoch,lr-Adam,step,train/loss,train/lm,val/nme,val/vertex_posed_mm,val/vertex_aligned_mm
 0,0.001,0,,,,,
 0,,0,2.5,0.4,,,
 0,,1,2.0,0.3,,,
@@ -40,7 +40,7 @@ def make_run(root: Path, experiment: str, run_id: str, best: bool = True, metric
         (run / "metrics.json").write_text(
             json.dumps(
                 {
-                    "trained": {"nme": 0.04, "vertex_mm": 2.0, "vertex_aligned_mm": 1.25},
+                    "trained": {"nme": 0.04, "vertex_posed_mm": 2.0, "vertex_aligned_mm": 1.25},
                     "untrained_mean_face": {"nme": 0.1},
                     "nme_ratio": 0.4,
                 }
@@ -107,12 +107,12 @@ def test_runs_summary(tmp_path: Path) -> None:
     assert table.loc["msma_lka", "steps"] == 4
     assert table.loc["msma_lka", "train_loss"] == pytest.approx(1.2)
     assert table.loc["msma_lka", "val_nme_pct"] == pytest.approx(5.0)
-    assert table.loc["msma_lka", "val_vertex_mm"] == pytest.approx(2.5)
+    assert table.loc["msma_lka", "val_vertex_posed_mm"] == pytest.approx(2.5)
     assert table.loc["msma_lka", "val_vertex_aligned_mm"] == pytest.approx(1.5)
-    assert table.loc["msma_lka", "test_vertex_aligned_mm"] == pytest.approx(1.25)
-    assert table.loc["msma_lka", "test_nme_pct"] == pytest.approx(4.0)
+    assert table.loc["msma_lka", "heldout_vertex_aligned_mm"] == pytest.approx(1.25)
+    assert table.loc["msma_lka", "heldout_nme_pct"] == pytest.approx(4.0)
     assert table.loc["msma_lka", "nme_ratio"] == pytest.approx(0.4)
-    assert math.isnan(table.loc["deep3d_r50", "test_nme_pct"])
+    assert math.isnan(table.loc["deep3d_r50", "heldout_nme_pct"])
 
 
 def test_metrics_json_errors_name_the_file(tmp_path: Path) -> None:
@@ -161,14 +161,14 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> nbu.EvalFaces:
 
 @pytest.fixture(scope="module")
 def mean_face_module():  # type: ignore[no-untyped-def]
-    from msma.builders import build_untrained_module
+    from msma.checkpoint import untrained_pipeline
 
-    return build_untrained_module(renderer_backend="torch")
+    return untrained_pipeline(renderer_backend="torch")
 
 
 def test_evaluate_per_face_matches_training_evaluation(faces: nbu.EvalFaces, mean_face_module) -> None:  # type: ignore[no-untyped-def]
+    from msma.metrics.nme import nme as landmark_nme
     from msma.metrics.nme import yaw_bin
-    from msma.module import landmark_nme
 
     assert faces.image.shape == (4, 3, 32, 32) and faces.image_size == 32 and faces.size == 4
     df = nbu.evaluate_per_face({"mean": mean_face_module, "again": mean_face_module}, faces, batch_size=3)
@@ -178,10 +178,12 @@ def test_evaluate_per_face_matches_training_evaluation(faces: nbu.EvalFaces, mea
         out = mean_face_module.reconstruct(faces.image, render=False)
     expected = 100.0 * landmark_nme(out.face.landmarks_2d, faces.landmarks)
     np.testing.assert_allclose(mean["nme_pct"].to_numpy(), expected.numpy(), rtol=1e-5)
-    assert (mean["vertex_mm"] > 0).all() and (mean["vertex_raw_mm"] >= mean["vertex_mm"] - 1e-6).all()
+    assert (mean["vertex_aligned_mm"] > 0).all()
+    assert (mean["vertex_posed_mm"] >= mean["vertex_aligned_mm"] - 1e-6).all()
+    np.testing.assert_allclose(mean["nme"].to_numpy() * 100.0, mean["nme_pct"].to_numpy())
     labels = [nbu.YAW_BIN_LABELS[int(b)] for b in yaw_bin(faces.yaw_deg)]
     assert list(mean["yaw_bin"]) == labels
-    table = nbu.yaw_bin_table(df, "vertex_mm")
+    table = nbu.yaw_bin_table(df, "vertex_aligned_mm")
     assert table.loc["mean", "all"] == pytest.approx(table.loc["again", "all"])
 
 
@@ -197,7 +199,9 @@ def test_plots_and_grid(faces: nbu.EvalFaces, mean_face_module, tmp_path: Path) 
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 1 and not fig.axes[2].lines
     _png_ok(nbu.save_figure(fig, tmp_path / "curves.png"))
     df = nbu.evaluate_per_face({"mean": mean_face_module}, faces)
-    fig = nbu.plot_yaw_bins({"NME (%)": nbu.yaw_bin_table(df), "vertex (mm)": nbu.yaw_bin_table(df, "vertex_mm")})
+    fig = nbu.plot_yaw_bins(
+        {"NME (%)": nbu.yaw_bin_table(df), "vertex (mm)": nbu.yaw_bin_table(df, "vertex_aligned_mm")}
+    )
     assert len(fig.axes) == 2
     _png_ok(nbu.save_figure(fig, tmp_path / "yaw.png"))
     picture, titles = nbu.qualitative_grid(
@@ -274,17 +278,17 @@ def test_load_newest_looks_again_when_the_checkpoint_vanished(tmp_path: Path) ->
     assert nbu.load_newest(tmp_path, "mlanet", lambda p: p) == (None, None)
 
 
-def test_load_run_module(tmp_path: Path) -> None:
+def test_load_run_model(tmp_path: Path) -> None:
     from msma.config import compose_experiment
-    from msma.train import run_training
+    from msma.training.run import run_training
 
     torch.set_num_threads(1)
     overrides = [*nbu.tiny_training_overrides(tmp_path / "synth"), "trainer.max_steps=1", "trainer.max_epochs=1"]
     run_training(compose_experiment("deep3d_r50", overrides), tmp_path / "runs" / "deep3d_r50" / "r1")
     (run,) = nbu.find_runs(tmp_path / "runs")
-    module = nbu.load_run_module(run)
+    module = nbu.load_run_model(run)
     assert module.config["name"] == "deep3d_r50" and not module.training
     empty = make_run(tmp_path / "other", "x", "r", best=False)
     (empty / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        nbu.load_run_module(nbu.RunInfo("x", empty, None, None))
+        nbu.load_run_model(nbu.RunInfo("x", empty, None, None))

@@ -2,6 +2,9 @@
 
 ``msma train --config-name <experiment> [hydra overrides]`` is the one training entry point (also
 ``python -m msma.cli train ...``); the other sub-commands take ordinary ``--options`` (``msma <cmd> --help``).
+Each command is a thin ``cli_main(argv) -> int`` over library functions: ``msma.cli.train`` (Hydra ->
+:func:`msma.training.run.run_training`), ``msma.cli.eval`` (-> :mod:`msma.evaluation`), ``msma.cli.reconstruct``
+(-> :class:`msma.inference.Reconstructor`), ``msma.data.prepare`` and ``msma.face_model.assets``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import sys
 
 #: sub-command -> "module:function" taking ``argv`` (list of str) and returning an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("msma.train:cli_main", "train an experiment (Hydra: --config-name <experiment> key=value ...)"),
-    "eval": ("msma.evaluate:cli_main", "evaluate a checkpoint on a benchmark (AFLW2000-3D, synthetic, MICC, NoW)"),
-    "reconstruct": ("msma.inference:cli_main", "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG"),
+    "train": ("msma.cli.train:cli_main", "train an experiment (Hydra: --config-name <experiment> key=value ...)"),
+    "eval": ("msma.cli.eval:cli_main", "evaluate a checkpoint on a benchmark (AFLW2000-3D, synthetic, MICC, NoW)"),
+    "reconstruct": (
+        "msma.cli.reconstruct:cli_main",
+        "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG",
+    ),
     "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
     "assets": ("msma.face_model.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
 }

@@ -187,3 +187,19 @@ class InterruptCheckpoint(Callback):
             return
         self.saved = path
         log.warning("interrupted at step %d: checkpoint written to %s (resume=%s)", trainer.global_step, path, path)
+
+
+class TrainLossHistory(Callback):
+    """Keeps the training loss of every optimiser step of this process (``TrainResult.train_losses``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(outputs, dict) and "loss" in outputs:
+            self.losses.append(float(outputs["loss"].detach()))
+        elif isinstance(outputs, torch.Tensor):
+            self.losses.append(float(outputs.detach()))

@@ -1,0 +1,170 @@
+"""``msma eval``: benchmark a checkpoint (or the untrained mean face) on AFLW2000-3D, synthetic, MICC or NoW data.
+
+A thin command over :mod:`msma.evaluation`. Protocols and layouts are described in ``docs/evaluation.md``.
+Every run prints a table and writes a JSON report (next to the checkpoint unless ``--out`` says otherwise) that
+records the protocol (crop mode, ground truth, counts), the device and versions. ``--data synthetic`` without
+other options evaluates the run's own held-out split with the run's batch size, as its ``metrics.json`` did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msma.evaluation.aflw2000 import CROPS
+from msma.evaluation.report import cpu_count, default_output, format_table, json_default
+from msma.pipeline import FacePipeline
+
+DATASETS = ("aflw2000_3d", "synthetic", "micc", "now")
+
+
+def load_model(ckpt: str, device: torch.device) -> FacePipeline:
+    """The network of a checkpoint (encoder + face model + renderer, no loss), or the untrained one (``mean``)."""
+    from msma.checkpoint import load_inference_model, untrained_pipeline
+
+    if ckpt == "mean":
+        model = untrained_pipeline(renderer_backend="torch")
+    else:
+        model = load_inference_model(Path(ckpt), map_location="cpu")
+    return model.to(device).eval()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msma eval", description="Evaluate a checkpoint (or the mean face) on a benchmark."
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint from 'msma train', or 'mean' (untrained network)")
+    p.add_argument("--data", required=True, choices=DATASETS)
+    p.add_argument("--root", default=None, help="dataset folder (synthetic: cache folder, optional)")
+    p.add_argument("--crop", default="gt_box", choices=CROPS, help="AFLW2000-3D crop protocol")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: the checkpoint's data.batch_size (synthetic), else 16"
+    )
+    p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
+    p.add_argument("--image-size", type=int, default=None, help="crop size (default: the checkpoint's)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="synthetic: held-out samples before --limit (default: the checkpoint's data.val_samples; mean: 256)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="synthetic: base seed (default: the checkpoint's)")
+    p.add_argument("--landmarks", default="dlib", help="landmark backend for detect crops / scan benchmarks")
+    p.add_argument("--detector", default="dlib", help="face detector for detect crops / scan benchmarks")
+    p.add_argument(
+        "--crop-radius", type=float, default=95.0, help="micc/now: scan crop radius around the nose tip (mm)"
+    )
+    p.add_argument("--similarity", action="store_true", help="micc: allow a scale in the alignment (now: always)")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``msma eval``; returns 0 on success, 2 on bad usage or unreadable inputs."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("msma eval: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.data != "synthetic" and not args.root:
+        print(f"msma eval: --data {args.data} needs --root DIR", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("msma eval: --limit must be >= 1", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        result = _evaluate(args, device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"msma eval: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - t0
+    crop = args.crop if args.data == "aflw2000_3d" else None
+    report = {
+        "checkpoint": args.ckpt,
+        "data": args.data,
+        "root": args.root,
+        "limit": args.limit,
+        "result": result,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": cpu_count()},
+        "seconds": round(seconds, 2),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(args.out) if args.out else default_output(args.ckpt, args.data, crop)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
+    title = f"msma eval: {args.data}" + (f" ({crop} crop)" if crop else "") + f", checkpoint {args.ckpt}"
+    print(title)
+    print(format_table(args.data, result))
+    print(f"  ({seconds:.1f} s on {report['device']}; report: {out})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    if args.data in ("micc", "now"):
+        from msma.data.scans import micc_items, now_items
+        from msma.evaluation.scans import evaluate_scans
+        from msma.inference import Reconstructor
+
+        root = Path(args.root)
+        items = micc_items(root) if args.data == "micc" else now_items(root)
+        if args.limit is not None:
+            items = items[: args.limit]
+        rec = Reconstructor(
+            None if args.ckpt == "mean" else args.ckpt,
+            device=device,
+            detector=args.detector,
+            landmarks=args.landmarks,
+            image_size=args.image_size,
+            renderer_backend="torch" if device.type == "cpu" else "auto",
+        )
+        return evaluate_scans(
+            rec,
+            items,
+            with_scale=args.similarity or args.data == "now",
+            crop_radius=args.crop_radius,
+            batch_size=args.batch_size or 16,
+        )
+    model = load_model(args.ckpt, device)
+    if args.data == "aflw2000_3d":
+        from msma.evaluation.aflw2000 import evaluate_aflw2000
+
+        return evaluate_aflw2000(
+            model,
+            Path(args.root),
+            args.crop,
+            args.image_size or model.image_size,
+            device,
+            args.batch_size or 16,
+            args.limit,
+            landmarks=args.landmarks,
+            detector=args.detector,
+        )
+    from msma.evaluation.split import evaluate_synthetic_split
+
+    return evaluate_synthetic_split(
+        model,
+        device,
+        image_size=args.image_size,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        cache_dir=args.root,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main(sys.argv[1:]))

@@ -1,0 +1,122 @@
+"""``msma reconstruct``: per face an OBJ, the coefficients as JSON and an overlay PNG (a thin command over
+:class:`msma.inference.Reconstructor` and :func:`msma.inference.save_reconstruction`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from msma.inference import Reconstructor, save_reconstruction
+from msma.utils.progress import progress_bar
+
+
+def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    from msma.data.io import list_images
+
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                missing.append((str(path), "empty: no image files in this folder"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((str(path), "missing: no such file or folder"))
+    return files, missing
+
+
+def _unique_stems(files: Sequence[Path]) -> list[str]:
+    counts = Counter(f.stem for f in files)
+    seen: Counter[str] = Counter()
+    stems = []
+    for f in files:
+        if counts[f.stem] > 1:
+            seen[f.stem] += 1
+            stems.append(f"{f.stem}_{seen[f.stem]}")
+        else:
+            stems.append(f.stem)
+    return stems
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msma reconstruct",
+        description="Reconstruct 3D faces from photos: per face an OBJ, the coefficients as JSON and an overlay PNG.",
+    )
+    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--ckpt", default="mean", help="checkpoint from 'msma train', or 'mean' (untrained: mean face)")
+    p.add_argument("--out", default="reconstructions", help="output folder (default: ./reconstructions)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8, help="images (and faces) per network batch")
+    p.add_argument("--all-faces", action="store_true", help="every detected face, not only the largest")
+    p.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
+    p.add_argument("--landmarks", default="dlib", help="68-point backend for the alignment: dlib or fan")
+    p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
+    p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``msma reconstruct``; returns 0 when at least one face was reconstructed, 1 otherwise, 2 on bad usage."""
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("msma reconstruct: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    files, skipped = _collect_inputs(args.paths)
+    try:
+        rec = Reconstructor(
+            None if args.ckpt == "mean" else args.ckpt,
+            device=args.device,
+            detector=args.detector,
+            landmarks=args.landmarks,
+            landmark_weights=args.landmark_weights,
+            renderer_backend=args.renderer,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"msma reconstruct: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    stems = _unique_stems(files)
+    written = 0
+    faces = 0
+    images_ok = 0
+    t0 = time.perf_counter()
+    bar = progress_bar(total=len(files), desc="reconstruct", unit="img")
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        results = rec.reconstruct_many([str(f) for f in chunk], all_faces=args.all_faces, batch_size=args.batch_size)
+        for f, stem, res in zip(chunk, stems[start : start + args.batch_size], results):
+            if isinstance(res, str):
+                skipped.append((str(f), res))
+                continue
+            images_ok += 1
+            for r in res:
+                name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
+                written += len(save_reconstruction(r, out_dir, name))
+                faces += 1
+        bar.update(len(chunk))
+    bar.close()
+    dt = time.perf_counter() - t0
+    print(
+        f"msma reconstruct: {faces} face(s) from {images_ok}"
+        f" of {len(files)} image(s) in {dt:.1f} s ({args.ckpt}, {rec.device}); {written} files in {out_dir}"
+    )
+    if skipped:
+        print(f"skipped {len(skipped)} input(s):")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+    return 0 if faces > 0 else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main(sys.argv[1:]))

@@ -1,0 +1,126 @@
+"""Readers of the scan benchmarks' layouts: MICC Florence (this package's layout) and NoW (validation release).
+
+See docs/evaluation.md for the folder layouts; :mod:`msma.evaluation.scans` measures reconstructions against
+the scans these functions list.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msma.metrics.mesh_error import NOW_LANDMARKS_68
+
+log = logging.getLogger(__name__)
+
+#: MICC layout (this package's; see docs/evaluation.md): per subject folder, a scan and its landmarks.
+MICC_SCAN_NAMES = ("scan.obj", "scan.ply", "scan.off", "scan.stl")
+MICC_LANDMARK_NAME = "scan_landmarks.txt"
+#: NoW layout (the official validation release): image list and folders under ``--root``.
+NOW_IMAGE_LIST = "imagepathsvalidation.txt"
+NOW_IMAGES = Path("final_release_version") / "iphone_pictures"
+NOW_SCANS = Path("final_release_version") / "scans"
+NOW_LANDMARKS = Path("final_release_version") / "scans_lmks_onlypp"
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """One image to reconstruct and the scan it is compared with.
+
+    Attributes:
+        image: photo path.
+        scan: scan mesh path (mm; metres are detected and converted).
+        landmarks: (K, 3) scan landmarks in the scan's units (68 iBUG points or NoW's 7).
+        subject: subject name (for per-subject means).
+    """
+
+    image: Path
+    scan: Path
+    landmarks: np.ndarray
+    subject: str
+
+
+def read_landmarks_txt(path: Path) -> np.ndarray:
+    """(K, 3) whitespace / comma separated 3D points, one per line (K = 68 or 7)."""
+    try:
+        pts = np.loadtxt(path, delimiter=None if b"," not in path.read_bytes() else ",", dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read 3D landmarks ({exc})") from exc
+    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] not in (68, len(NOW_LANDMARKS_68)):
+        raise ValueError(f"{path}: expected 68 or 7 rows of x y z, got shape {pts.shape}")
+    return pts
+
+
+def read_pp(path: Path) -> np.ndarray:
+    """(K, 3) points of a MeshLab PickedPoints ``.pp`` file (NoW's scan landmarks), in file order."""
+    try:
+        # A local annotation file from the dataset release (XML without external entities).
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise ValueError(f"{path}: not a readable MeshLab .pp file ({exc})") from exc
+    pts = [[float(p.get("x", "nan")), float(p.get("y", "nan")), float(p.get("z", "nan"))] for p in root.iter("point")]
+    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+    if arr.shape[0] != len(NOW_LANDMARKS_68) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{path}: expected {len(NOW_LANDMARKS_68)} finite points, got {arr.shape[0]}")
+    return arr
+
+
+def micc_items(root: Path) -> list[ScanItem]:
+    """``root/<subject>/{scan.obj|ply|off|stl, scan_landmarks.txt, images/*}`` (see docs/evaluation.md)."""
+    from msma.data.io import list_images
+
+    items: list[ScanItem] = []
+    subjects = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for subject in subjects:
+        scan = next((subject / n for n in MICC_SCAN_NAMES if (subject / n).is_file()), None)
+        if scan is None:
+            log.warning("%s: no scan (%s); subject skipped", subject, "/".join(MICC_SCAN_NAMES))
+            continue
+        lm = read_landmarks_txt(subject / MICC_LANDMARK_NAME)
+        images = list_images(subject / "images") if (subject / "images").is_dir() else []
+        items += [ScanItem(img, scan, lm, subject.name) for img in images]
+    if not items:
+        raise FileNotFoundError(f"{root}: no MICC-layout subjects (<subject>/scan.obj, scan_landmarks.txt, images/)")
+    return items
+
+
+def now_items(root: Path) -> list[ScanItem]:
+    """The NoW validation release under ``root`` (``imagepathsvalidation.txt``, ``final_release_version/``)."""
+    listing = root / NOW_IMAGE_LIST
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: missing (the NoW validation image list)")
+    items: list[ScanItem] = []
+    for line in listing.read_text().splitlines():
+        rel = line.strip()
+        if not rel:
+            continue
+        subject = Path(rel).parts[0]
+        scans = sorted((root / NOW_SCANS / subject).glob("*.obj"))
+        pps = sorted((root / NOW_LANDMARKS / subject).glob("*.pp"))
+        if not scans or not pps:
+            raise FileNotFoundError(f"{root / NOW_SCANS / subject}: scan .obj or its .pp landmarks missing")
+        items.append(ScanItem(root / NOW_IMAGES / rel, scans[0], read_pp(pps[0]), subject))
+    return items
+
+
+def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Scan vertices (S, 3) in mm, faces (G, 3) or None, and the factor applied (1000 for metre scans)."""
+    import trimesh
+
+    try:
+        mesh = trimesh.load(path, process=False, force="mesh")
+    except Exception as exc:  # trimesh raises many types for bad files
+        raise ValueError(f"{path}: cannot read the scan ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(mesh, (trimesh.Trimesh, trimesh.PointCloud)):
+        raise ValueError(f"{path}: not a mesh or point cloud ({type(mesh).__name__})")
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    if verts.ndim != 2 or verts.shape[0] < 3:
+        raise ValueError(f"{path}: the scan has no vertices")
+    faces = np.asarray(mesh.faces, dtype=np.int64) if isinstance(mesh, trimesh.Trimesh) and len(mesh.faces) else None
+    extent = float(np.linalg.norm(verts.max(axis=0) - verts.min(axis=0)))
+    factor = 1000.0 if extent < 5.0 else 1.0  # a face scan under 5 units across is in metres
+    return verts * factor, faces, factor

@@ -1,0 +1,77 @@
+"""The report of ``msma eval``: its table, its default file name, JSON conversion."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msma.metrics.nme import YAW_BIN_NAMES
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def format_table(data: str, result: dict[str, Any]) -> str:
+    """A plain-text table of the headline numbers of one evaluation."""
+    rows: list[tuple[str, str]] = []
+    if data == "aflw2000_3d":
+        for name, v, n in zip(YAW_BIN_NAMES, result["bins"], result["counts"]):
+            rows.append((f"NME 2D |yaw| {name} (%)", f"{_fmt(v)}  (n={n})"))
+        rows += [
+            ("NME 2D balanced mean (%)", _fmt(result["balanced"])),
+            ("NME 2D mean over images (%)", _fmt(result["mean"])),
+            ("NME 3D balanced mean (%)", _fmt(result["balanced_3d"])),
+            ("NME 3D mean over images (%)", _fmt(result["mean_3d"])),
+            ("crop", result["protocol"]["crop"]),
+        ]
+    elif data == "synthetic":
+        rows += [
+            ("landmark NME 2D (%) [nme x 100]", _fmt(100.0 * result["nme"])),
+            ("vertex_posed_mm (as posed)", _fmt(result["vertex_posed_mm"])),
+            ("vertex_aligned_mm (rigidly aligned)", _fmt(result["vertex_aligned_mm"])),
+            ("yaw error (deg)", _fmt(result["yaw_deg"])),
+            ("pose angle error (deg)", _fmt(result["angles_deg"])),
+            ("translation error (mm)", _fmt(result["trans_mm"])),
+            ("id / exp / tex coeff RMSE", " / ".join(_fmt(result[k]) for k in ("id_rmse", "exp_rmse", "tex_rmse"))),
+        ]
+    else:
+        rows += [
+            ("RMSE (mm)", f"{_fmt(result['rmse_mm'])} +- {_fmt(result['rmse_std_mm'])}"),
+            ("scan-to-mesh median (mm)", _fmt(result["scan_to_mesh_median_mm"])),
+            ("scan-to-mesh mean (mm)", _fmt(result["scan_to_mesh_mean_mm"])),
+            ("scan-to-mesh std (mm)", _fmt(result["scan_to_mesh_std_mm"])),
+            ("skipped images", str(len(result["skipped"]))),
+        ]
+    rows.append(("samples", str(result["count"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def default_output(ckpt: str, data: str, crop: str | None) -> Path:
+    """``<ckpt folder>/eval_<ckpt stem>_<data>[_<crop>].json``; for ``mean``: ``./eval_mean_<data>...json``."""
+    suffix = f"_{crop}" if crop else ""
+    if ckpt == "mean":
+        return Path(f"eval_mean_{data}{suffix}.json")
+    p = Path(ckpt)
+    return p.parent / f"eval_{p.stem}_{data}{suffix}.json"
+
+
+def cpu_count() -> int:
+    """CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def json_default(x: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars, tuples and paths."""
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, (tuple, Path)):
+        return list(x) if isinstance(x, tuple) else str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

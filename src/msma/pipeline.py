@@ -1,0 +1,97 @@
+"""``FacePipeline``: encoder -> face model -> renderer, the part of msma that inference and evaluation need.
+
+A trained network is a :class:`FacePipeline` (never a loss): :func:`msma.checkpoint.load_inference_model`
+rebuilds one from a checkpoint, :func:`msma.checkpoint.untrained_pipeline` builds the untrained one, and the
+training module (:class:`msma.training.module.FaceReconModule`) runs the same :func:`reconstruct` on its own
+encoder, face model and renderer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from msma.face_model.model import FaceModel
+from msma.face_model.output import FaceOutput
+from msma.face_model.params import CoeffLayout, FaceParams
+from msma.models.encoder import FaceEncoder
+from msma.render.base import RenderOutput
+from msma.render.renderer import MeshRenderer
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Everything one forward pass produces (for the loss, the metrics and the pictures).
+
+    Attributes:
+        params: predicted coefficients.
+        face: posed geometry and colour at the batch's image size.
+        render: rendered image / mask (B, C, H, W), or None when rendering was skipped.
+    """
+
+    params: FaceParams
+    face: FaceOutput
+    render: RenderOutput | None
+
+    def detach(self) -> StepOutput:
+        """A copy with every tensor detached from the graph."""
+        return StepOutput(
+            self.params.detach(), self.face.detach(), None if self.render is None else self.render.detach()
+        )
+
+
+def reconstruct(encoder: nn.Module, face_model: FaceModel, renderer: MeshRenderer | None, image: Tensor) -> StepOutput:
+    """Runs encoder, face model and (when ``renderer`` is given) the renderer on square crops.
+
+    Args:
+        encoder: image (B, 3, S, S) float RGB in [0, 1] -> :class:`FaceParams` in ``face_model.layout``.
+        face_model: the face model.
+        renderer: the rasteriser, or None to skip rendering.
+        image: (B, 3, S, S) float RGB in [0, 1].
+    """
+    if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] != image.shape[-2]:
+        raise ValueError(f"expected square images (B, 3, S, S), got {tuple(image.shape)}")
+    params: FaceParams = encoder(image)
+    face = face_model(params, image_size=int(image.shape[-1]))
+    rendered = renderer.render(face, face_model.tri) if renderer is not None else None
+    return StepOutput(params=params, face=face, render=rendered)
+
+
+class FacePipeline(nn.Module):
+    """A trained (or untrained) network with its face model and renderer; no loss.
+
+    Args:
+        encoder: the encoder.
+        face_model: the face model of the encoder's layout.
+        renderer: the rasteriser.
+        config: the resolved experiment configuration it was trained with (plain dict; ``{}`` if unknown).
+    """
+
+    def __init__(
+        self, encoder: FaceEncoder, face_model: FaceModel, renderer: MeshRenderer, config: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.face_model = face_model
+        self.renderer = renderer
+        self.config = dict(config)
+
+    @property
+    def layout(self) -> CoeffLayout:
+        return self.face_model.layout
+
+    @property
+    def image_size(self) -> int:
+        """The training crop size S of the configuration (224 when unknown)."""
+        return int(dict(self.config.get("data") or {}).get("image_size") or 224)
+
+    def forward(self, image: Tensor) -> FaceParams:
+        """Image (B, 3, S, S) float RGB in [0, 1] -> predicted :class:`FaceParams`."""
+        params: FaceParams = self.encoder(image)
+        return params
+
+    def reconstruct(self, image: Tensor, render: bool = True) -> StepOutput:
+        """:func:`reconstruct` with this pipeline's parts."""
+        return reconstruct(self.encoder, self.face_model, self.renderer if render else None, image)

@@ -1,0 +1,192 @@
+"""``FaceReconModule``: the LightningModule that wires encoder -> face model -> renderer -> losses.
+
+Orchestration only: the forward pass is :func:`msma.pipeline.reconstruct`, the loss math lives in
+:mod:`msma.losses`, the held-out metrics in :mod:`msma.evaluation.heldout` (the same evaluator as
+``metrics.json`` and ``msma eval``), the optimiser settings in :class:`msma.config.OptimConfig`.
+
+Only the encoder's weights are trainable and stored in checkpoints: the face model (tens of MB of buffers), the
+renderer and the loss networks (e.g. a frozen face-recognition net) are rebuilt from the configuration, so their
+tensors are dropped from ``checkpoint["state_dict"]`` on save and filled back from the live module on load.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from msma.checkpoint import CONFIG_KEY, NON_PERSISTENT_PREFIXES
+from msma.config import OptimConfig
+from msma.data.batch import FaceBatch
+from msma.evaluation.heldout import HeldOutMetrics, face_region_mask
+from msma.face_model.model import FaceModel
+from msma.face_model.params import CoeffLayout, FaceParams
+from msma.losses.total import FaceReconLoss, LossOutput
+from msma.models.encoder import FaceEncoder
+from msma.pipeline import StepOutput, reconstruct
+from msma.render.renderer import MeshRenderer
+
+
+def check_optim(optim: OptimConfig) -> None:
+    """Raises ``ValueError`` naming the field when the optimiser settings are not usable."""
+    if optim.interval not in ("epoch", "step"):
+        raise ValueError(f"optim.interval must be 'epoch' or 'step', got {optim.interval!r}")
+    if len(optim.betas) != 2:
+        raise ValueError(f"optim.betas must have two values, got {list(optim.betas)}")
+    if not optim.lr > 0 or optim.step_size < 1 or not 0 < optim.gamma <= 1:
+        raise ValueError(f"invalid optimiser settings: {optim}")
+
+
+class FaceReconModule(LightningModule):
+    """Self-supervised (+ optionally parameter-supervised) 3D face reconstruction.
+
+    Args:
+        encoder: image (B, 3, H, W) in [0, 1] -> :class:`FaceParams` in ``face_model.layout``.
+        face_model: the face model.
+        renderer: the rasteriser.
+        loss: the training loss (``forward(batch, params, face, render, skin_vertex_mask) -> LossOutput``).
+        optim: optimiser / schedule settings (Adam + StepLR).
+        config: the resolved experiment configuration (plain dict), stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        encoder: FaceEncoder,
+        face_model: FaceModel,
+        renderer: MeshRenderer,
+        loss: FaceReconLoss,
+        optim: OptimConfig | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.face_model = face_model
+        self.renderer = renderer
+        self.loss = loss
+        self.optim = optim or OptimConfig()
+        check_optim(self.optim)
+        self.config: dict[str, Any] = dict(config or {})
+        # Frozen parts: no gradients, no optimiser state.
+        for part in (self.face_model, self.renderer, self.loss):
+            for p in part.parameters():
+                p.requires_grad_(False)
+        self.val_metrics = HeldOutMetrics(face_region_mask(face_model))
+        self.val_loss = MeanMetric()
+        #: optimisation steps skipped because the loss was non-finite (this process, since construction).
+        self.nonfinite_steps = 0
+        #: the last batch seen in validation with its prediction (for pictures), set on rank 0 only.
+        self.last_val_example: tuple[FaceBatch, StepOutput] | None = None
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def layout(self) -> CoeffLayout:
+        return self.face_model.layout
+
+    def forward(self, image: Tensor) -> FaceParams:
+        """Image (B, 3, H, W) float RGB in [0, 1] -> predicted :class:`FaceParams`."""
+        params: FaceParams = self.encoder(image)
+        return params
+
+    def reconstruct(self, image: Tensor, render: bool = True) -> StepOutput:
+        """:func:`msma.pipeline.reconstruct` with this module's encoder, face model and renderer."""
+        return reconstruct(self.encoder, self.face_model, self.renderer if render else None, image)
+
+    def compute_loss(self, batch: FaceBatch) -> tuple[LossOutput, StepOutput]:
+        """Forward pass + the loss on one batch -> (LossOutput, StepOutput)."""
+        out = self.reconstruct(batch.image)
+        assert out.render is not None
+        loss_out = self.loss(batch, out.params, out.face, out.render, self.face_model.skin_mask)
+        return loss_out, out
+
+    # ------------------------------------------------------------------ steps
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, FaceBatch):
+            return batch.to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _all_finite(self, total: Tensor) -> bool:
+        """True when the loss is finite on every process (so all DDP ranks skip together)."""
+        bad = torch.tensor(0.0 if bool(torch.isfinite(total.detach()).all()) else 1.0, device=total.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad.item() == 0.0)
+
+    def training_step(self, batch: FaceBatch, batch_idx: int) -> Tensor | None:
+        loss_out, _ = self.compute_loss(batch)
+        total: Tensor = loss_out.total
+        bs = batch.batch_size
+        if not self._all_finite(total):
+            # Skipped and counted, never propagated: returning None skips backward and the optimiser step.
+            self.nonfinite_steps += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=bs, sync_dist=False)
+            return None
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        for name, value in loss_out.terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=bs)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=bs)
+        return total
+
+    def validation_step(self, batch: FaceBatch, batch_idx: int) -> None:
+        loss_out, out = self.compute_loss(batch)
+        total = loss_out.total.detach()
+        if torch.isfinite(total):
+            self.val_loss.update(total, weight=batch.batch_size)
+        self.val_metrics.update(out.params, out.face, batch)
+        if batch_idx == 0 and self.global_rank == 0:
+            self.last_val_example = (batch, out.detach())
+
+    def _log_epoch(self, prefix: str) -> None:
+        if int(self.val_loss.update_count) > 0:
+            self.log(f"{prefix}/loss", self.val_loss.compute(), sync_dist=False)
+        self.val_loss.reset()
+        summary = self.val_metrics.summary()
+        self.val_metrics.reset()
+        for name, value in summary.values.items():
+            if not math.isnan(value):
+                self.log(f"{prefix}/{name}", value, prog_bar=name == "nme", sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: FaceBatch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the encoder has no trainable parameters")
+        o = self.optim
+        opt = torch.optim.Adam(
+            params, lr=o.lr, betas=(float(o.betas[0]), float(o.betas[1])), weight_decay=o.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": o.interval, "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(NON_PERSISTENT_PREFIXES)]:
+            del state[key]
+        checkpoint[CONFIG_KEY] = self.config
+        checkpoint["msma_nonfinite_steps"] = int(self.nonfinite_steps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.state_dict().items():
+            if key.startswith(NON_PERSISTENT_PREFIXES) and key not in state:
+                state[key] = value
+        self.nonfinite_steps = int(checkpoint.get("msma_nonfinite_steps", 0))
+
+    def load_encoder_state(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
+        """Loads a checkpoint's ``state_dict`` (encoder weights only) into this module."""
+        full = {k: v for k, v in self.state_dict().items() if k.startswith(NON_PERSISTENT_PREFIXES)}
+        full.update(state_dict)
+        self.load_state_dict(full, strict=strict)
