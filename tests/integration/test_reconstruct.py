@@ -88,7 +88,7 @@ def test_reconstructor_faces68_against_hand_landmarks(reconstructor, testdata: P
 
 
 def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: np.ndarray, capsys) -> None:  # type: ignore[no-untyped-def]
-    from msma.inference import cli_main
+    from msma.cli.reconstruct import cli_main
 
     src = tmp_path / "in"
     src.mkdir()
