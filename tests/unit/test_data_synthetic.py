@@ -15,9 +15,9 @@ from msma.data.batch import collate_samples
 from msma.data.synthetic import (
     SamplingSettings,
     SyntheticFaceDataset,
-    _sample_params,
     procedural_background,
     sample_params,
+    sample_params_with,
     sample_pose,
     sample_seed,
     visible_landmarks,
@@ -224,8 +224,8 @@ def test_sample_params_prior_and_expression_structure(ict_model) -> None:  # typ
     assert float(sh[:, :, 0].abs().max()) < 0.8 and float(sh.abs().max()) < 1.5
     assert float(p.trans[:, 2].abs().max()) <= 80.0 + 1e-4 and float(p.trans[:, :2].abs().max()) <= 20.0 + 1e-4
     # one generator per sample reproduces the same draws
-    a = _sample_params(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
-    b = _sample_params(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
+    a = sample_params_with(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
+    b = sample_params_with(ict_model, 1, torch.Generator().manual_seed(9), SamplingSettings())
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.items(), b.items()))
 
 

@@ -66,15 +66,19 @@ CONTOURS: tuple[tuple[range, bool], ...] = (
     (INNER_LIP, True),
 )
 
-#: Named single points used by tests and alignment.
+#: Named single points used by tests, alignment, synthetic compositing and scan cropping.
 RIGHT_EYE_OUTER = 36
 RIGHT_EYE_INNER = 39
 LEFT_EYE_INNER = 42
 LEFT_EYE_OUTER = 45
 NOSE_TIP = 30
+NASION = 27
 MOUTH_RIGHT = 48
 MOUTH_LEFT = 54
 CHIN = 8
+#: Ends of the jaw line (the subject's right one is on the image's left in a frontal view).
+JAW_RIGHT_END = 0
+JAW_LEFT_END = 16
 
 
 def _mirror_pairs() -> list[tuple[int, int]]:

@@ -28,6 +28,8 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 from torchmetrics import Metric
 
+from msma.data.landmark_index import NOSE_TIP
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -36,6 +38,8 @@ MICC_CROP_RADIUS_MM = 95.0
 #: 68-point (iBUG) indices of the 7 NoW landmarks, in NoW's order: right-eye outer/inner corners,
 #: left-eye inner/outer corners, nose tip, right and left mouth corners (NoW ``*_picked_points.pp``).
 NOW_LANDMARKS_68: tuple[int, ...] = (36, 39, 42, 45, 33, 48, 54)
+#: Index of the nose (68-point 33, the nose's lowest centre point) among NoW's 7 landmarks.
+NOW_NOSE = NOW_LANDMARKS_68.index(33)
 
 
 def _as_points(name: str, x: FloatArray | Tensor) -> FloatArray:
@@ -403,9 +407,9 @@ def scan_error(
         raise ValueError(f"pred_landmarks {plm.shape} and scan_landmarks {slm.shape} do not correspond")
     if nose_tip is None:
         if slm.shape[0] == 68:
-            tip = slm[30]
+            tip = slm[NOSE_TIP]
         elif slm.shape[0] == len(NOW_LANDMARKS_68):
-            tip = slm[4]
+            tip = slm[NOW_NOSE]
         else:
             raise ValueError(f"pass nose_tip: cannot tell which of {slm.shape[0]} scan landmarks is the nose tip")
     else:
