@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -245,14 +245,16 @@ class FaceDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset[FaceSample] | None, train: bool, name: str) -> DataLoader[Any]:
         if dataset is None:
             raise RuntimeError(f"no {name} dataset: call setup() first (or configure test_kind for testing)")
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"the {name} dataset has no length")
         c = self.cfg
-        size = len(dataset)  # type: ignore[arg-type]
+        size = len(dataset)
         return DataLoader(
             dataset,
             batch_size=c.batch_size,
             # The training order is a function of (seed, epoch) only; Lightning swaps in a DistributedSampler
             # (epoch-seeded too) under DDP.
-            sampler=EpochSeededSampler(dataset, c.seed) if train else None,  # type: ignore[arg-type]
+            sampler=EpochSeededSampler(dataset, c.seed) if train else None,
             drop_last=train and size > c.batch_size,
             num_workers=c.num_workers,
             collate_fn=collate_samples,
@@ -286,7 +288,7 @@ class FaceDataModule(L.LightningDataModule):
             raise ValueError("the data configuration has neither a test nor a validation split")
         if hasattr(dataset, "ensure_generated"):
             dataset.ensure_generated()
-        if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
+        if limit is not None and isinstance(dataset, Sized) and limit < len(dataset):
             dataset = Subset(dataset, range(limit))
         return self._loader(dataset, False, split), split
 

@@ -88,33 +88,32 @@ class LossConfig:
         }
 
 
+def loss_preset(name: str, **overrides: object) -> LossConfig:
+    """The named preset with optional overrides, read from its Hydra group file ``experiments/loss/<name>.yaml``
+    (the one home of the published weights: ``msma`` = MSMA's public code, ``deep3d`` = Deep3DFaceRecon's).
+
+    Raises:
+        ValueError: an unknown preset (the known ones are named) or an invalid override.
+    """
+    from omegaconf import OmegaConf
+
+    from msma.config import experiments_dir
+
+    folder = experiments_dir() / "loss"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown loss preset {name!r}; known: {sorted(p.stem for p in folder.glob('*.yaml'))}")
+    merged = OmegaConf.merge(OmegaConf.structured(LossConfig), OmegaConf.load(path), dict(overrides))
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, LossConfig)
+    return cfg
+
+
 def msma_loss_config(**overrides: object) -> LossConfig:
-    """MSMA public-code weights (the :class:`LossConfig` defaults), with optional overrides."""
-    return dataclasses.replace(LossConfig(), **overrides)  # type: ignore[arg-type]
+    """MSMA public-code weights (``experiments/loss/msma.yaml``), with optional overrides."""
+    return loss_preset("msma", **overrides)
 
 
 def deep3d_loss_config(**overrides: object) -> LossConfig:
-    """Deep3DFaceRecon_pytorch's default weights (``models/facerecon_model.py``), with optional overrides."""
-    base = LossConfig(
-        w_feat=0.2,
-        w_color=1.92,
-        w_reg=3.0e-4,
-        w_id=1.0,
-        w_exp=0.8,
-        w_tex=1.7e-2,
-        w_gamma=10.0,
-        w_lm=1.6e-3,
-        w_reflc=5.0,
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
-
-
-#: Named presets: ``"msma"`` (default) and ``"deep3d"``.
-PRESETS = {"msma": msma_loss_config, "deep3d": deep3d_loss_config}
-
-
-def loss_preset(name: str, **overrides: object) -> LossConfig:
-    """Returns the named preset (``"msma"`` or ``"deep3d"``) with optional overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown loss preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[name](**overrides)
+    """Deep3DFaceRecon_pytorch's default weights (``experiments/loss/deep3d.yaml``), with optional overrides."""
+    return loss_preset("deep3d", **overrides)

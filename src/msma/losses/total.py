@@ -11,11 +11,11 @@ semi-supervised term).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from msma.data.batch import FaceBatch
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.losses.config import LossConfig
@@ -29,6 +29,32 @@ from msma.render.base import RenderOutput
 
 #: Term names, in logging order.
 TERM_NAMES: tuple[str, ...] = ("color", "lm", "reg", "gamma", "reflc", "param", "feat")
+
+
+class LossTargets(Protocol):
+    """What the loss reads from a batch (:class:`msma.data.batch.FaceBatch` provides it).
+
+    Attributes:
+        image: (B, 3, S, S) float RGB in [0, 1].
+        landmarks: (B, 68, 2) target landmarks in crop pixels (NaN rows where unknown).
+        landmark_valid: (B,) bool.
+        params: (B, P) flat ground-truth coefficients, or None.
+        params_valid: (B,) bool, True where ``params`` holds ground truth.
+        skin_mask: (B, 1, S, S) skin probability in [0, 1], or None (computed from the image).
+    """
+
+    @property
+    def image(self) -> Tensor: ...
+    @property
+    def landmarks(self) -> Tensor: ...
+    @property
+    def landmark_valid(self) -> Tensor: ...
+    @property
+    def params(self) -> Tensor | None: ...
+    @property
+    def params_valid(self) -> Tensor: ...
+    @property
+    def skin_mask(self) -> Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +110,7 @@ class FaceReconLoss(nn.Module):
                 )
             self.identity = IdentityLoss(self.config.identity_weights, arch=self.config.identity_arch)
 
-    def skin_mask(self, batch: FaceBatch) -> Tensor | None:
+    def skin_mask(self, batch: LossTargets) -> Tensor | None:
         """(B, 1, S, S) photometric attention: the batch's mask, else the skin GMM of the image (or None)."""
         if batch.skin_mask is not None:
             return batch.skin_mask
@@ -94,7 +120,7 @@ class FaceReconLoss(nn.Module):
 
     def forward(
         self,
-        batch: FaceBatch,
+        batch: LossTargets,
         params: FaceParams,
         face: FaceOutput,
         render: RenderOutput,

@@ -331,22 +331,6 @@ class TorchRasterizer:
 
     # ------------------------------------------------------------------ visibility (no autograd)
     @torch.no_grad()
-    def visible_triangles(self, clip_pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
-        """Per-pixel nearest triangle, without barycentrics.
-
-        Args:
-            clip_pos: (B, V, 4) clip-space positions.
-            tri: (F, 3) int32/int64 vertex indices.
-            resolution: (H, W).
-
-        Returns:
-            (B, H, W) int64 triangle id, -1 where no triangle covers the pixel centre.
-        """
-        keys = self._nearest_keys(clip_pos, tri, resolution)
-        ids = torch.where(keys != _EMPTY_KEY, keys & 0xFFFFFFFF, torch.full_like(keys, -1))
-        return ids.view(clip_pos.shape[0], int(resolution[0]), int(resolution[1]))
-
-    @torch.no_grad()
     def _nearest_keys(self, clip_pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
         """(B * H * W,) int64 depth-test keys ``(depth bits << 32) | triangle id``; ``_EMPTY_KEY`` where empty."""
         _check_inputs(clip_pos, tri, resolution)

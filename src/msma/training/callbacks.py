@@ -16,6 +16,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from msma.data.batch import FaceBatch
+from msma.training.module import FaceReconModule
 from msma.viz import make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,13 @@ class ImageGridCallback(Callback):
         self._last_step = -1
 
     @torch.no_grad()
-    def _picture(self, module: LightningModule, batch: FaceBatch) -> np.ndarray:
+    def _picture(self, module: FaceReconModule, batch: FaceBatch) -> np.ndarray:
         was_training = module.training
         module.eval()
         try:
             n = min(batch.batch_size, self.max_rows)
-            out = module.reconstruct(batch.image[:n])  # type: ignore[operator]
+            out = module.reconstruct(batch.image[:n])
+            assert out.render is not None
         finally:
             module.train(was_training)
         return make_grid(
@@ -72,6 +74,7 @@ class ImageGridCallback(Callback):
         self._last_step = step
         if not trainer.is_global_zero or not isinstance(batch, FaceBatch):
             return
+        assert isinstance(pl_module, FaceReconModule)
         picture = self._picture(pl_module, batch)
         path = save_png(picture, self.out_dir / f"train_step{step:07d}.png")
         self.written.append(path)
