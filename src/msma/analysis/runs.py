@@ -230,7 +230,7 @@ def read_metrics_csv(run: RunInfo | str | Path) -> pd.DataFrame:
 
     Lightning writes training and validation scalars on separate, sparse rows; rows of the same ``step`` are
     merged (first non-empty value per column). Columns: ``step``, ``epoch`` and every logged name
-    (``train/loss``, ``val/nme`` (fraction), ``val/vertex_mm`` (mm), ...).
+    (``train/loss``, ``val/nme`` (fraction), ``val/vertex_posed_mm`` (mm), ...).
 
     Raises:
         FileNotFoundError: the run has no CSV log (the path is named).
