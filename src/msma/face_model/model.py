@@ -204,7 +204,7 @@ def load_arrays(path: str | os.PathLike[str]) -> FaceModelArrays:
         exp_names=exp_names,
         tex_names=tex_names,
         uv=uv,
-        **arrs,  # type: ignore[arg-type]
+        **arrs,
     )
 
 

@@ -66,7 +66,7 @@ class FaceParams:
 
     def to(self, *args: object, **kwargs: object) -> FaceParams:
         """Moves/casts every group like ``Tensor.to``."""
-        return FaceParams(**{g: t.to(*args, **kwargs) for g, t in self.items()})  # type: ignore[arg-type,call-overload]
+        return FaceParams(**{g: t.to(*args, **kwargs) for g, t in self.items()})  # type: ignore[call-overload]
 
     def detach(self) -> FaceParams:
         return FaceParams(**{g: t.detach() for g, t in self.items()})

@@ -269,7 +269,7 @@ class IdentityLoss(nn.Module):
         """The frozen recognition network."""
         return self._holder[0]
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> IdentityLoss:  # type: ignore[override]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> IdentityLoss:
         super()._apply(fn, recurse)
         net = self._holder[0]
         if isinstance(net, nn.Module):

@@ -474,11 +474,11 @@ class MeshError(Metric):
     distances: list[Tensor]
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.add_state("rmse", default=[], dist_reduce_fx="cat")
         self.add_state("distances", default=[], dist_reduce_fx="cat")
 
-    def update(self, result: ScanError) -> None:  # type: ignore[override]
+    def update(self, result: ScanError) -> None:
         """Adds one scan's result."""
         self.rmse.append(torch.tensor([result.rmse], dtype=torch.float64, device=self.device))
         self.distances.append(torch.as_tensor(result.scan_to_mesh, dtype=torch.float64, device=self.device))

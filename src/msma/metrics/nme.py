@@ -192,7 +192,7 @@ class AFLW2000NME(Metric):
     total_count_3d: Tensor
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         z3 = torch.zeros(3, dtype=torch.float64)
         z = torch.zeros((), dtype=torch.float64)
         self.add_state("bin_sum", default=z3.clone(), dist_reduce_fx="sum")
@@ -204,7 +204,7 @@ class AFLW2000NME(Metric):
         self.add_state("total_sum_3d", default=z.clone(), dist_reduce_fx="sum")
         self.add_state("total_count_3d", default=z.clone(), dist_reduce_fx="sum")
 
-    def update(  # type: ignore[override]
+    def update(
         self,
         pred: Tensor,
         gt: Tensor,

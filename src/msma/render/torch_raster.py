@@ -80,9 +80,7 @@ class _Barycentrics(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, clip_flat: Tensor, vidx: Tensor, ray: Tensor, pix: Tensor, tid: Tensor, n_out: int
-    ) -> Tensor:
+    def forward(ctx: Any, clip_flat: Tensor, vidx: Tensor, ray: Tensor, pix: Tensor, tid: Tensor, n_out: int) -> Tensor:
         verts = clip_flat.index_select(0, vidx.reshape(-1)).view(-1, 3, 4)  # (M, 3, 4)
         rx, ry = ray[:, 0:1], ray[:, 1:2]
         w = verts[..., 3]
@@ -106,7 +104,7 @@ class _Barycentrics(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         vidx, ray, pix, big_x, big_y, u, v, total = ctx.saved_tensors
         g = grad_out.index_select(0, pix)
         gu, gv = g[:, 0], g[:, 1]
@@ -133,7 +131,7 @@ class _Interpolate(torch.autograd.Function):
     """``out[p] = u attr[v0] + v attr[v1] + (1 - u - v) attr[v2]`` on covered pixels, zero elsewhere."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, attr_flat: Tensor, uv: Tensor, vidx: Tensor, pix: Tensor, n_out: int, rast_shape: tuple[int, ...]
     ) -> Tensor:
         channels = attr_flat.shape[1]
@@ -148,7 +146,7 @@ class _Interpolate(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         corners, uv, vidx, pix = ctx.saved_tensors
         g = grad_out.index_select(0, pix)  # (M, C)
         grad_attr = grad_uv = None
