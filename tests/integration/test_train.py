@@ -137,29 +137,20 @@ def test_missing_resume_file_is_reported(cache: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_writes_a_checkpoint(cache: Path, tmp_path: Path) -> None:
     from lightning.pytorch import Callback
-
-    import msma.training.trainer as train_mod
 
     class CtrlC(Callback):
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
             if trainer.global_step == 3:
                 raise KeyboardInterrupt
 
-    real_build = train_mod.build_trainer
-
-    def build_with_ctrl_c(cfg: Any, run_dir: Path, loggers: list[Any], callbacks: list[Any]) -> Any:
-        return real_build(cfg, run_dir, loggers, [*callbacks, CtrlC()])
-
-    monkeypatch.setattr(train_mod, "build_trainer", build_with_ctrl_c)
     cfg = compose_experiment("quickstart", tiny(cache, "trainer.max_epochs=5", "trainer.grid_every_n=0"))
-    result = run_training(cfg, tmp_path / "run")
+    result = run_training(cfg, tmp_path / "run", extra_callbacks=[CtrlC()])
     assert result.interrupted
     saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
     ckpt = load_checkpoint_file(saved)
     assert ckpt["global_step"] == 3
-    monkeypatch.setattr(train_mod, "build_trainer", real_build)
     # ... and training continues from it.
     cont = run_training(
         compose_experiment("quickstart", tiny(cache, "trainer.max_epochs=3", "final_eval=false", f"resume={saved}")),

@@ -28,6 +28,7 @@ from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, l
 from msma.data.detect import FaceDetector, FaceSelection, make_detector
 from msma.data.io import IMAGE_EXTENSIONS, REASON_MISSING, REASON_UNREADABLE, list_images
 from msma.data.landmarks import LandmarkBackend, LandmarkBackendUnavailable, make_landmark_backend
+from msma.utils.files import sha256_file
 from msma.utils.home import msma_home
 from msma.utils.progress import progress_bar
 
@@ -125,7 +126,7 @@ def label_files(
     try:
         for n, path in enumerate(iterator):
             try:
-                sha = index.sha256(path) if index is not None else hashlib.sha256(path.read_bytes()).hexdigest()
+                sha = index.sha256(path) if index is not None else sha256_file(path)
             except FileNotFoundError:
                 _skip(run, path, REASON_MISSING, "the file disappeared")
                 continue

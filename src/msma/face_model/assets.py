@@ -74,15 +74,18 @@ def write_cache(model_writer: Callable[[Path], None], path: Path) -> None:
 
 def _download(url: str, target: Path, sha256: str) -> Path:
     """Downloads ``url`` to ``target`` with a progress bar, verifying ``sha256``."""
-    from tqdm import tqdm
+    from msma.utils.progress import progress_bar
 
     def fetch(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr) as bar:
+            bar = progress_bar(total=total, desc=target.name, unit="B", unit_scale=True, enabled=True)
+            try:
                 while block := resp.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
+            finally:
+                bar.close()
         got = sha256_file(tmp)
         if got != sha256:
             raise AssetError(f"download of {url} has sha256 {got}, expected {sha256}")

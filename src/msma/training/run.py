@@ -15,6 +15,7 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,14 @@ def final_report(
     return metrics
 
 
-def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
+def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """Trains one composed experiment into ``run_dir`` (layout: :mod:`msma.training.run_dir`).
 
     Args:
         cfg: a configuration composed against :class:`msma.config.ExperimentConfig`.
         run_dir: output folder (created).
+        extra_callbacks: Lightning callbacks added after the standard ones
+            (:func:`msma.training.trainer.build_callbacks`).
 
     Returns:
         :class:`TrainResult`. Ctrl-C / SIGTERM writes ``checkpoints/interrupted.ckpt`` and returns with
@@ -135,6 +138,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     module = build_module(typed, face_model=face_model)
     datamodule = FaceDataModule(typed.data, face_model)
     callbacks, ckpts = build_callbacks(typed.trainer, run)
+    callbacks += list(extra_callbacks)
     history = next(c for c in callbacks if isinstance(c, TrainLossHistory))
     trainer = build_trainer(typed.trainer, run, build_loggers(typed.logger, run, typed.name, resolved), callbacks)
 

@@ -32,6 +32,7 @@ def progress_bar(
     desc: str = "",
     unit: str = "it",
     enabled: bool | None = None,
+    unit_scale: bool = False,
 ) -> Any:
     """A tqdm bar on stderr (iterate it, or call ``update(n)`` / ``close()``).
 
@@ -42,6 +43,7 @@ def progress_bar(
         unit: item unit.
         enabled: show it; None = only when stderr is a terminal. A disabled bar has the same interface and
             prints nothing.
+        unit_scale: print large counts with SI prefixes (bytes of a download).
     """
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -49,4 +51,4 @@ def progress_bar(
         return _NullBar(iterable)
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=sys.stderr, dynamic_ncols=True)
