@@ -3,7 +3,8 @@
 * the end-of-training ``metrics.json``, the validation metrics of the same checkpoint and
   ``msma eval --ckpt <ckpt> --data synthetic`` (no other option) report the same numbers under the same names;
 * inference never builds a loss: a checkpoint whose stored configuration enables the identity loss with a
-  face-recognition weights file that does not exist here is used by ``msma reconstruct`` and ``msma eval``.
+  face-recognition weights file that does not exist here is used by ``msma reconstruct`` and ``msma eval``;
+* ``msma eval`` overrides and ``msma reconstruct`` / ``Reconstructor`` on the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
 from msma.checkpoint import CONFIG_KEY, load_checkpoint_file
@@ -124,3 +126,37 @@ def test_inference_never_builds_the_loss(tiny_run: Path, tmp_path: Path) -> None
     result = json.loads((tmp_path / "eval.json").read_text())["result"]
     expected = json.loads((tiny_run / "metrics.json").read_text())["trained"]
     assert result["nme"] == pytest.approx(expected["nme"], rel=1e-6)
+
+
+def test_eval_synthetic_writes_json_next_to_checkpoint(tiny_run: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from msma.cli.eval import cli_main
+
+    checkpoint = _best(tiny_run)
+    cache = tiny_run.parents[2] / "cache"
+    code = cli_main(["--ckpt", str(checkpoint), "--data", "synthetic", "--num-samples", "2", "--root", str(cache)])
+    assert code == 0
+    report_path = checkpoint.parent / f"eval_{checkpoint.stem}_synthetic.json"
+    report = json.loads(report_path.read_text())
+    assert report["result"]["count"] == 2
+    assert report["result"]["protocol"]["image_size"] == 32  # the checkpoint's training size
+    assert str(report_path) in capsys.readouterr().out
+
+
+def test_reconstruct_with_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    from skimage import data
+
+    from msma.cli.reconstruct import cli_main
+    from msma.inference import Reconstructor
+
+    checkpoint = _best(tiny_run)
+    rec = Reconstructor(checkpoint, renderer_backend="torch")
+    assert rec.image_size == 32
+    photo = np.asarray(data.astronaut())
+    r = rec.reconstruct(photo)
+    assert r.crop.shape == (3, 32, 32) and r.overlay.shape == photo.shape
+    assert np.isfinite(r.landmarks).all() and r.render_mask.max() > 0.5
+    Image.fromarray(photo).save(tmp_path / "astronaut.jpg")
+    assert cli_main(["--ckpt", str(checkpoint), str(tmp_path / "astronaut.jpg"), "--out", str(tmp_path / "o")]) == 0
+    mesh = trimesh.load(tmp_path / "o" / "astronaut.obj", process=False, maintain_order=True)
+    assert len(mesh.vertices) == rec.face_model.n_vertices
+    assert cli_main(["--ckpt", str(tmp_path / "nope.ckpt"), str(tmp_path / "astronaut.jpg")]) == 2
