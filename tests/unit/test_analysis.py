@@ -292,3 +292,16 @@ def test_load_run_model(tmp_path: Path) -> None:
     (empty / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         nbu.load_run_model(nbu.RunInfo("x", empty, None, None))
+
+
+def test_core_does_not_import_the_analysis_extra() -> None:
+    """pandas belongs to the ``analysis`` extra: training, evaluation and inference never import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, msma.checkpoint, msma.training.run, msma.cli.eval, msma.cli.reconstruct, msma.inference; "
+        "print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False", out.stderr
