@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,36 +138,29 @@ def build_callbacks(t: TrainerConfig, run: RunDir) -> tuple[list[Any], Checkpoin
     return callbacks, Checkpoints(best, last, interrupt)
 
 
+#: TrainerConfig fields that are msma's own (callbacks, strategy options), not ``Trainer`` arguments.
+_MSMA_TRAINER_FIELDS = (
+    "process_group_backend",
+    "find_unused_parameters",
+    "log_every_n",
+    "grid_every_n",
+    "grid_rows",
+    "checkpoint_every_n_steps",
+)
+
+
 def build_trainer(t: TrainerConfig, run: RunDir, loggers: list[Any], callbacks: list[Any]) -> Any:
-    """The Lightning ``Trainer`` of ``t`` writing into ``run``."""
+    """The Lightning ``Trainer`` of ``t`` writing into ``run``.
+
+    Every :class:`TrainerConfig` field that is not msma's own is passed to ``Trainer`` under its own name (the
+    schema mirrors ``Trainer``'s arguments), so a field added to the schema reaches the trainer without a copy here.
+    """
     from lightning.pytorch import Trainer
 
     if t.sync_batchnorm and t.accelerator == "cpu":
         raise ValueError(
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); set it to false on CPU"
         )
-    return Trainer(
-        accelerator=t.accelerator,
-        devices=_devices(t.devices),
-        num_nodes=t.num_nodes,
-        strategy=_strategy(t),
-        sync_batchnorm=t.sync_batchnorm,
-        precision=t.precision,  # type: ignore[arg-type]
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        num_sanity_val_steps=t.num_sanity_val_steps,
-        log_every_n_steps=t.log_every_n,
-        gradient_clip_val=t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        deterministic=t.deterministic,
-        benchmark=t.benchmark,
-        enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run.path),
-        logger=loggers,
-        callbacks=callbacks,
-    )
+    kwargs = {k: v for k, v in dataclasses.asdict(t).items() if k not in _MSMA_TRAINER_FIELDS}
+    kwargs.update(devices=_devices(t.devices), strategy=_strategy(t), log_every_n_steps=t.log_every_n)
+    return Trainer(**kwargs, default_root_dir=str(run.path), logger=loggers, callbacks=callbacks)
