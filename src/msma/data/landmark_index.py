@@ -73,6 +73,8 @@ LEFT_EYE_INNER = 42
 LEFT_EYE_OUTER = 45
 NOSE_TIP = 30
 NASION = 27
+#: The lowest centre point of the nose (subnasale).
+SUBNASALE = 33
 MOUTH_RIGHT = 48
 MOUTH_LEFT = 54
 CHIN = 8

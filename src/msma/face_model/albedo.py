@@ -29,6 +29,22 @@ import numpy as np
 import scipy.sparse as sp
 from matplotlib.path import Path as PolyPath
 
+from msma.data.landmark_index import (
+    BROWS,
+    CHIN,
+    JAW,
+    LEFT_BROW,
+    LEFT_EYE,
+    LEFT_EYE_OUTER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    OUTER_LIP,
+    RIGHT_BROW,
+    RIGHT_EYE,
+    RIGHT_EYE_OUTER,
+    SUBNASALE,
+)
+
 #: Mean skin albedo, RGB in [0, 1] (approximately the average of BFM09's mean texture / 255).
 SKIN_RGB = (0.70, 0.53, 0.45)
 LIP_RGB = (0.60, 0.36, 0.34)
@@ -170,30 +186,31 @@ def build_albedo_prior(
         mouth[np.asarray(mouth_idx, dtype=np.int64)] = True
     face = (~eye & ~mouth).astype(np.float64)
 
-    eye_l, eye_r = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)
+    eye_l, eye_r = lm[RIGHT_EYE].mean(axis=0), lm[LEFT_EYE].mean(axis=0)
     d_eye = float(np.linalg.norm(eye_l - eye_r))
     xy = v[:, :2]
 
     # Lips: inside the outer-lip polygon (48..59), on the front of the face.
-    lip_poly = PolyPath(lm[48:60, :2])
-    lips = lip_poly.contains_points(xy, radius=0.0) & (v[:, 2] > lm[48:60, 2].min() - 0.1 * d_eye)
+    lip_poly = PolyPath(lm[OUTER_LIP, :2])
+    lips = lip_poly.contains_points(xy, radius=0.0) & (v[:, 2] > lm[OUTER_LIP, 2].min() - 0.1 * d_eye)
     lips_soft = np.clip(_smooth(w, lips * face, 2), 0.0, 1.0) * face
 
     # Brows: a band around the brow landmarks (17..21, 22..26) on the front of the face.
-    brow_d = np.minimum(_polyline_distance(xy, lm[17:22, :2]), _polyline_distance(xy, lm[22:27, :2]))
-    brows = (brow_d < 0.09 * d_eye) & (v[:, 2] > lm[17:27, 2].min() - 0.15 * d_eye)
+    brow_d = np.minimum(_polyline_distance(xy, lm[RIGHT_BROW, :2]), _polyline_distance(xy, lm[LEFT_BROW, :2]))
+    brows = (brow_d < 0.09 * d_eye) & (v[:, 2] > lm[BROWS, 2].min() - 0.15 * d_eye)
     brows_soft = np.clip(_smooth(w, brows * face, 2), 0.0, 1.0) * face
 
     # Stubble: below the nose base, above just under the chin, between the jaw contour points 3 and 13.
-    below_nose = v[:, 1] < lm[33, 1] - 0.03 * d_eye
-    above_chin = v[:, 1] > lm[8, 1] - 0.3 * d_eye
-    between_jaw = (v[:, 0] > lm[3, 0]) & (v[:, 0] < lm[13, 0]) & (v[:, 2] > lm[3, 2] - 0.1 * d_eye)
+    below_nose = v[:, 1] < lm[SUBNASALE, 1] - 0.03 * d_eye
+    above_chin = v[:, 1] > lm[CHIN, 1] - 0.3 * d_eye
+    jaw_r, jaw_l = JAW[3], JAW[13]  # the jaw line at the height of the mouth corners
+    between_jaw = (v[:, 0] > lm[jaw_r, 0]) & (v[:, 0] < lm[jaw_l, 0]) & (v[:, 2] > lm[jaw_r, 2] - 0.1 * d_eye)
     stubble = (below_nose & above_chin & between_jaw).astype(np.float64) * face
     stubble = np.clip(_smooth(w, stubble, 6), 0.0, 1.0) * (1.0 - lips_soft) * face
 
     # Cheeks: Gaussian blobs half-way between the outer eye corners and the mouth corners.
     cheek = np.zeros(n)
-    for c in (0.5 * (lm[36] + lm[48]), 0.5 * (lm[45] + lm[54])):
+    for c in (0.5 * (lm[RIGHT_EYE_OUTER] + lm[MOUTH_RIGHT]), 0.5 * (lm[LEFT_EYE_OUTER] + lm[MOUTH_LEFT])):
         cheek += np.exp(-0.5 * (np.linalg.norm(v - c, axis=1) / (0.3 * d_eye)) ** 2)
     cheek = np.clip(cheek, 0.0, 1.0) * face * (1.0 - lips_soft)
 
@@ -210,10 +227,10 @@ def build_albedo_prior(
     skin_w = face * (1.0 - lips_soft) * (1.0 - brows_soft)
 
     # Low-frequency spatial functions of the frontal coordinates, normalised by the landmark box.
-    x0 = 0.5 * (lm[0:17, 0].max() + lm[0:17, 0].min())
-    hx = 0.5 * (lm[0:17, 0].max() - lm[0:17, 0].min())
-    y0 = 0.5 * (lm[17:27, 1].max() + lm[8, 1])
-    hy = 0.5 * (lm[17:27, 1].max() - lm[8, 1])
+    x0 = 0.5 * (lm[JAW, 0].max() + lm[JAW, 0].min())
+    hx = 0.5 * (lm[JAW, 0].max() - lm[JAW, 0].min())
+    y0 = 0.5 * (lm[BROWS, 1].max() + lm[CHIN, 1])
+    hy = 0.5 * (lm[BROWS, 1].max() - lm[CHIN, 1])
     u = np.clip((v[:, 0] - x0) / hx, -1.2, 1.2)
     t = np.clip((v[:, 1] - y0) / hy, -1.2, 1.2)
     polys = np.stack([u, t, u * t, 0.5 * (3 * u * u - 1), 0.5 * (3 * t * t - 1)], axis=1)
