@@ -6,7 +6,6 @@ Paths inside a run folder come from :class:`msma.training.run_dir.RunDir`; W&B i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -252,17 +251,7 @@ def read_metrics_json(run: RunInfo | str | Path) -> dict[str, Any] | None:
     Raises:
         ValueError: the file exists but is not a JSON object (the path is named).
     """
-    run_dir = run.run_dir if isinstance(run, RunInfo) else Path(run)
-    path = RunDir(run_dir).metrics_path
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return RunDir(run.run_dir if isinstance(run, RunInfo) else Path(run)).read_metrics()
 
 
 def runs_summary(runs: Sequence[RunInfo]) -> pd.DataFrame:

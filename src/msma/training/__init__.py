@@ -15,7 +15,6 @@ from typing import Any
 _EXPORTS = {
     "FaceReconModule": "msma.training.module",
     "RunDir": "msma.training.run_dir",
-    "find_run_dirs": "msma.training.run_dir",
     "TrainResult": "msma.training.run",
     "run_training": "msma.training.run",
     "build_module": "msma.training.checkpoint",

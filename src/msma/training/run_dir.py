@@ -82,14 +82,6 @@ class RunDir:
         p = self.checkpoints / LAST_CHECKPOINT
         return p if p.is_file() else None
 
-    def best_checkpoint(self) -> Path | None:
-        """The newest ``checkpoints/best*.ckpt``, else ``last.ckpt``, else None."""
-        for pattern in ("best*.ckpt", LAST_CHECKPOINT):
-            found = sorted(self.checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime)
-            if found:
-                return found[-1]
-        return None
-
     # ------------------------------------------------------------------ writing
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -105,25 +97,18 @@ class RunDir:
 
     # ------------------------------------------------------------------ reading
     def read_metrics(self) -> dict[str, Any] | None:
-        """``metrics.json`` as a dict, or None when absent or unreadable."""
-        try:
-            data = json.loads(self.metrics_path.read_text())
-        except (OSError, ValueError):
+        """``metrics.json`` as a dict, or None when the run has none.
+
+        Raises:
+            ValueError: the file exists but is not a JSON object (the path is named).
+        """
+        path = self.metrics_path
+        if not path.is_file():
             return None
-        return data if isinstance(data, dict) else None
-
-
-def find_run_dirs(runs_root: str | Path, experiments: list[str] | tuple[str, ...] | None = None) -> list[RunDir]:
-    """The run folders under ``runs_root/<experiment>/<run id>/`` (those with a ``config.yaml`` or checkpoints),
-    sorted by experiment, then run id."""
-    root = Path(runs_root)
-    out: list[RunDir] = []
-    if not root.is_dir():
-        return out
-    for exp_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if experiments is not None and exp_dir.name not in experiments:
-            continue
-        for run in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
-            if (run / CONFIG_FILE).is_file() or (run / CHECKPOINT_DIR).is_dir():
-                out.append(RunDir(run))
-    return out
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        return data
