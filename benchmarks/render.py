@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_slug, header, markdown_table, median, sync, write_json
+from common import RESULTS, device_slug, header, markdown_table, median, sync, write_json, write_markdown
 
 
 def _backends(device: torch.device) -> list[str]:
@@ -215,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in payload["results"]
     ]
-    print(markdown_table(cols, table))
+    text = markdown_table(cols, table)
+    print(text)
     path = write_json(f"render-{device_slug(device)}", payload, args.out)
+    if args.out != RESULTS:
+        write_markdown(f"render-{device_slug(device)}", text, args.out)
     print(f"wrote {path}")
     return 0
 
