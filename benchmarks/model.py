@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/model.py                       # batch 32 at 224, 3 timed steps per encoder
     python benchmarks/model.py --batch 4 --size 128 --repeats 1 --only deep3d_r50 msma_lka
+    python benchmarks/model.py --no-timing --out benchmarks/results/model-cpu-flops.json   # params + FLOPs only
 
 A training step is forward + backward of a scalar loss on all coefficients + an Adam update (the encoder
 part of a real step; renderer and losses are excluded). All encoders are measured in the same process, one
@@ -36,15 +37,18 @@ from msma.models import build_encoder
 from msma.models.encoder import FaceEncoder
 
 #: (label, encoder name, options). deep3d_r50 is the reference of the ratios.
+#: The authors' networks (deep3d_r50, msma_lka, mlanet) and msma's variants (msma_spatial + ablations, mlanet_timm).
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("deep3d_r50", "deep3d_r50", {}),
     ("msma_lka", "msma_lka", {}),
-    ("msma_lka/attn=lka", "msma_lka", {"attention": "lka"}),
-    ("msma_lka/attn=none", "msma_lka", {"attention": "none"}),
-    ("msma_lka/no_fusion", "msma_lka", {"fusion": False}),
-    ("msma_lka/attention_on_pooled", "msma_lka", {"attention_on_pooled": True}),
-    ("msma_lka/single_scale", "msma_lka", {"single_scale": True}),
     ("mlanet", "mlanet", {}),
+    ("msma_spatial", "msma_spatial", {}),
+    ("msma_spatial/attn=lka", "msma_spatial", {"attention": "lka"}),
+    ("msma_spatial/attn=none", "msma_spatial", {"attention": "none"}),
+    ("msma_spatial/no_fusion", "msma_spatial", {"fusion": False}),
+    ("msma_spatial/attention_on_pooled", "msma_spatial", {"attention_on_pooled": True}),
+    ("msma_spatial/single_scale", "msma_spatial", {"single_scale": True}),
+    ("mlanet_timm", "mlanet_timm", {}),
 ]
 #: BFM layout of Deep3DFaceRecon (257 coefficients).
 BFM_LAYOUT = CoeffLayout(80, 64, 80)
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also time deep3d_r50 and msma_lka alternately, step by step, this many pairs (robust on busy machines)",
     )
+    ap.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only (no training steps)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/model-<dev>.json)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine shared with other jobs')")
     args = ap.parse_args(argv)
@@ -178,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                 g_fwd, g_train = count_flops(enc, args.size, device)
                 rows[label] = Row(label, name, options, params, g_fwd, g_train, float("nan"), [], float("nan"))
                 print(f"{label}: {params:.2f} M params, {g_fwd:.2f} GFLOPs fwd", file=sys.stderr, flush=True)
+            if args.no_timing:
+                rows[label].step_s_all.append(float("nan"))
+                del enc
+                continue
             enc.train()
             opt = torch.optim.Adam(enc.parameters(), lr=1e-6)
             time_step(enc, opt, x)  # warm-up (allocator, kernels, cudnn)
