@@ -149,8 +149,10 @@ def load_module_from_checkpoint(path: str | Path, map_location: str | torch.devi
     """Rebuilds a trained :class:`FaceReconModule` from a checkpoint written by ``msma train``.
 
     The module is built from the resolved configuration stored in the checkpoint (pretrained-backbone loading
-    is switched off: the trained weights replace them), the encoder weights are loaded strictly, and the
-    module is returned in eval mode on ``map_location``.
+    and the identity loss, which needs ArcFace weights, are switched off: the module is for evaluation), the
+    encoder weights are loaded strictly, and the module is returned in eval mode on ``map_location``. A
+    checkpoint of msma's variants from before the authors' networks took the names ``msma_lka`` / ``mlanet``
+    loads as ``msma_spatial`` / ``mlanet_timm`` (with a warning).
 
     Args:
         path: ``.ckpt`` file (``last.ckpt``, ``best-*.ckpt``, ``interrupted.ckpt``).
@@ -160,6 +162,8 @@ def load_module_from_checkpoint(path: str | Path, map_location: str | torch.devi
     cfg = from_container(ckpt[CONFIG_KEY])
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False
+    # Evaluation and inference never use the identity loss: do not require its ArcFace weights here.
+    cfg.loss.use_identity = False
     renamed = legacy_encoder_name(str(cfg.model.name), ckpt["state_dict"])
     if renamed is not None:
         warnings.warn(
