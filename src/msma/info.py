@@ -40,7 +40,9 @@ def layout_of(face_model: str) -> CoeffLayout:
 def parameter_parts(encoder: nn.Module) -> dict[str, int]:
     """Trainable parameters per part (the encoder's ``PARTS``); attention modules inside the backbone
     (``.attn.``, MLANet's coordinate attention) count as ``attention``. Anything else: ``other``."""
-    parts: dict[str, tuple[str, ...]] = dict(getattr(encoder, "PARTS", {"backbone": ("backbone",), "heads": ("heads",)}))
+    parts: dict[str, tuple[str, ...]] = dict(
+        getattr(encoder, "PARTS", {"backbone": ("backbone",), "heads": ("heads",)})
+    )
     owner = {child: part for part, children in parts.items() for child in children}
     counts: dict[str, int] = dict.fromkeys(parts, 0)
     for name, p in encoder.named_parameters():
@@ -114,7 +116,9 @@ def _text(info: dict[str, Any]) -> str:
         + (f" ({info['face_model_path']})" if info["face_model_path"] else "")
     )
     data = info["data"]
-    lines.append(f"  data: {data['kind']}" + (f" ({data['root']})" if data["root"] else "") + f"; precision {info['precision']}")
+    lines.append(
+        f"  data: {data['kind']}" + (f" ({data['root']})" if data["root"] else "") + f"; precision {info['precision']}"
+    )
     if info["missing"]:
         lines.append(f"  missing on this machine ({len(info['missing'])}):")
         lines += [f"    - {m['what']}: {m['problem']}. Provide it: {m['how']}" for m in info["missing"]]

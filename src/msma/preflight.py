@@ -140,7 +140,9 @@ def _arcface(loss: Any) -> MissingInput | None:
         "loss.use_identity=false"
     )
     if not loss.identity_weights:
-        return MissingInput("ArcFace weights", "loss.identity_weights is not set and MSMA_ARCFACE_WEIGHTS is empty", how)
+        return MissingInput(
+            "ArcFace weights", "loss.identity_weights is not set and MSMA_ARCFACE_WEIGHTS is empty", how
+        )
     if not Path(str(loss.identity_weights)).is_file():
         return MissingInput("ArcFace weights", f"{loss.identity_weights} does not exist", how)
     return None

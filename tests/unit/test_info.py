@@ -70,7 +70,13 @@ def test_preflight_lists_everything_and_training_stops_first(bare_machine: None,
     with pytest.raises(MissingInputsError) as err:
         run_training(cfg, tmp_path / "run")
     text = str(err.value)
-    for needle in ("MSMA_BFM_DIR", "MSMA_DATA_ROOT", "resnet50-0676ba61.pth", "MSMA_ARCFACE_WEIGHTS", "+preset=embedded"):
+    for needle in (
+        "MSMA_BFM_DIR",
+        "MSMA_DATA_ROOT",
+        "resnet50-0676ba61.pth",
+        "MSMA_ARCFACE_WEIGHTS",
+        "+preset=embedded",
+    ):
         assert needle in text
     assert not (tmp_path / "run").exists()  # no work done
     check_inputs(compose_experiment("msma_lka", ["+preset=embedded"]))  # nothing missing on the embedded default
@@ -86,12 +92,20 @@ def test_preflight_accepts_present_inputs(bare_machine: None, tmp_path: Path, sy
     arcface.write_bytes(b"x")
     cfg = compose_experiment(
         "deep3d_r50",
-        [f"face_model.path={synthetic_bfm_dir}", f"data.root={photos}", f"model.pretrained_path={weights}", f"loss.identity_weights={arcface}"],
+        [
+            f"face_model.path={synthetic_bfm_dir}",
+            f"data.root={photos}",
+            f"model.pretrained_path={weights}",
+            f"loss.identity_weights={arcface}",
+        ],
     )
     assert missing_inputs(cfg) == []
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = compose_experiment("deep3d_r50", [f"face_model.path={empty}", f"data.root={empty}", "model.pretrained=false", "loss.use_identity=false"])
+    cfg = compose_experiment(
+        "deep3d_r50",
+        [f"face_model.path={empty}", f"data.root={empty}", "model.pretrained=false", "loss.use_identity=false"],
+    )
     assert [m.what for m in missing_inputs(cfg)] == ["BFM face model", "training photos"]
 
 
@@ -99,7 +113,9 @@ def test_old_variant_checkpoint_loads_under_its_new_name(tmp_path: Path) -> None
     from msma.builders import build_module, load_module_from_checkpoint
     from msma.module import CONFIG_KEY
 
-    cfg = compose_experiment("msma_spatial", ["+preset=embedded", "model.backbone=resnet18", "model.channels=[12,24,48]"])
+    cfg = compose_experiment(
+        "msma_spatial", ["+preset=embedded", "model.backbone=resnet18", "model.channels=[12,24,48]"]
+    )
     module = build_module(cfg)
     old = to_container(cfg)
     old["model"]["name"] = "msma_lka"  # what the variant was called before

@@ -15,7 +15,7 @@ from msma.face_model.params import CoeffLayout
 from msma.models import build_encoder
 from msma.models.fusion import AFF
 from msma.models.lka import MLKA
-from msma.models.mlanet import MLANet, CoordAtt
+from msma.models.mlanet import CoordAtt, MLANet
 from msma.models.msma import MSMANet, mlka_width
 from msma.models.resnet import Bottleneck, ResNet
 

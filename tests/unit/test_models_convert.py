@@ -46,7 +46,9 @@ def _ms_cam(prefix: str) -> list[str]:  # attention.py MS_CAM / AFF: local_att 0
 
 
 def _coord_att(prefix: str) -> list[str]:
-    return [f"{prefix}.{c}.{w}" for c in ("conv1", "conv_h", "conv_w") for w in ("weight", "bias")] + _bn(f"{prefix}.bn1")
+    return [f"{prefix}.{c}.{w}" for c in ("conv1", "conv_h", "conv_w") for w in ("weight", "bias")] + _bn(
+        f"{prefix}.bn1"
+    )
 
 
 def msma_keys() -> list[str]:
@@ -69,7 +71,9 @@ def msma_keys() -> list[str]:
         keys += [f"{m}.norm.weight", f"{m}.norm.bias", f"{m}.scale"]
         keys += [f"{m}.{g}.{n}.{w}" for g in ("LKA7", "LKA5", "LKA3") for n in (0, 1, 2) for w in ("weight", "bias")]
         keys += [f"{m}.{g}.{w}" for g in ("X3", "X5", "X7") for w in ("weight", "bias")]
-        keys += [f"{m}.proj_first.0.{w}" for w in ("weight", "bias")] + [f"{m}.proj_last.0.{w}" for w in ("weight", "bias")]
+        keys += [f"{m}.proj_first.0.{w}" for w in ("weight", "bias")] + [
+            f"{m}.proj_last.0.{w}" for w in ("weight", "bias")
+        ]
     for h in ("id", "exp", "tex", "angle", "gamma", "trans", "depth"):
         keys += [f"{h}_layer.weight", f"{h}_layer.bias"]
     return keys
@@ -109,7 +113,9 @@ def _synthetic(keys: list[str], network: str) -> dict[str, torch.Tensor]:
         if target.startswith("heads.") and target.endswith("weight"):
             shape = (*shape, 1, 1)  # their heads are 1x1 convs
         t = own[target]
-        out[k] = torch.randint(0, 9, shape, generator=g) if not t.is_floating_point() else torch.randn(shape, generator=g)
+        out[k] = (
+            torch.randint(0, 9, shape, generator=g) if not t.is_floating_point() else torch.randn(shape, generator=g)
+        )
     return out
 
 
@@ -143,8 +149,12 @@ def test_authors_state_dict_loads_strictly(network: str, keys, dead: int) -> Non
         torch.testing.assert_close(sd["heads.txy.weight"], theirs["final_layers.5.weight"][:, :, 0, 0])
         torch.testing.assert_close(sd["heads.angles.bias"], theirs["final_layers.3.bias"])
     if network == "mlanet":
-        torch.testing.assert_close(sd["backbone.layer2.3.attn.conv_h.weight"], theirs["backbone.layer2.3.bottle_atten.conv_h.weight"])
-        torch.testing.assert_close(sd["aff.2.global_att.5.running_var"], theirs["backbone.fusion.2.global_att.5.running_var"])
+        torch.testing.assert_close(
+            sd["backbone.layer2.3.attn.conv_h.weight"], theirs["backbone.layer2.3.bottle_atten.conv_h.weight"]
+        )
+        torch.testing.assert_close(
+            sd["aff.2.global_att.5.running_var"], theirs["backbone.fusion.2.global_att.5.running_var"]
+        )
         torch.testing.assert_close(sd["down.0.bias"], theirs["backbone.downsample.0.bias"])
 
 

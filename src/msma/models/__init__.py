@@ -12,7 +12,7 @@ from msma.models.deep3d import Deep3DEncoder
 from msma.models.encoder import FaceEncoder, MSMASpatialEncoder
 from msma.models.heads import TRANS_UNIT_MM, AttributeHeads, HeadInputs, HeadWidths
 from msma.models.lka import LKA, MLKA, LKABlock, LKAChain
-from msma.models.mlanet import MLANet, CoordAtt, CoordinateAttention, MLANetTimmEncoder
+from msma.models.mlanet import CoordAtt, CoordinateAttention, MLANet, MLANetTimmEncoder
 from msma.models.msma import MSMANet
 from msma.models.registry import PAPER_ENCODERS, available_encoders, build_encoder
 from msma.models.resnet import ResNet

@@ -94,7 +94,11 @@ def _map_key(key: str, value: Tensor, network: str) -> tuple[str, Tensor]:
         raise ValueError(f"unknown key {key!r} for {network}")
     rest = key[len("backbone.") :]
     if network == "msma_lka":
-        for theirs, ours in (("fuse_layers.", "fuse_layers."), ("conv1x1_adjust.", "adjust."), ("conv1x1_2048.", "to_readout.")):
+        for theirs, ours in (
+            ("fuse_layers.", "fuse_layers."),
+            ("conv1x1_adjust.", "adjust."),
+            ("conv1x1_2048.", "to_readout."),
+        ):
             if rest.startswith(theirs):
                 return ours + rest[len(theirs) :], value
         m = re.fullmatch(r"atten_done\.(\d)\.(.+)", rest)

@@ -60,7 +60,9 @@ def fuse_layers(channels: tuple[int, ...]) -> nn.ModuleList:
         row = nn.ModuleList()
         for j in range(n):
             if j > i:
-                row.append(nn.Sequential(nn.Conv2d(channels[j], channels[i], 1, bias=False), nn.BatchNorm2d(channels[i])))
+                row.append(
+                    nn.Sequential(nn.Conv2d(channels[j], channels[i], 1, bias=False), nn.BatchNorm2d(channels[i]))
+                )
             elif j == i:
                 row.append(nn.Identity())
             else:
@@ -118,7 +120,8 @@ class MSMANet(FaceEncoder):
         branches = [stages[0], *(F.adaptive_avg_pool2d(s, 1) for s in stages[1:])]
         for i, row in enumerate(self.fuse_layers):
             y = branches[i]
-            for j, path in enumerate(row):  # type: ignore[arg-type]
+            paths: nn.ModuleList = row  # type: ignore[assignment]
+            for j, path in enumerate(paths):
                 if j == i:
                     continue
                 z = path(branches[j])

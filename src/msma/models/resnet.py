@@ -146,7 +146,9 @@ class ResNet(nn.Module):
     def __init__(self, arch: str = "resnet50", attn: AttnFactory = None) -> None:
         super().__init__()
         if arch not in RESNET_DEPTHS:
-            raise ValueError(f"backbone {arch!r}: the authors' networks use torchvision ResNets {sorted(RESNET_DEPTHS)}")
+            raise ValueError(
+                f"backbone {arch!r}: the authors' networks use torchvision ResNets {sorted(RESNET_DEPTHS)}"
+            )
         kind, blocks = RESNET_DEPTHS[arch]
         block: type[BasicBlock] | type[Bottleneck] = Bottleneck if kind == "bottleneck" else BasicBlock
         self.name = arch
@@ -160,7 +162,9 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             down = None
             if stride != 1 or cin != planes * block.expansion:
-                down = nn.Sequential(_conv1x1(cin, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion))
+                down = nn.Sequential(
+                    _conv1x1(cin, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+                )
             layers: list[nn.Module] = [block(cin, planes, stride, down, attn)]
             cin = planes * block.expansion
             layers += [block(cin, planes, 1, None, attn) for _ in range(1, n)]
