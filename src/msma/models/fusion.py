@@ -3,14 +3,15 @@
 * :class:`MultiScaleExchange`: HRNet's exchange unit (Wang et al., "Deep High-Resolution Representation
   Learning", TPAMI 2020, Sec. 3 "Exchange unit"): output scale ``i`` is ``relu(sum_j f_ij(x_j))`` with
   ``f_ii`` the identity, ``f_ij`` for a coarser ``j`` a 1x1 conv + BN followed by upsampling, and for a finer
-  ``j`` a chain of strided 3x3 conv + BN (ReLU between them), one per factor 2. MSMA fuses ResNet stages 2-4
-  this way.
+  ``j`` a chain of strided 3x3 conv + BN (ReLU between them), one per factor 2. msma's variant
+  ``msma_spatial`` fuses ResNet stages 2-4 this way (all outputs from the unfused inputs); the authors' MSMA
+  fuses four branches in place instead (:mod:`msma.models.msma`).
 * :class:`AFF`: MLANet's AFF as its public code builds it (``models/attention.py``, class ``AFF``): both
   branches end in BatchNorm (also the global one, on 1x1 maps) and the output is ``2 x w + 2 y (1 - w)``.
-* :class:`AttentionalFeatureFusion`: msma's variant of AFF (used by ``msma_spatial``'s sibling ``mlanet_timm``) with the multi-scale channel attention module MS-CAM (Dai et al.,
-  "Attentional Feature Fusion", WACV 2021, Eq. 1-4): ``Z = M(X + Y) * X + (1 - M(X + Y)) * Y`` where
-  ``M = sigmoid(local(.) + global(.))``, both bottleneck 1x1 conv branches with channel reduction ``r``
-  (MLANet: r = 4).
+* :class:`AttentionalFeatureFusion`: msma's variant of AFF (used by ``mlanet_timm``) with the multi-scale
+  channel attention module MS-CAM (Dai et al., "Attentional Feature Fusion", WACV 2021, Eq. 1-4):
+  ``Z = M(X + Y) * X + (1 - M(X + Y)) * Y`` where ``M = sigmoid(local(.) + global(.))``, both bottleneck 1x1
+  conv branches with channel reduction ``r`` (MLANet: r = 4).
 """
 
 from __future__ import annotations
