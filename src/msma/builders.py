@@ -179,7 +179,9 @@ def load_module_from_checkpoint(path: str | Path, map_location: str | torch.devi
         raise ValueError(
             f"{path}: weights do not match the configuration stored in it ({err}). A checkpoint of msma's "
             "variants written before the authors' networks took the names msma_lka / mlanet loads as "
-            "msma_spatial / mlanet_timm; an authors' checkpoint converts with 'msma convert'."
+            "msma_spatial / mlanet_timm; a deep3d_r50 checkpoint from before November 2026 (timm backbone, "
+            "ImageNet-normalised input) does not fit today's deep3d_r50 (torchvision layout, [0, 1] input) and "
+            "must be retrained; an authors' checkpoint converts with 'msma convert'."
         ) from err
     return module.to(map_location).eval()
 
