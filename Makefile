@@ -46,6 +46,9 @@ assets: $(STAMP) ## convert the embedded ICT-FaceKit model into $MSMA_HOME (mirr
 train: $(STAMP) ## train an experiment: make train EXP=msma_lka [ARGS="key=value ..."] [RESUME=path/to.ckpt]
 	$(VENV)/bin/msma train --config-name $(EXP) $(if $(RESUME),resume=$(RESUME),) $(ARGS)
 
+info: $(STAMP) ## what an experiment trains and needs: make info EXP=msma_lka [ARGS="key=value ..."]
+	$(VENV)/bin/msma info --config-name $(EXP) $(ARGS)
+
 test: $(STAMP) ## run the test suite (everything not marked gpu)
 	$(TEST_ENV) $(PY) -m pytest -m "not gpu" --timeout=900 $(PYTEST_ARGS)
 

@@ -10,6 +10,7 @@ The entry points other commands use:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,31 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     return ckpt
 
 
+#: Checkpoints from before the authors' networks took these names: (name, key prefix only the old variant has).
+_LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    "msma_lka": ("msma_spatial", "encoder.proj."),
+    "mlanet": ("mlanet_timm", "encoder.proj."),
+}
+
+
+def legacy_encoder_name(name: str, state_dict: dict[str, Any]) -> str | None:
+    """The variant name an old checkpoint's encoder has now (``msma_lka`` -> ``msma_spatial``, ``mlanet`` ->
+    ``mlanet_timm``) when its weights are those of the variant, else None."""
+    if name in _LEGACY_NAMES:
+        new, prefix = _LEGACY_NAMES[name]
+        if any(k.startswith(prefix) for k in state_dict):
+            return new
+    return None
+
+
 def load_module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FaceReconModule:
     """Rebuilds a trained :class:`FaceReconModule` from a checkpoint written by ``msma train``.
 
     The module is built from the resolved configuration stored in the checkpoint (pretrained-backbone loading
-    is switched off: the trained weights replace them), the encoder weights are loaded strictly, and the
-    module is returned in eval mode on ``map_location``.
+    and the identity loss, which needs ArcFace weights, are switched off: the module is for evaluation), the
+    encoder weights are loaded strictly, and the module is returned in eval mode on ``map_location``. A
+    checkpoint of msma's variants from before the authors' networks took the names ``msma_lka`` / ``mlanet``
+    loads as ``msma_spatial`` / ``mlanet_timm`` (with a warning).
 
     Args:
         path: ``.ckpt`` file (``last.ckpt``, ``best-*.ckpt``, ``interrupted.ckpt``).
@@ -142,11 +162,27 @@ def load_module_from_checkpoint(path: str | Path, map_location: str | torch.devi
     cfg = from_container(ckpt[CONFIG_KEY])
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False
+    # Evaluation and inference never use the identity loss: do not require its ArcFace weights here.
+    cfg.loss.use_identity = False
+    renamed = legacy_encoder_name(str(cfg.model.name), ckpt["state_dict"])
+    if renamed is not None:
+        warnings.warn(
+            f"{path}: written when '{cfg.model.name}' named msma's variant; loading it as '{renamed}' "
+            f"(the name '{cfg.model.name}' is now the authors' network; set model.name={renamed} to silence this)",
+            stacklevel=2,
+        )
+        cfg.model.name = renamed
     module = build_module(cfg)
     try:
         module.load_encoder_state(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the configuration stored in it: {err}") from err
+        raise ValueError(
+            f"{path}: weights do not match the configuration stored in it ({err}). A checkpoint of msma's "
+            "variants written before the authors' networks took the names msma_lka / mlanet loads as "
+            "msma_spatial / mlanet_timm; a deep3d_r50 checkpoint from before November 2026 (timm backbone, "
+            "ImageNet-normalised input) does not fit today's deep3d_r50 (torchvision layout, [0, 1] input) and "
+            "must be retrained; an authors' checkpoint converts with 'msma convert'."
+        ) from err
     return module.to(map_location).eval()
 
 
@@ -162,8 +198,8 @@ def build_untrained_module(
     Args:
         face_model: ``"ict"`` or ``"bfm"``.
         face_model_path: optional face-model file/folder.
-        encoder: encoder name (``"deep3d_r50"``, ``"msma_lka"``, ``"mlanet"``).
-        backbone: timm backbone (random init; the heads are zero so the weights do not matter).
+        encoder: encoder name (``"deep3d_r50"``, ``"msma_lka"``, ``"mlanet"``, ``"msma_spatial"``, ``"mlanet_timm"``).
+        backbone: backbone (random init; the heads are zero so the weights do not matter).
         renderer_backend: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
     """
     from msma.models.config import EncoderConfig

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import RandomSampler
 
 from msma.config import experiments_dir, register_configs, to_container, validate_config
+from msma.preflight import check_inputs
 
 log = logging.getLogger("msma.train")
 
@@ -409,6 +410,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     from msma.callbacks import ImageGridCallback, InterruptCheckpoint, RngStateCallback
 
     validate_config(cfg)
+    check_inputs(cfg)  # every missing input (BFM, photos, weights) at once, before any work
     run = Path(run_dir).resolve()
     resolved = to_container(cfg)
     if int(getattr(rank_zero_only, "rank", 0)) == 0:

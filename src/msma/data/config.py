@@ -35,6 +35,8 @@ class DataConfig:
         seed: split / synthetic-generation seed.
         augment: apply :class:`~msma.data.transforms.FaceAugment` to the training split.
         flip: allow horizontal flips in the augmentation.
+        color_jitter: colour jitter in the augmentation (msma's addition; Deep3D's augmentation has none).
+        blur: Gaussian / motion blur in the augmentation (msma's addition; not in Deep3D).
         landmarks: pseudo-label backend of ``folder``: ``"dlib"``, ``"fan"`` or ``"gt"``.
         landmark_weights: model file of that backend (None: located automatically, offline).
         detector: face detector: ``"dlib"``, ``"opencv"`` or ``"dlib+opencv"``.
@@ -61,6 +63,8 @@ class DataConfig:
     seed: int = 0
     augment: bool = True
     flip: bool = True
+    color_jitter: bool = True
+    blur: bool = True
     landmarks: str = "dlib"
     landmark_weights: Optional[str] = None
     detector: str = "dlib"
@@ -97,6 +101,7 @@ def build_datamodule(cfg: DataConfig, face_model: nn.Module | None = None) -> Fa
         seed=cfg.seed,
         augment=cfg.augment,
         flip=cfg.flip,
+        augment_kwargs={"color_jitter": bool(cfg.color_jitter), "blur": bool(cfg.blur)},
         landmarks=cfg.landmarks,
         landmark_weights=cfg.landmark_weights,
         detector=cfg.detector,
