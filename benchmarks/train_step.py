@@ -136,7 +136,10 @@ def run_experiment(
     from msma.config import compose_experiment
 
     device = torch.device(device_name)
+    # The embedded default (ICT face model, synthetic faces): the batches are synthetic ICT faces, and the paper
+    # experiments would otherwise ask for BFM files, photos and ArcFace weights. The network is the experiment's.
     overrides = [
+        "+preset=embedded",
         f"data.image_size={size}",
         f"data.batch_size={max(batches)}",
         "model.pretrained=false",

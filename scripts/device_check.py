@@ -67,6 +67,7 @@ class Settings:
     step_precisions: tuple[str, ...]
     step_size: int
     step_repeats: int
+    run_experiment: str
     run_overrides: tuple[str, ...]
     eval_limit: int
     limits: dict[str, int]
@@ -85,6 +86,7 @@ class Settings:
                 step_precisions=("32",),
                 step_size=64,
                 step_repeats=1,
+                run_experiment="quickstart",
                 run_overrides=(
                     "trainer=cpu",
                     "renderer=torch",
@@ -115,16 +117,18 @@ class Settings:
             render_batches=(32, 128),
             render_size=224,
             render_repeats=20,
-            step_experiments=("msma_lka", "mlanet", "deep3d_r50"),
+            step_experiments=("msma_lka", "mlanet", "deep3d_r50", "msma_spatial"),
             step_batches=(32, 64, 128),
             step_precisions=("32", "bf16-mixed"),
             step_size=224,
             step_repeats=5,
+            run_experiment="msma_lka",
             run_overrides=(
+                "+preset=embedded",
                 "trainer=gpu",
+                "trainer.accelerator=gpu",
+                "trainer.precision=bf16-mixed",
                 "renderer=nvdiffrast",
-                "model.backbone=resnet50",
-                "model.channels=[96,192,384]",
                 "data.image_size=224",
                 "data.num_samples=512",
                 "data.val_samples=64",
@@ -134,8 +138,11 @@ class Settings:
                 "trainer.max_epochs=10",
                 "trainer.max_steps=160",
                 "trainer.log_every_n=10",
+                "optim.lr=2e-4",
                 "optim.step_size=120",
                 "optim.interval=step",
+                "data.augment=false",
+                "data.flip=false",
             ),
             eval_limit=64,
             limits={
@@ -144,8 +151,8 @@ class Settings:
                 "gpu_tests": 120,
                 "render": 60,
                 "train_step": 150,
-                "train_run": 150,
-                "eval": 60,
+                "train_run": 120,
+                "eval": 45,
             },
         )
 
@@ -476,7 +483,7 @@ class Check:
             f"hydra.run.dir={run_root}",
             f"data.synthetic_cache_dir={self.home / 'synthetic'}",
         ]
-        cmd = [self.py(), "-m", "msma.cli", "train", "--config-name", "quickstart", *overrides]
+        cmd = [self.py(), "-m", "msma.cli", "train", "--config-name", self.s.run_experiment, *overrides]
         proc = self.run(st, cmd, self.s.limits["train_run"])
         ckpts = sorted(run_root.rglob("last.ckpt"))
         curve = self.loss_curve(run_root)
