@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 # Tests and tools never touch the network.
 TEST_ENV := WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 
-.PHONY: help setup assets train test lint format eval sweep notebooks bench clean env-file
+.PHONY: help setup assets train test lint format eval sweep notebooks bench clean env-file device-kit device-check
 
 help: ## list the targets
 	@echo "msma — make targets (variables: EXP, ARGS, RESUME, CKPT, DATA, ROOT, SWEEP)"
@@ -45,6 +45,9 @@ assets: $(STAMP) ## convert the embedded ICT-FaceKit model into $MSMA_HOME (mirr
 
 train: $(STAMP) ## train an experiment: make train EXP=msma_lka [ARGS="key=value ..."] [RESUME=path/to.ckpt]
 	$(VENV)/bin/msma train --config-name $(EXP) $(if $(RESUME),resume=$(RESUME),) $(ARGS)
+
+info: $(STAMP) ## what an experiment trains and needs: make info EXP=msma_lka [ARGS="key=value ..."]
+	$(VENV)/bin/msma info --config-name $(EXP) $(ARGS)
 
 test: $(STAMP) ## run the test suite (everything not marked gpu)
 	$(TEST_ENV) $(PY) -m pytest -m "not gpu" --timeout=900 $(PYTEST_ARGS)
@@ -69,6 +72,12 @@ notebooks: $(STAMP) ## execute the notebooks headless (outputs go to runs/notebo
 
 bench: $(STAMP) ## run the benchmarks; writes benchmarks/results/*.json and benchmarks/results/README.md
 	$(PY) benchmarks/run_all.py $(ARGS)
+
+device-kit: $(STAMP) assets ## gather what a bare CUDA machine lacks into .device/ (wheels for Python 3.12, the face model)
+	$(PY) scripts/device_kit.py $(ARGS)
+
+device-check: ## run the device check here (on a CUDA machine: the full check; OUT=folder for the results)
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/device_check.py --out $(if $(OUT),$(OUT),runs/device-check) $(ARGS)
 
 env-file: $(STAMP) ## regenerate environment.yml from constraints.txt
 	$(PY) scripts/sync_environment.py

@@ -107,6 +107,14 @@ def write_json(name: str, payload: dict[str, Any], out_dir: Path = RESULTS) -> P
     return path
 
 
+def write_markdown(name: str, table: str, out_dir: Path = RESULTS) -> Path:
+    """Writes a result table as ``<out_dir>/<name>.md`` (the device check gathers these into its summary)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.md"
+    path.write_text(table.rstrip() + "\n")
+    return path
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def fmt(x: Any) -> str:
         if isinstance(x, float):

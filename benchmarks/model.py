@@ -4,13 +4,14 @@ Usage::
 
     python benchmarks/model.py                       # batch 32 at 224, 3 timed steps per encoder
     python benchmarks/model.py --batch 4 --size 128 --repeats 1 --only deep3d_r50 msma_lka
+    python benchmarks/model.py --no-timing --out benchmarks/results/model-cpu-flops.json   # params + FLOPs only
 
 A training step is forward + backward of a scalar loss on all coefficients + an Adam update (the encoder
 part of a real step; renderer and losses are excluded). All encoders are measured in the same process, one
 after the other (deep3d_r50 before and after the others), over ``--rounds`` interleaved rounds so that load
 drifts hit them alike; the figure is the median of all timed steps.
-FLOPs (forward, and forward + backward) are counted with ``torch.utils.flop_counter.FlopCounterMode`` at
-batch 1 (multiply-adds count as 2 FLOPs). Results: a table on stdout and JSON (device, versions, date) in
+FLOPs (forward, and forward + backward) are counted with ``torch.utils.flop_counter.FlopCounterMode`` per
+image (on a batch of 2, halved; multiply-adds count as 2 FLOPs). Results: a table on stdout and JSON (device, versions, date) in
 ``benchmarks/results/model-<device>.json`` unless ``--out`` is given.
 """
 
@@ -36,15 +37,18 @@ from msma.models import build_encoder
 from msma.models.encoder import FaceEncoder
 
 #: (label, encoder name, options). deep3d_r50 is the reference of the ratios.
+#: The authors' networks (deep3d_r50, msma_lka, mlanet) and msma's variants (msma_spatial + ablations, mlanet_timm).
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("deep3d_r50", "deep3d_r50", {}),
     ("msma_lka", "msma_lka", {}),
-    ("msma_lka/attn=lka", "msma_lka", {"attention": "lka"}),
-    ("msma_lka/attn=none", "msma_lka", {"attention": "none"}),
-    ("msma_lka/no_fusion", "msma_lka", {"fusion": False}),
-    ("msma_lka/attention_on_pooled", "msma_lka", {"attention_on_pooled": True}),
-    ("msma_lka/single_scale", "msma_lka", {"single_scale": True}),
     ("mlanet", "mlanet", {}),
+    ("msma_spatial", "msma_spatial", {}),
+    ("msma_spatial/attn=lka", "msma_spatial", {"attention": "lka"}),
+    ("msma_spatial/attn=none", "msma_spatial", {"attention": "none"}),
+    ("msma_spatial/no_fusion", "msma_spatial", {"fusion": False}),
+    ("msma_spatial/attention_on_pooled", "msma_spatial", {"attention_on_pooled": True}),
+    ("msma_spatial/single_scale", "msma_spatial", {"single_scale": True}),
+    ("mlanet_timm", "mlanet_timm", {}),
 ]
 #: BFM layout of Deep3DFaceRecon (257 coefficients).
 BFM_LAYOUT = CoeffLayout(80, 64, 80)
@@ -71,8 +75,9 @@ def _loss(enc: FaceEncoder, x: torch.Tensor) -> torch.Tensor:
 
 
 def count_flops(enc: FaceEncoder, size: int, device: torch.device) -> tuple[float, float]:
-    """(forward, forward + backward) GFLOPs per image at ``size``."""
-    x = torch.rand(1, 3, size, size, device=device)
+    """(forward, forward + backward) GFLOPs per image at ``size`` (counted on a batch of 2 and halved: training
+    BatchNorm on 1x1 maps, e.g. MLANet's AFF global branch, needs more than one value per channel)."""
+    x = torch.rand(2, 3, size, size, device=device)
     enc.eval()
     with FlopCounterMode(display=False) as fwd:
         with torch.no_grad():
@@ -81,7 +86,7 @@ def count_flops(enc: FaceEncoder, size: int, device: torch.device) -> tuple[floa
     with FlopCounterMode(display=False) as both:
         _loss(enc, x).backward()
     enc.zero_grad(set_to_none=True)
-    return fwd.get_total_flops() / 1e9, both.get_total_flops() / 1e9
+    return fwd.get_total_flops() / 2e9, both.get_total_flops() / 2e9
 
 
 def time_step(enc: FaceEncoder, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also time deep3d_r50 and msma_lka alternately, step by step, this many pairs (robust on busy machines)",
     )
+    ap.add_argument("--no-timing", action="store_true", help="parameters and FLOPs only (no training steps)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/model-<dev>.json)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine shared with other jobs')")
     args = ap.parse_args(argv)
@@ -178,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 g_fwd, g_train = count_flops(enc, args.size, device)
                 rows[label] = Row(label, name, options, params, g_fwd, g_train, float("nan"), [], float("nan"))
                 print(f"{label}: {params:.2f} M params, {g_fwd:.2f} GFLOPs fwd", file=sys.stderr, flush=True)
+            if args.no_timing:
+                rows[label].step_s_all.append(float("nan"))
+                del enc
+                continue
             enc.train()
             opt = torch.optim.Adam(enc.parameters(), lr=1e-6)
             time_step(enc, opt, x)  # warm-up (allocator, kernels, cudnn)
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     result = {
-        "benchmark": "encoder training step (forward + backward + Adam), FLOPs at batch 1",
+        "benchmark": "encoder training step (forward + backward + Adam), FLOPs per image",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
         "device_type": device.type,

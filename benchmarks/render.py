@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_slug, header, markdown_table, median, sync, write_json
+from common import RESULTS, device_slug, header, markdown_table, median, sync, write_json, write_markdown
 
 
 def _backends(device: torch.device) -> list[str]:
@@ -145,6 +145,37 @@ def run(
     return payload
 
 
+def profile_forward_backward(batch: int, size: int, device: torch.device, backend: str, steps: int = 5) -> list[dict]:
+    """The ops that take the most GPU time in ``steps`` forward+backward calls (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from msma.render import MeshRenderer
+
+    renderer = MeshRenderer(backend=backend, antialias=True)
+    clip, tri, color, normals = _scene(batch, size, device)
+    target = torch.rand(batch, 3, size, size, device=device)
+
+    def fb() -> None:
+        c, col = clip.detach().requires_grad_(True), color.detach().requires_grad_(True)
+        out = renderer(c, tri, col, normals, resolution=size)
+        (((out.image - target) * out.mask).square().mean() + out.normals.mean()).backward()
+
+    for _ in range(3):
+        fb()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fb()
+        sync(device)
+    rows = []
+    for evt in prof.key_averages():
+        dev_us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if dev_us > 0:
+            rows.append({"op": evt.key[:80], "calls": evt.count // steps, "gpu_ms_per_call": dev_us / 1e3 / steps})
+    rows.sort(key=lambda r: -r["gpu_ms_per_call"])
+    return rows[:12]
+
+
 def render_picture(path: Path, size: int = 320) -> None:
     """Writes the README picture: the ICT mean face with Deep3D SH lighting (torch backend), three poses and lights,
     then its normals and depth (near = bright), side by side on white."""
@@ -192,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     parser.add_argument("--picture", type=Path, default=None, help="only write the README picture to this PNG")
+    parser.add_argument("--profile", action="store_true", help="CUDA: also profile fwd+bwd of the first backend")
     args = parser.parse_args(argv)
     if args.picture is not None:
         render_picture(args.picture)
@@ -202,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     payload = run(args.batches, args.size, args.repeats, args.warmup, device, args.backends)
     if args.note:
         payload["note"] = args.note
+    if args.profile and device.type == "cuda":
+        backend = (args.backends or _backends(device))[0]
+        prof = profile_forward_backward(args.batches[0], args.size, device, backend)
+        payload["profile"] = {"backend": backend, "batch": args.batches[0], "top_gpu_ops_per_call": prof}
+        for r in prof:
+            print(f"  {r['gpu_ms_per_call']:8.3f} ms  x{r['calls']:<3} {r['op']}")
     cols = ["backend", "batch", "fwd ms", "fwd ms/img", "fwd+bwd ms", "fwd+bwd ms/img", "fwd+bwd CPU-time ms/img"]
     table = [
         [
@@ -215,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in payload["results"]
     ]
-    print(markdown_table(cols, table))
+    text = markdown_table(cols, table)
+    print(text)
     path = write_json(f"render-{device_slug(device)}", payload, args.out)
+    if args.out != RESULTS:
+        write_markdown(f"render-{device_slug(device)}", text, args.out)
     print(f"wrote {path}")
     return 0
 

@@ -41,7 +41,18 @@ def run_benchmarks(quick: bool) -> None:
         _run("train_step.py", [*reps, "--device", "cuda", "--batches", "32", "64", "128"])
         _run(
             "train_step.py",
-            [*reps, "--device", "cuda", "--precision", "bf16-mixed", "--channels-last", "--batches", "32", "64", "128"],
+            [
+                *reps,
+                "--device",
+                "cuda",
+                "--precisions",
+                "bf16-mixed",
+                "--channels-last",
+                "--batches",
+                "32",
+                "64",
+                "128",
+            ],
         )
     _run("inference.py", ["--repeats", "5" if quick else "20"])
 

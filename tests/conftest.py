@@ -53,3 +53,20 @@ def ict_model():  # type: ignore[no-untyped-def]
 
     torch.manual_seed(0)
     return load_face_model("ict").eval()
+
+
+@pytest.fixture(scope="session")
+def synthetic_bfm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a small synthetic ``BFM_model_front.mat`` (real keys, shapes per vertex, 80/64/80 bases;
+    42 vertices), written with the helpers of tests/unit/test_bfm.py."""
+    import importlib.util
+
+    from scipy.io import savemat
+
+    spec = importlib.util.spec_from_file_location("_bfm_helpers", Path(__file__).parent / "unit" / "test_bfm.py")
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    folder = tmp_path_factory.mktemp("bfm")
+    savemat(folder / "BFM_model_front.mat", helpers.front_content())
+    return folder

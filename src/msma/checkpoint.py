@@ -9,7 +9,8 @@ Two entry points load a checkpoint, and only two:
 * :func:`msma.training.checkpoint.load_training_module`: the whole training module (losses included), for
   resuming or fine-tuning.
 
-A checkpoint holds the encoder's weights only (``state_dict`` keys ``encoder.*``; the face model, renderer and
+A checkpoint of msma's variants from before the authors' networks took the names ``msma_lka`` / ``mlanet`` loads
+as ``msma_spatial`` / ``mlanet_timm`` (with a warning). A checkpoint holds the encoder's weights only (``state_dict`` keys ``encoder.*``; the face model, renderer and
 loss networks are rebuilt from the configuration) and the resolved experiment configuration under
 :data:`CONFIG_KEY`. Files are read with ``torch.load(weights_only=True)``.
 """
@@ -17,6 +18,7 @@ loss networks are rebuilt from the configuration) and the resolved experiment co
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,46 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path, for_inference: boo
         ) from err
     if for_inference and hasattr(cfg.model, "pretrained"):
         cfg.model = dataclasses.replace(cfg.model, pretrained=False)
+    return _renamed_legacy(cfg, dict(ckpt["state_dict"]), path)
+
+
+#: Checkpoints from before the authors' networks took these names: (name, key prefix only the old variant has).
+_LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    "msma_lka": ("msma_spatial", "encoder.proj."),
+    "mlanet": ("mlanet_timm", "encoder.proj."),
+}
+
+
+def legacy_encoder_name(name: str, state_dict: dict[str, Any]) -> str | None:
+    """The variant name an old checkpoint's encoder has now (``msma_lka`` -> ``msma_spatial``, ``mlanet`` ->
+    ``mlanet_timm``) when its weights are those of the variant, else None."""
+    if name in _LEGACY_NAMES:
+        new, prefix = _LEGACY_NAMES[name]
+        if any(k.startswith(prefix) for k in state_dict):
+            return new
+    return None
+
+
+def _renamed_legacy(cfg: ExperimentConfig, state_dict: dict[str, Any], path: str | Path) -> ExperimentConfig:
+    renamed = legacy_encoder_name(cfg.model.name, state_dict)
+    if renamed is None:
+        return cfg
+    warnings.warn(
+        f"{path}: written when '{cfg.model.name}' named msma's variant; loading it as '{renamed}' "
+        f"(the name '{cfg.model.name}' is now the authors' network; set model.name={renamed} to silence this)",
+        stacklevel=3,
+    )
+    cfg.model = dataclasses.replace(cfg.model, name=renamed)
     return cfg
+
+
+#: Appended to a weight-mismatch error: what changed and how to convert.
+MISMATCH_HELP = (
+    "A checkpoint of msma's variants written before the authors' networks took the names msma_lka / mlanet loads "
+    "as msma_spatial / mlanet_timm; a deep3d_r50 checkpoint from before November 2026 (timm backbone, "
+    "ImageNet-normalised input) does not fit today's deep3d_r50 (torchvision layout, [0, 1] input) and must be "
+    "retrained; an authors' checkpoint converts with 'msma convert'."
+)
 
 
 def encoder_state(state_dict: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
@@ -117,7 +158,9 @@ def load_inference_model(
     try:
         model.encoder.load_state_dict(encoder_state(ckpt["state_dict"], path), strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the configuration stored in it: {err}") from err
+        raise ValueError(
+            f"{path}: weights do not match the configuration stored in it ({err}). {MISMATCH_HELP}"
+        ) from err
     return model.to(map_location).eval()
 
 

@@ -97,7 +97,7 @@ def test_ablation_notebook(mode: str, kernel_env: dict[str, str], tmp_path: Path
     import pandas as pd
 
     runs = pd.read_csv(out / "ablation_runs.csv")
-    assert list(runs["experiment"]) == ["msma_lka", "msma_no_attention", "msma_no_fusion", "deep3d_r50"]
+    assert list(runs["experiment"]) == ["msma_spatial", "msma_no_attention", "msma_no_fusion", "deep3d_r50"]
     assert (runs["steps"] == 4).all() and runs["val_nme_pct"].notna().all()
     assert runs["val_vertex_aligned_mm"].notna().all()
     table = pd.read_csv(out / "ablation_yaw_bins.csv", header=[0, 1], index_col=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
 
 
 @pytest.mark.gpu
+# The reconstructor detects faces with dlib, which the GPU machine's image lacks (the device kit leaves out the
+# 100 MB predictor package); there this test is reported as skipped, never as passed.
+@pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib (extra msma[dlib]) detects the faces")
 def test_reconstructor_cuda_matches_cpu(reconstructor, astronaut: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     import msma
 

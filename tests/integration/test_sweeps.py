@@ -23,6 +23,7 @@ TRAINED_PER_FILE = 3
 def tiny_overrides(cache: Path, sweep_keys: set[str]) -> list[str]:
     """One CPU step on 2 synthetic faces at 32 px; the backbone shrinks unless the sweep chooses the encoder."""
     out = [
+        "+preset=embedded",  # the paper experiments' inputs (BFM, photos, weights) are not on a test machine
         "trainer=cpu",
         "renderer=torch",
         "logger=csv",
@@ -178,7 +179,8 @@ def test_dry_run_prints_the_agent_commands(path: Path, capsys: pytest.CaptureFix
     assert main([str(path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == min(3, len(_all_commands(path)))
-    assert all(line.startswith("/usr/bin/env msma train --config-name msma_lka ") for line in lines)
+    experiment = "msma_spatial" if path.stem in ("attention_grid", "kernel_grid") else "msma_lka"
+    assert all(line.startswith(f"/usr/bin/env msma train --config-name {experiment} ") for line in lines)
 
 
 def test_make_sweep_without_wandb_explains(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

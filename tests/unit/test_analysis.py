@@ -283,7 +283,12 @@ def test_load_run_model(tmp_path: Path) -> None:
     from msma.training.run import run_training
 
     torch.set_num_threads(1)
-    overrides = [*nbu.tiny_training_overrides(tmp_path / "synth"), "trainer.max_steps=1", "trainer.max_epochs=1"]
+    overrides = [
+        "+preset=embedded",
+        *nbu.tiny_training_overrides(tmp_path / "synth"),
+        "trainer.max_steps=1",
+        "trainer.max_epochs=1",
+    ]
     run_training(compose_experiment("deep3d_r50", overrides), tmp_path / "runs" / "deep3d_r50" / "r1")
     (run,) = nbu.find_runs(tmp_path / "runs")
     module = nbu.load_run_model(run)

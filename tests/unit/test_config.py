@@ -29,6 +29,7 @@ REQUIRED = {
     "msma_no_fusion",
     "msma_pooled_attention",
     "msma_single_scale",
+    "msma_spatial",
 }
 
 
@@ -55,6 +56,21 @@ def test_paper_settings() -> None:
     assert cfg.trainer.max_epochs == 40
     assert cfg.optim.lr == pytest.approx(1e-4) and cfg.optim.gamma == pytest.approx(0.2) and cfg.optim.step_size == 10
     assert cfg.loss.w_color == pytest.approx(1.5) and cfg.loss.w_lm == pytest.approx(0.01)
+    # the authors' setting: BFM, photos, ArcFace r50 identity loss, Deep3D's augmentation, fp32, no supervision
+    for name, w_feat in (("msma_lka", 0.35), ("mlanet", 0.35), ("deep3d_r50", 0.2)):
+        paper = compose_experiment(name)
+        assert paper.face_model.name == "bfm" and paper.data.kind == "folder" and paper.model.name == name
+        assert (
+            paper.loss.use_identity and paper.loss.identity_arch == "r50" and paper.loss.w_feat == pytest.approx(w_feat)
+        )
+        assert paper.loss.w_param == 0.0 and paper.trainer.precision == "32-true"
+        assert paper.data.augment and paper.data.flip and not paper.data.color_jitter and not paper.data.blur
+        assert paper.model.pretrained and paper.data.batch_size == 32 and paper.optim.lr == pytest.approx(1e-4)
+        embedded = compose_experiment(name, ["+preset=embedded"])
+        assert embedded.face_model.name == "ict" and embedded.data.kind == "synthetic"
+        assert embedded.trainer.accelerator == "cpu" and not embedded.loss.use_identity and embedded.loss.w_param == 1.0
+        assert embedded.model.name == name and embedded.optim == paper.optim
+    assert compose_experiment("quickstart").model.name == "msma_spatial"
     d3d = compose_experiment("deep3d_r50")
     assert (
         d3d.trainer.max_epochs == 20

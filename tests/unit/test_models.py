@@ -1,4 +1,6 @@
-"""Encoders: shapes, zero heads, gradients, MSMA variants, registry, config and pretrained handling."""
+"""Encoders: shapes, zero heads, gradients, msma's variants, registry, config and pretrained handling.
+
+The authors' networks' structure is pinned in test_models_authors.py."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from msma.models import (
     TRANS_UNIT_MM,
     EncoderConfig,
     FaceEncoder,
-    MSMAEncoder,
+    MSMASpatialEncoder,
     PretrainedWeightsError,
     available_encoders,
     build_encoder,
@@ -26,19 +28,21 @@ from msma.models import (
 )
 from msma.models.fusion import AttentionalFeatureFusion, MultiScaleExchange
 from msma.models.lka import MLKA, LKABlock
-from msma.models.mlanet import CoordinateAttention, MLANetEncoder
+from msma.models.mlanet import CoordinateAttention, MLANetTimmEncoder
 
 LAYOUT = CoeffLayout(n_id=12, n_exp=7, n_tex=9)
 SMALL = "resnet18"
 
 VARIANTS: list[tuple[str, dict[str, object]]] = [
-    ("msma_lka", {}),
-    ("msma_lka", {"attention": "lka"}),
-    ("msma_lka", {"attention": "none", "fusion": False}),
-    ("msma_lka", {"attention_on_pooled": True}),
-    ("msma_lka", {"single_scale": True}),
-    ("mlanet", {}),
+    ("msma_spatial", {}),
+    ("msma_spatial", {"attention": "lka"}),
+    ("msma_spatial", {"attention": "none", "fusion": False}),
+    ("msma_spatial", {"attention_on_pooled": True}),
+    ("msma_spatial", {"single_scale": True}),
+    ("mlanet_timm", {}),
     ("deep3d_r50", {}),
+    ("msma_lka", {}),
+    ("mlanet", {}),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in VARIANTS]
 
@@ -81,7 +85,7 @@ def test_default_backbone_resnet50_shapes() -> None:
     with torch.no_grad():
         for name in available_encoders():
             enc = build_encoder(name, LAYOUT).eval()
-            assert enc.backbone.name == "resnet50"
+            assert enc.backbone.name == "resnet50"  # type: ignore[union-attr]
             out = enc(torch.rand(1, 3, 128, 128))
             assert {g: tuple(t.shape) for g, t in out.items()} == _expected_shapes(1)
 
@@ -104,7 +108,7 @@ def test_untrained_gradients_reach_heads_only() -> None:
     out = enc(torch.rand(2, 3, 64, 64))
     (out.id - 1.0).square().sum().backward()
     assert enc.heads.id.weight.grad is not None and torch.count_nonzero(enc.heads.id.weight.grad) > 0
-    conv1 = enc.backbone.body.conv1.weight  # type: ignore[union-attr]
+    conv1 = enc.backbone.conv1.weight  # type: ignore[union-attr]
     assert conv1.grad is None or torch.count_nonzero(conv1.grad) == 0
 
 
@@ -112,7 +116,7 @@ def test_attention_on_pooled_sees_only_centre_taps() -> None:
     """Public-code variant: MLKA on 1x1 maps; off-centre taps of every depthwise kernel do not matter."""
     x = torch.rand(2, 3, 64, 64)
 
-    def off_centre_masks(enc: MSMAEncoder) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def off_centre_masks(enc: MSMASpatialEncoder) -> list[tuple[torch.Tensor, torch.Tensor]]:
         masks = []
         for m in enc.attn.modules():
             if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1:
@@ -123,8 +127,8 @@ def test_attention_on_pooled_sees_only_centre_taps() -> None:
         return masks
 
     for pooled in (True, False):
-        enc = _build("msma_lka", attention_on_pooled=pooled).eval()
-        assert isinstance(enc, MSMAEncoder)
+        enc = _build("msma_spatial", attention_on_pooled=pooled).eval()
+        assert isinstance(enc, MSMASpatialEncoder)
         _perturb_zero_init(enc)
         with torch.no_grad():
             before = LAYOUT.join(enc(x))
@@ -139,7 +143,7 @@ def test_attention_on_pooled_sees_only_centre_taps() -> None:
             assert (after - before).abs().max() > 1e-3
 
     # and in training, off-centre taps of the pooled variant get exactly zero gradient
-    enc = _build("msma_lka", attention_on_pooled=True).train()
+    enc = _build("msma_spatial", attention_on_pooled=True).train()
     _perturb_zero_init(enc)
     out = enc(torch.rand(2, 3, 64, 64))
     sum(t.square().sum() for _, t in out.items()).backward()  # type: ignore[union-attr]
@@ -150,8 +154,8 @@ def test_attention_on_pooled_sees_only_centre_taps() -> None:
 
 
 def test_msma_structure_per_option() -> None:
-    enc = _build("msma_lka")
-    assert isinstance(enc, MSMAEncoder)
+    enc = _build("msma_spatial")
+    assert isinstance(enc, MSMASpatialEncoder)
     assert enc.used_scales == (0, 1, 2)
     assert isinstance(enc.exchange, MultiScaleExchange)
     assert all(isinstance(a, MLKA) for a in enc.attn)
@@ -159,28 +163,28 @@ def test_msma_structure_per_option() -> None:
     assert w == [384, 192, 96]  # id from stage 4, tex from stage 3, sh from stage 2
     assert (enc.heads.tz.in_features, enc.heads.txy.in_features, enc.heads.angles.in_features) == (384, 96, 192)
 
-    single = _build("msma_lka", single_scale=True, fusion=False, attention="lka", channels=(24, 48, 96))
-    assert isinstance(single, MSMAEncoder)
+    single = _build("msma_spatial", single_scale=True, fusion=False, attention="lka", channels=(24, 48, 96))
+    assert isinstance(single, MSMASpatialEncoder)
     assert single.used_scales == (2,) and single.exchange is None and len(single.proj) == 1
     assert all(isinstance(a, LKABlock) for a in single.attn)
     assert {getattr(single.heads, h).in_features for h in ("id", "tex", "sh", "txy")} == {96}
 
-    none = _build("msma_lka", attention="none")
-    assert isinstance(none, MSMAEncoder) and all(isinstance(a, nn.Identity) for a in none.attn)
+    none = _build("msma_spatial", attention="none")
+    assert isinstance(none, MSMASpatialEncoder) and all(isinstance(a, nn.Identity) for a in none.attn)
 
 
 def test_mlanet_structure() -> None:
-    enc = _build("mlanet")
-    assert isinstance(enc, MLANetEncoder)
+    enc = _build("mlanet_timm")
+    assert isinstance(enc, MLANetTimmEncoder)
     assert enc.num_ca_blocks == 8  # resnet18: 2 BasicBlocks x 4 stages
     assert sum(isinstance(m, CoordinateAttention) for m in enc.modules()) == 8
     assert sum(isinstance(m, AttentionalFeatureFusion) for m in enc.modules()) == 2
     with pytest.raises(ValueError, match="ResNet"):
-        build_encoder("mlanet", LAYOUT, backbone="mobilenetv3_small_050")
+        build_encoder("mlanet_timm", LAYOUT, backbone="mobilenetv3_small_050")
 
 
 def test_trans_in_millimetres_and_normalisation() -> None:
-    enc = _build("deep3d_r50").eval()
+    enc = _build("msma_spatial").eval()
     with torch.no_grad():
         enc.heads.tz.bias.fill_(1.0)
         enc.heads.angles.bias.fill_(0.25)
@@ -200,16 +204,24 @@ def test_trans_in_millimetres_and_normalisation() -> None:
         enc(torch.rand(1, 1, 64, 64))
     with pytest.raises(ValueError, match="float"):
         enc(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    # the authors' networks see the [0, 1] image itself
+    for name in ("deep3d_r50", "msma_lka", "mlanet"):
+        authors = _build(name)
+        assert not authors.input_normalized and authors.normalize(img) is img
+        with pytest.raises(ValueError, match="RGB"):
+            authors(torch.rand(1, 1, 64, 64))
 
 
 def test_registry_errors() -> None:
-    assert set(available_encoders()) == {"msma_lka", "mlanet", "deep3d_r50"}
+    assert set(available_encoders()) == {"msma_lka", "mlanet", "deep3d_r50", "msma_spatial", "mlanet_timm"}
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder("resnet", LAYOUT)
     with pytest.raises(ValueError, match="deep3d_r50"):
         build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, attention="lka")
     with pytest.raises(ValueError, match="features_only|timm"):
-        build_encoder("deep3d_r50", LAYOUT, backbone="no_such_model")
+        build_encoder("msma_spatial", LAYOUT, backbone="no_such_model")
+    with pytest.raises(ValueError, match="torchvision ResNets"):
+        build_encoder("msma_lka", LAYOUT, backbone="efficientnet_b0")
 
 
 def test_config_builds_every_encoder_and_passes_options() -> None:
@@ -217,6 +229,7 @@ def test_config_builds_every_encoder_and_passes_options() -> None:
     cfg = OmegaConf.merge(
         schema,
         {
+            "name": "msma_spatial",
             "backbone": SMALL,
             "attention": "mlka",
             "channels": [12, 24, 48],
@@ -226,14 +239,15 @@ def test_config_builds_every_encoder_and_passes_options() -> None:
         },
     )
     enc = build_encoder_from_config(cfg, LAYOUT)  # type: ignore[arg-type]
-    assert isinstance(enc, MSMAEncoder)
+    assert isinstance(enc, MSMASpatialEncoder)
     mlka = enc.attn[0]
     assert isinstance(mlka, MLKA) and mlka.receptive_field == 5 + 3 * 4
     assert enc.heads.sh.in_features == 12
-    for name in ("mlanet", "deep3d_r50"):
-        assert build_encoder_from_config(EncoderConfig(name=name, backbone=SMALL), LAYOUT).backbone.name == SMALL
+    for name in ("mlanet", "deep3d_r50", "msma_lka", "mlanet_timm"):
+        built = build_encoder_from_config(EncoderConfig(name=name, backbone=SMALL), LAYOUT)
+        assert built.backbone.name == SMALL  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="same length"):
-        build_encoder_from_config(EncoderConfig(backbone=SMALL, mlka_dilations=[2]), LAYOUT)
+        build_encoder_from_config(EncoderConfig(name="msma_spatial", backbone=SMALL, mlka_dilations=[2]), LAYOUT)
     with pytest.raises(Exception, match="attnetion"):
         OmegaConf.merge(schema, {"attnetion": "lka"})  # typos fail at compose time
 
@@ -243,11 +257,11 @@ def test_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone_mod, "_cached_weights", lambda name: None)
     t0 = time.perf_counter()
     with pytest.raises(PretrainedWeightsError, match="pretrained_path") as info:
-        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained=True)
+        build_encoder("msma_spatial", LAYOUT, backbone=SMALL, pretrained=True)
     assert "allow_random_init" in str(info.value) and SMALL in str(info.value)
     assert time.perf_counter() - t0 < 20.0
     with pytest.warns(UserWarning, match="random weights"):
-        enc = build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained=True, allow_random_init=True)
+        enc = build_encoder("msma_spatial", LAYOUT, backbone=SMALL, pretrained=True, allow_random_init=True)
     assert isinstance(enc, FaceEncoder)
 
 
@@ -258,7 +272,7 @@ def test_pretrained_unreachable_host_fails_fast(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(backbone_mod, "_download_host", lambda name: "weights.invalid")
     t0 = time.perf_counter()
     with pytest.raises(PretrainedWeightsError, match="cannot reach weights.invalid") as info:
-        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained=True)
+        build_encoder("msma_spatial", LAYOUT, backbone=SMALL, pretrained=True)
     assert "allow_random_init" in str(info.value)
     assert time.perf_counter() - t0 < 20.0
 
@@ -275,7 +289,7 @@ def test_pretrained_path_loads_weights(tmp_path: Path, suffix: str) -> None:
         safetensors.torch.save_file(sd, str(path))
     else:
         torch.save({"state_dict": sd}, path)
-    for name in ("deep3d_r50", "mlanet"):
+    for name in ("msma_spatial", "mlanet_timm"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no random-init warning
             enc = build_encoder(name, LAYOUT, backbone=SMALL, pretrained=True, pretrained_path=str(path))
@@ -288,26 +302,27 @@ def test_pretrained_path_loads_weights(tmp_path: Path, suffix: str) -> None:
     feats = timm.create_model(SMALL, features_only=True, out_indices=(-1,))
     fpath = tmp_path / "features.pth"
     torch.save(feats.state_dict(), fpath)
-    enc = build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained_path=str(fpath))
+    enc = build_encoder("msma_spatial", LAYOUT, backbone=SMALL, pretrained_path=str(fpath))
     torch.testing.assert_close(enc.backbone.body.conv1.weight, feats.conv1.weight)  # type: ignore[union-attr]
 
 
-def test_pretrained_path_errors_name_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["msma_spatial", "deep3d_r50"])
+def test_pretrained_path_errors_name_the_file(tmp_path: Path, name: str) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(PretrainedWeightsError, match="nope.pth"):
-        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained_path=str(missing))
+        build_encoder(name, LAYOUT, backbone=SMALL, pretrained_path=str(missing))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedWeightsError, match="garbage.pth"):
-        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained_path=str(garbage))
+        build_encoder(name, LAYOUT, backbone=SMALL, pretrained_path=str(garbage))
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(3)}, wrong)
     with pytest.raises(PretrainedWeightsError, match="wrong.pth"):
-        build_encoder("deep3d_r50", LAYOUT, backbone=SMALL, pretrained_path=str(wrong))
+        build_encoder(name, LAYOUT, backbone=SMALL, pretrained_path=str(wrong))
 
 
 def test_flat_layout_roundtrip_of_output() -> None:
-    enc = _build("msma_lka").eval()
+    enc = _build("msma_spatial").eval()
     _perturb_zero_init(enc)
     with torch.no_grad():
         out = enc(torch.rand(3, 3, 64, 64))

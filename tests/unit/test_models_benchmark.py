@@ -21,7 +21,8 @@ def test_model_benchmark_tiny_run(
     monkeypatch.setitem(sys.modules, "bench_model", bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     out = tmp_path / "model.json"
-    argv = ["--batch", "1", "--size", "64", "--repeats", "1", "--backbone", "resnet18"]
+    # batch 2: the authors' MSMA applies BatchNorm to pooled 1x1 branches (training needs > 1 value per channel)
+    argv = ["--batch", "2", "--size", "64", "--repeats", "1", "--backbone", "resnet18"]
     argv += ["--only", "msma_lka", "--paired", "2", "--out", str(out)]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())

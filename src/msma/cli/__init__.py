@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
     "assets": ("msma.face_model.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
+    "info": ("msma.info:cli_main", "an experiment's parameters, FLOPs, layout, data and missing inputs"),
+    "convert": ("msma.models.convert:cli_main", "the authors' MSMA/MLANet/Deep3D checkpoint -> an msma checkpoint"),
 }
 
 

@@ -34,6 +34,8 @@ class DataConfig:
         seed: split / synthetic-generation seed.
         augment: apply :class:`~msma.data.transforms.FaceAugment` to the training split.
         flip: allow horizontal flips in the augmentation.
+        color_jitter: colour jitter in the augmentation (msma's addition; Deep3D's augmentation has none).
+        blur: Gaussian / motion blur in the augmentation (msma's addition; not in Deep3D).
         landmarks: pseudo-label backend of ``folder``: ``"dlib"``, ``"fan"`` or ``"gt"``.
         landmark_weights: model file of that backend (None: located automatically, offline).
         detector: face detector: ``"dlib"``, ``"opencv"`` or ``"dlib+opencv"``.
@@ -60,6 +62,8 @@ class DataConfig:
     seed: int = 0
     augment: bool = True
     flip: bool = True
+    color_jitter: bool = True
+    blur: bool = True
     landmarks: str = "dlib"
     landmark_weights: Optional[str] = None
     detector: str = "dlib"

@@ -165,7 +165,14 @@ class FaceDataModule(L.LightningDataModule):
             return None
         from msma.data.transforms import FaceAugment
 
-        kwargs: dict[str, Any] = {"image_size": self.cfg.image_size, "flip": self.cfg.flip, "geometric": geometric}
+        c = self.cfg
+        kwargs: dict[str, Any] = {
+            "image_size": c.image_size,
+            "flip": c.flip,
+            "geometric": geometric,
+            "color_jitter": c.color_jitter,
+            "blur": c.blur,
+        }
         kwargs.update(self.augment_kwargs)
         return FaceAugment(**kwargs)
 

@@ -18,20 +18,25 @@ class EncoderConfig:
     """Every option of every encoder; options of other encoders are ignored.
 
     Attributes:
-        name: ``msma_lka`` | ``mlanet`` | ``deep3d_r50``.
-        backbone: timm model name (``features_only`` support; ``mlanet`` needs a ResNet).
-        pretrained: load ImageNet weights (local file, timm cache, or download unless HF_HUB_OFFLINE is set).
+        name: the authors' networks ``msma_lka`` | ``mlanet`` | ``deep3d_r50``, or msma's variants
+            ``msma_spatial`` | ``mlanet_timm`` (docs/models.md).
+        backbone: authors' networks: ``resnet50`` (theirs), ``resnet18``/``resnet34`` (torchvision layout);
+            variants: a timm model name (``features_only`` support; ``mlanet_timm`` needs a ResNet).
+        pretrained: load ImageNet weights (authors' networks: torchvision's checkpoint from pretrained_path, the
+            torch hub cache or a download; variants: timm's, from a local file, timm's cache or a download).
         pretrained_path: local ``.safetensors``/``.pth`` weights; implies pretrained.
         allow_random_init: warn and continue with random weights when pretrained weights are unavailable.
-        channels: msma_lka: widths stages 2, 3, 4 are projected to (divisible by the number of MLKA chains).
-        attention: msma_lka: ``mlka`` | ``lka`` | ``none``.
-        fusion: msma_lka: HRNet exchange between scales.
-        attention_on_pooled: msma_lka: the public-code quirk, attention on 1x1 pooled maps.
-        single_scale: msma_lka: all heads read stage 4.
-        lka_kernel, lka_dilated_kernel, lka_dilation: msma_lka with ``attention=lka`` (VAN: 5, 7, 3).
-        mlka_kernels, mlka_dilated_kernels, mlka_dilations: msma_lka MLKA chains (MAN/MSMA: 3/5/7, 5/7/9, 2/3/4).
+        channels: msma_spatial: widths stages 2, 3, 4 are projected to (divisible by the number of MLKA chains).
+        attention: msma_spatial: ``mlka`` | ``lka`` | ``none``.
+        fusion: msma_spatial: HRNet exchange between scales.
+        attention_on_pooled: msma_spatial: attention on maps pooled to 1x1 (msma's ablation; in the authors'
+            MSMA the maps that reach MLKA are spatial).
+        single_scale: msma_spatial: all heads read stage 4.
+        lka_kernel, lka_dilated_kernel, lka_dilation: msma_spatial with ``attention=lka`` (VAN: 5, 7, 3).
+        mlka_kernels, mlka_dilated_kernels, mlka_dilations: msma_spatial MLKA chains (MAN/MSMA: 3/5/7, 5/7/9, 2/3/4).
         mlka_gate_kernels: MLKA gate kernels (default: the chains' first kernels, 3/5/7).
-        fused_channels, aff_reduction, ca_reduction: mlanet (256, 4, 32).
+        fused_channels: mlanet_timm (256).
+        aff_reduction, ca_reduction: mlanet and mlanet_timm (4, 32).
     """
 
     name: str = "msma_lka"
@@ -64,7 +69,7 @@ def build_encoder_from_config(cfg: EncoderConfig, layout: CoeffLayout) -> FaceEn
         pretrained_path=str(cfg.pretrained_path) if cfg.pretrained_path else None,
         allow_random_init=bool(cfg.allow_random_init),
     )
-    if cfg.name == "msma_lka":
+    if cfg.name == "msma_spatial":
         lengths = {len(cfg.mlka_kernels), len(cfg.mlka_dilated_kernels), len(cfg.mlka_dilations)}
         if len(lengths) != 1:
             raise ValueError(
@@ -90,7 +95,7 @@ def build_encoder_from_config(cfg: EncoderConfig, layout: CoeffLayout) -> FaceEn
             if cfg.mlka_gate_kernels is None
             else tuple(int(g) for g in cfg.mlka_gate_kernels),
         )
-    if cfg.name == "mlanet":
+    if cfg.name == "mlanet_timm":
         return build_encoder(
             cfg.name,
             layout,
@@ -98,5 +103,9 @@ def build_encoder_from_config(cfg: EncoderConfig, layout: CoeffLayout) -> FaceEn
             fused_channels=int(cfg.fused_channels),
             aff_reduction=int(cfg.aff_reduction),
             ca_reduction=int(cfg.ca_reduction),
+        )
+    if cfg.name == "mlanet":
+        return build_encoder(
+            cfg.name, layout, **common, aff_reduction=int(cfg.aff_reduction), ca_reduction=int(cfg.ca_reduction)
         )
     return build_encoder(cfg.name, layout, **common)

@@ -1,8 +1,12 @@
-"""Deep3DFaceRecon baseline encoder: ResNet-50, global average pooling, one linear head per attribute.
+"""Deep3DFaceRecon baseline encoder (``deep3d_r50``): torchvision ResNet-50, global average pool, seven heads.
 
-Deep3DFaceRecon_pytorch (``models/networks.py``, ``ReconNetWrapper``) replaces ResNet-50's classifier by
-zero-initialised 1x1 convolutions on the pooled 2048-d feature, one per coefficient group; here one
-zero-initialised ``nn.Linear`` per group (:class:`msma.models.heads.AttributeHeads`), which is the same map.
+Deep3DFaceRecon_pytorch (``models/networks.py``, ``ReconNetWrapper`` with ``func_dict['resnet50']``): a
+torchvision ResNet-50 without ``fc`` on the [0, 1] image (no ImageNet normalisation), initialised from
+torchvision's ``resnet50-0676ba61.pth``; the pooled 2048-d feature feeds seven zero-initialised 1x1 convs
+(id, exp, tex, angles, gamma, tx/ty, tz). Here the backbone is :class:`msma.models.resnet.ResNet` (same
+layout and keys) and the heads are zero-initialised ``nn.Linear`` layers (:class:`AttributeHeads`), the same
+map as a 1x1 conv on a 1x1 map. 24,034,625 parameters with the 257-coefficient layout. Deep3D also offers
+ResNet-18; resnet18 / resnet34 are accepted here.
 """
 
 from __future__ import annotations
@@ -10,29 +14,27 @@ from __future__ import annotations
 from torch import Tensor
 
 from msma.face_model.params import CoeffLayout, FaceParams
-from msma.models.backbone import FeatureBackbone, create_backbone
 from msma.models.encoder import FaceEncoder
 from msma.models.heads import AttributeHeads, HeadInputs, HeadWidths
+from msma.models.resnet import ResNet, build_resnet
 
 __all__ = ["Deep3DEncoder", "build_deep3d"]
 
 
 class Deep3DEncoder(FaceEncoder):
-    """Global-pooled deepest backbone stage -> zero-initialised linear heads.
+    """Global-pooled stage 4 of a torchvision-layout ResNet -> zero-initialised linear heads.
 
     Args:
-        backbone: feature backbone returning one (deepest) stage.
+        backbone: :class:`ResNet`.
         layout: coefficient layout.
     """
 
-    def __init__(self, backbone: FeatureBackbone, layout: CoeffLayout) -> None:
+    def __init__(self, backbone: ResNet, layout: CoeffLayout) -> None:
         super().__init__(backbone, layout)
-        if len(backbone.channels) != 1:
-            raise ValueError(f"Deep3DEncoder needs a backbone returning 1 stage, got {len(backbone.channels)}")
-        self.heads = AttributeHeads(HeadWidths.uniform(backbone.channels[0]), layout)
+        self.heads = AttributeHeads(HeadWidths.uniform(backbone.channels[-1]), layout)
 
     def forward_normalized(self, x: Tensor) -> FaceParams:
-        """x: (B, 3, H, W) normalised image -> coefficients."""
+        """x: (B, 3, H, W) image in [0, 1] -> coefficients."""
         feat = self.backbone(x)[-1].mean(dim=(2, 3))
         return self.heads(HeadInputs.shared(feat))
 
@@ -44,5 +46,5 @@ def build_deep3d(
     pretrained_path: str | None = None,
     allow_random_init: bool = False,
 ) -> Deep3DEncoder:
-    """Deep3D baseline on the deepest stage of a timm backbone."""
-    return Deep3DEncoder(create_backbone(backbone, (-1,), pretrained, pretrained_path, allow_random_init), layout)
+    """Deep3D baseline on a torchvision-layout ResNet (torchvision ImageNet weights when ``pretrained``)."""
+    return Deep3DEncoder(build_resnet(backbone, None, pretrained, pretrained_path, allow_random_init), layout)

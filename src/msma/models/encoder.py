@@ -1,21 +1,24 @@
-"""The encoder interface and the MSMA encoder (multi-scale fusion + large-kernel attention + multi-depth heads).
+"""The encoder interface, and ``msma_spatial``: msma's own multi-scale variant of MSMA.
 
-MSMA (arXiv 2509.11763; public code built on Deep3DFaceRecon_pytorch): a ResNet-50 whose stages 2-4 are
-projected to modest widths, fused HRNet-style across resolutions (:class:`MultiScaleExchange`), refined by
-large-kernel attention at each scale (:mod:`msma.models.lka`) and read by zero-initialised heads at
-different depths: identity, expression and tz from stage 4; albedo and angles from stage 3; SH light and
-tx, ty from stage 2.
+The authors' MSMA network is :class:`msma.models.msma.MSMANet` (``msma_lka``). This module keeps msma's own
+variant, :class:`MSMASpatialEncoder` (``msma_spatial``, before November 2026 registered as ``msma_lka``): a timm
+backbone whose stages 2-4 (not stage 1) are projected to modest widths (default 96/192/384), fused HRNet-style
+across resolutions (:class:`MultiScaleExchange`, a parallel exchange, not the authors' in-place loop), refined
+by large-kernel attention at each scale (:mod:`msma.models.lka`), read out by a global mean and by heads at
+different depths (id, exp, tz from stage 4; tex, angles from stage 3; SH, tx, ty from stage 2). It uses
+ImageNet-normalised input.
 
-Known quirk of the public code (selectable with ``attention_on_pooled=True``): it applies MLKA after pooling
-each stage to 1x1, where every depthwise kernel only multiplies the zero-padded neighbourhood of a single
-pixel, i.e. only its centre tap matters and MLKA degenerates into per-channel gating. The default applies the
-attention on the spatial maps, where the large kernels see context.
+Ablation options (msma's, none of them is in the authors' code): ``attention`` (``mlka`` | ``lka`` |
+``none``), ``fusion=False``, ``single_scale=True`` (all heads read stage 4) and ``attention_on_pooled=True``
+(MLKA on maps pooled to 1x1, where each depthwise kernel only sees its centre tap; in the authors' network the
+maps that reach MLKA are spatial, see :class:`msma.models.msma.MSMANet`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,35 +29,44 @@ from msma.models.fusion import MultiScaleExchange, conv_bn_act
 from msma.models.heads import HEAD_NAMES, AttributeHeads, HeadInputs, HeadWidths
 from msma.models.lka import DEFAULT_MLKA_CHAINS, VAN_LKA_CHAIN, LKAChain, build_attention
 
-__all__ = ["FaceEncoder", "MSMAEncoder", "HeadScales", "MSMA_HEAD_SCALES", "build_msma"]
+__all__ = ["FaceEncoder", "MSMASpatialEncoder", "HeadScales", "MSMA_HEAD_SCALES", "build_msma_spatial"]
 
 
 class FaceEncoder(nn.Module):
     """Base class: image in [0, 1] -> :class:`FaceParams`.
 
-    Subclasses implement :meth:`forward_normalized`. Normalisation uses the backbone's pretrained mean/std.
+    Subclasses implement :meth:`forward_normalized`. A timm :class:`FeatureBackbone` brings its pretrained
+    mean/std and the image is normalised with them (msma's variants); any other backbone (the authors'
+    torchvision-layout ResNets) sees the [0, 1] image unchanged, as in Deep3DFaceRecon and MSMA/MLANet.
 
     Attributes:
         layout: the coefficient layout of the face model.
-        backbone: the :class:`FeatureBackbone`.
+        backbone: the feature backbone.
+        input_normalized: whether :meth:`normalize` applies ``(image - mean) / std``.
+        PARTS: parameter groups reported by ``msma info``: part name -> names of child modules.
     """
 
     layout: CoeffLayout
-    backbone: FeatureBackbone
+    backbone: nn.Module
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {"backbone": ("backbone",), "heads": ("heads",)}
 
-    def __init__(self, backbone: FeatureBackbone, layout: CoeffLayout) -> None:
+    def __init__(self, backbone: nn.Module, layout: CoeffLayout) -> None:
         super().__init__()
         self.backbone = backbone
         self.layout = layout
-        self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.input_normalized = isinstance(backbone, FeatureBackbone)
+        if isinstance(backbone, FeatureBackbone):
+            self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> backbone input ``(image - mean) / std``."""
+        """(B, 3, H, W) RGB in [0, 1] -> backbone input (``(image - mean) / std`` or the image itself)."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects a (B, 3, H, W) RGB image, got {tuple(image.shape)}")
         if not image.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a float image in [0, 1], got dtype {image.dtype}")
+        if not self.input_normalized:
+            return image
         mean: Tensor = self.pixel_mean  # type: ignore[assignment]
         std: Tensor = self.pixel_std  # type: ignore[assignment]
         return (image - mean.to(image.dtype)) / std.to(image.dtype)
@@ -90,14 +102,14 @@ class HeadScales:
         return tuple(sorted({getattr(self, f) for f in HEAD_NAMES}))
 
 
-#: MSMA public code: id, exp, tz from stage 4; tex, angles from stage 3; SH, tx, ty from stage 2.
+#: As MSMA's public code: id, exp, tz from stage 4; tex, angles from stage 3; SH, tx, ty from stage 2.
 MSMA_HEAD_SCALES = HeadScales(id=2, exp=2, tex=1, angles=1, sh=0, txy=0, tz=2)
 #: ``single_scale`` ablation: every head reads stage 4.
 SINGLE_SCALE_HEADS = HeadScales(id=2, exp=2, tex=2, angles=2, sh=2, txy=2, tz=2)
 
 
-class MSMAEncoder(FaceEncoder):
-    """MSMA: fused multi-scale features with large-kernel attention and heads at several depths.
+class MSMASpatialEncoder(FaceEncoder):
+    """msma's MSMA variant (``msma_spatial``): fused stages 2-4 kept spatial, attention, global-mean readout.
 
     Args:
         backbone: feature backbone returning the three deepest stages (ResNet stages 2, 3, 4), finest first.
@@ -111,6 +123,13 @@ class MSMAEncoder(FaceEncoder):
         lka_chain: kernels of ``"lka"`` (VAN default 5 -> 7 d3).
         mlka_chains, mlka_gate_kernel_sizes: kernels of ``"mlka"`` (default 3->5 d2, 5->7 d3, 7->9 d4; gates 3/5/7).
     """
+
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "backbone": ("backbone",),
+        "fusion": ("proj", "exchange"),
+        "attention": ("attn",),
+        "heads": ("heads",),
+    }
 
     def __init__(
         self,
@@ -128,10 +147,10 @@ class MSMAEncoder(FaceEncoder):
         super().__init__(backbone, layout)
         n = len(backbone.channels)
         if n != 3:
-            raise ValueError(f"MSMAEncoder needs a backbone returning 3 stages, got {n}")
+            raise ValueError(f"MSMASpatialEncoder needs a backbone returning 3 stages, got {n}")
         channels = tuple(int(c) for c in channels)
         if len(channels) != n or min(channels) < 1:
-            raise ValueError(f"MSMAEncoder channels must be {n} positive widths, got {list(channels)}")
+            raise ValueError(f"MSMASpatialEncoder channels must be {n} positive widths, got {list(channels)}")
         self.attention_kind = attention
         self.fusion_enabled = fusion
         self.attention_on_pooled = attention_on_pooled
@@ -173,7 +192,7 @@ class MSMAEncoder(FaceEncoder):
         return self.heads(feats)
 
 
-def build_msma(
+def build_msma_spatial(
     layout: CoeffLayout,
     backbone: str = "resnet50",
     pretrained: bool = False,
@@ -187,10 +206,10 @@ def build_msma(
     lka_chain: LKAChain = VAN_LKA_CHAIN,
     mlka_chains: Sequence[LKAChain] = DEFAULT_MLKA_CHAINS,
     mlka_gate_kernel_sizes: Sequence[int] | None = None,
-) -> MSMAEncoder:
-    """MSMA encoder on the three deepest stages of a timm backbone (see :class:`MSMAEncoder`)."""
+) -> MSMASpatialEncoder:
+    """msma's MSMA variant on the three deepest stages of a timm backbone (see :class:`MSMASpatialEncoder`)."""
     body = create_backbone(backbone, (-3, -2, -1), pretrained, pretrained_path, allow_random_init)
-    return MSMAEncoder(
+    return MSMASpatialEncoder(
         body,
         layout,
         channels=channels,

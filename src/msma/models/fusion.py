@@ -3,12 +3,15 @@
 * :class:`MultiScaleExchange`: HRNet's exchange unit (Wang et al., "Deep High-Resolution Representation
   Learning", TPAMI 2020, Sec. 3 "Exchange unit"): output scale ``i`` is ``relu(sum_j f_ij(x_j))`` with
   ``f_ii`` the identity, ``f_ij`` for a coarser ``j`` a 1x1 conv + BN followed by upsampling, and for a finer
-  ``j`` a chain of strided 3x3 conv + BN (ReLU between them), one per factor 2. MSMA fuses ResNet stages 2-4
-  this way.
-* :class:`AttentionalFeatureFusion`: AFF with the multi-scale channel attention module MS-CAM (Dai et al.,
-  "Attentional Feature Fusion", WACV 2021, Eq. 1-4): ``Z = M(X + Y) * X + (1 - M(X + Y)) * Y`` where
-  ``M = sigmoid(local(.) + global(.))``, both bottleneck 1x1 conv branches with channel reduction ``r``
-  (MLANet: r = 4).
+  ``j`` a chain of strided 3x3 conv + BN (ReLU between them), one per factor 2. msma's variant
+  ``msma_spatial`` fuses ResNet stages 2-4 this way (all outputs from the unfused inputs); the authors' MSMA
+  fuses four branches in place instead (:mod:`msma.models.msma`).
+* :class:`AFF`: MLANet's AFF as its public code builds it (``models/attention.py``, class ``AFF``): both
+  branches end in BatchNorm (also the global one, on 1x1 maps) and the output is ``2 x w + 2 y (1 - w)``.
+* :class:`AttentionalFeatureFusion`: msma's variant of AFF (used by ``mlanet_timm``) with the multi-scale
+  channel attention module MS-CAM (Dai et al., "Attentional Feature Fusion", WACV 2021, Eq. 1-4):
+  ``Z = M(X + Y) * X + (1 - M(X + Y)) * Y`` where ``M = sigmoid(local(.) + global(.))``, both bottleneck 1x1
+  conv branches with channel reduction ``r`` (MLANet: r = 4).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MultiScaleExchange", "AttentionalFeatureFusion", "MSCAM", "conv_bn_act", "resize_to"]
+__all__ = ["AFF", "MultiScaleExchange", "AttentionalFeatureFusion", "MSCAM", "conv_bn_act", "resize_to"]
 
 
 def conv_bn_act(in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, act: bool = True) -> nn.Sequential:
@@ -144,3 +147,48 @@ class AttentionalFeatureFusion(nn.Module):
             raise ValueError(f"AFF inputs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         w = self.attention(x + y)
         return w * x + (1.0 - w) * y
+
+
+class AFF(nn.Module):
+    """Attentional feature fusion as in MLANet's public code (``models/attention.py``, ``AFF``; r = 4).
+
+    ``w = sigmoid(L(x + y) + G(x + y))``, output ``2 x w + 2 y (1 - w)``. ``L``: 1x1 conv (C -> C / r, bias) ->
+    BN -> ReLU -> 1x1 conv (-> C, bias) -> BN at every pixel; ``G``: the same after global average pooling (its
+    BatchNorms see (B, C, 1, 1) maps: training needs a batch of at least 2). Sub-module names ``local_att`` /
+    ``global_att`` with the same indices as the reference, so checkpoints map by name.
+
+    Args:
+        channels: C of both inputs.
+        r: channel reduction (inter width ``C // r``).
+    """
+
+    def __init__(self, channels: int, r: int = 4) -> None:
+        super().__init__()
+        inter = int(channels // r)
+        self.local_att = nn.Sequential(
+            nn.Conv2d(channels, inter, 1),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1),
+            nn.BatchNorm2d(channels),
+        )
+        self.global_att = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, inter, 1),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1),
+            nn.BatchNorm2d(channels),
+        )
+
+    def weights(self, x: Tensor, y: Tensor) -> Tensor:
+        """Fusion weights ``w`` in (0, 1), (B, C, H, W)."""
+        xa = x + y
+        return torch.sigmoid(self.local_att(xa) + self.global_att(xa))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """x, y: (B, C, H, W) -> ``2 x w + 2 y (1 - w)``, (B, C, H, W)."""
+        if x.shape != y.shape:
+            raise ValueError(f"AFF inputs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        w = self.weights(x, y)
+        return 2.0 * x * w + 2.0 * y * (1.0 - w)

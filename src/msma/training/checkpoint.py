@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from msma.checkpoint import checkpoint_config, load_checkpoint_file
+from msma.checkpoint import MISMATCH_HELP, checkpoint_config, load_checkpoint_file
 from msma.config import ExperimentConfig, to_plain_dict
 from msma.face_model.model import FaceModel
 from msma.training.module import FaceReconModule
@@ -41,5 +41,7 @@ def load_training_module(path: str | Path, map_location: str | torch.device = "c
     try:
         module.load_encoder_state(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the configuration stored in it: {err}") from err
+        raise ValueError(
+            f"{path}: weights do not match the configuration stored in it ({err}). {MISMATCH_HELP}"
+        ) from err
     return module.to(map_location).eval()

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from msma.config import ExperimentConfig, to_container, to_typed, validate_config
 from msma.data.datamodule import FaceDataModule
+from msma.preflight import check_inputs
 from msma.training.module import FaceReconModule
 from msma.training.run_dir import RunDir
 
@@ -124,6 +125,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence
     from msma.training.trainer import build_callbacks, build_loggers, build_trainer
 
     validate_config(cfg)
+    check_inputs(cfg)  # every missing input (BFM, photos, weights) at once, before any work
     resolved = to_container(cfg)
     typed = to_typed(cfg)
     run = RunDir(Path(run_dir).resolve())
