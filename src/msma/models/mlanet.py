@@ -143,8 +143,8 @@ class MLANetTimmEncoder(FaceEncoder):
         """x: (B, 3, H, W) normalised image -> coefficients."""
         stages = self.backbone(x)
         s2, s3, s4 = (p(s) for p, s in zip(self.proj, stages))
-        f = self.aff[0](s3, resize_to(self.down[0](s2), tuple(s3.shape[-2:])))  # type: ignore[arg-type]
-        f = self.aff[1](s4, resize_to(self.down[1](f), tuple(s4.shape[-2:])))  # type: ignore[arg-type]
+        f = self.aff[0](s3, resize_to(self.down[0](s2), tuple(s3.shape[-2:])))
+        f = self.aff[1](s4, resize_to(self.down[1](f), tuple(s4.shape[-2:])))
         feat = torch.cat([f.mean(dim=(2, 3)), stages[-1].mean(dim=(2, 3))], dim=1)
         return self.heads(HeadInputs.shared(feat))
 
@@ -223,7 +223,7 @@ class MLANet(FaceEncoder):
         x1, x2, x3, x4 = self.backbone(x)
         f = self.aff[0](x2, self.down[0](x1))
         f = self.aff[1](x3, self.down[1](f))
-        return self.aff[2](x4, self.down[2](f))  # type: ignore[no-any-return]
+        return self.aff[2](x4, self.down[2](f))
 
     def forward_normalized(self, x: Tensor) -> FaceParams:
         """x: (B, 3, H, W) image in [0, 1] -> coefficients."""
