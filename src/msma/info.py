@@ -1,4 +1,4 @@
-"""``msma info --config-name EXP [overrides] [--json]``: what an experiment trains and what it needs.
+"""What an experiment trains and what it needs (the library behind ``msma info``, :mod:`msma.cli.info`).
 
 Reports the network's trainable parameters (total and per part: backbone, fusion, projection, attention,
 heads), its forward FLOPs for one image at the experiment's size (``torch.utils.flop_counter``, counted on
@@ -10,9 +10,6 @@ files; ICT-FaceKit's comes from :func:`msma.face_model.ict.ict_layout`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 import torch
@@ -20,7 +17,7 @@ from torch import nn
 
 from msma.face_model.params import CoeffLayout
 
-__all__ = ["count_flops", "experiment_info", "layout_of", "parameter_parts", "cli_main"]
+__all__ = ["count_flops", "experiment_info", "info_text", "layout_of", "parameter_parts"]
 
 #: Deep3DFaceRecon's BFM layout (257 coefficients).
 BFM_LAYOUT = CoeffLayout(80, 64, 80)
@@ -102,7 +99,7 @@ def experiment_info(cfg: Any, flops: bool = True) -> dict[str, Any]:
     return info
 
 
-def _text(info: dict[str, Any]) -> str:
+def info_text(info: dict[str, Any]) -> str:
     lines = [f"experiment {info['experiment']}: encoder {info['encoder']} ({info['backbone']}, input {info['input']})"]
     lines.append(f"  trainable parameters: {info['params']:,}")
     for part, n in info["params_by_part"].items():
@@ -125,23 +122,3 @@ def _text(info: dict[str, Any]) -> str:
     else:
         lines.append("  nothing missing: ready to train")
     return "\n".join(lines)
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    """``msma info`` entry point."""
-    ap = argparse.ArgumentParser(prog="msma info", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--config-name", "-c", required=True, help="experiment (experiments/<name>.yaml)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object (key 'params': total, int)")
-    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. face_model=ict data.image_size=128")
-    args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from msma.config import compose_experiment
-
-    cfg = compose_experiment(args.config_name, list(args.overrides))
-    info = experiment_info(cfg, flops=not args.no_flops)
-    print(json.dumps(info) if args.json else _text(info))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

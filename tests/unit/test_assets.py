@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from msma.cli.assets import cli_main as assets_cli
 from msma.face_model import AssetError, FaceModel, load_face_model
 from msma.face_model import assets as A
 from msma.face_model.ict import ICT_ARCHIVE_NAME, ICT_URL
@@ -114,19 +115,19 @@ def test_unknown_model_name() -> None:
 
 def test_cli_ict(fake_env: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[Path] = fake_env["calls"]  # type: ignore[assignment]
-    assert A.cli_main(["ict"]) == 0
+    assert assets_cli(["ict"]) == 0
     out = capsys.readouterr().out
     assert "ict:" in out and "MiB" in out and " s" in out and "70 vertices" in out
-    assert A.cli_main(["ict", "--force"]) == 0
+    assert assets_cli(["ict", "--force"]) == 0
     assert len(calls) == 2
     src = Path(str(fake_env["mirror"])) / ICT_ARCHIVE_NAME
-    assert A.cli_main(["ict", "--force", "--source", str(src)]) == 0
+    assert assets_cli(["ict", "--force", "--source", str(src)]) == 0
     assert calls[-1] == src
 
 
 def test_cli_ict_reports_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_env: dict[str, object]) -> None:
     monkeypatch.setenv("MSMA_ASSET_MIRROR", str(tmp_path / "empty"))
-    assert A.cli_main(["ict"]) == 1
+    assert assets_cli(["ict"]) == 1
 
 
 def test_msma_home_default(monkeypatch: pytest.MonkeyPatch) -> None:

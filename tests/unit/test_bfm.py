@@ -10,8 +10,8 @@ import torch
 import trimesh
 from scipy.io import savemat
 
+from msma.cli.assets import cli_main
 from msma.face_model import load_face_model
-from msma.face_model.assets import cli_main
 from msma.face_model.bfm import DM_TO_MM, arrays_from_front, convert_bfm09, load_bfm, read_exp_pca
 
 RNG = np.random.default_rng(7)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from msma.cli.info import cli_main
 from msma.config import compose_experiment, to_container
-from msma.info import cli_main, count_flops, experiment_info
+from msma.info import count_flops, experiment_info
 from msma.preflight import MissingInputsError, check_inputs, missing_inputs
 
 

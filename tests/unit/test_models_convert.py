@@ -169,7 +169,7 @@ def test_unknown_keys_and_networks_fail() -> None:
 
 def test_convert_cli_writes_an_evaluable_checkpoint(tmp_path: Path, synthetic_bfm_dir: Path) -> None:
     from msma.checkpoint import load_inference_model
-    from msma.models.convert import cli_main
+    from msma.cli.convert import cli_main
 
     theirs = _synthetic(deep3d_keys(), "deep3d_r50")
     src = tmp_path / "epoch_20.pth"

@@ -4,7 +4,8 @@
 ``python -m msma.cli train ...``); the other sub-commands take ordinary ``--options`` (``msma <cmd> --help``).
 Each command is a thin ``cli_main(argv) -> int`` over library functions: ``msma.cli.train`` (Hydra ->
 :func:`msma.training.run.run_training`), ``msma.cli.eval`` (-> :mod:`msma.evaluation`), ``msma.cli.reconstruct``
-(-> :class:`msma.inference.Reconstructor`), ``msma.data.prepare`` and ``msma.face_model.assets``.
+(-> :class:`msma.inference.Reconstructor`), ``msma.cli.assets``, ``msma.cli.info``, ``msma.cli.convert``;
+``msma prepare`` is ``msma.data.prepare:cli_main``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG",
     ),
     "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
-    "assets": ("msma.face_model.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
-    "info": ("msma.info:cli_main", "an experiment's parameters, FLOPs, layout, data and missing inputs"),
-    "convert": ("msma.models.convert:cli_main", "the authors' MSMA/MLANet/Deep3D checkpoint -> an msma checkpoint"),
+    "assets": ("msma.cli.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
+    "info": ("msma.cli.info:cli_main", "an experiment's parameters, FLOPs, layout, data and missing inputs"),
+    "convert": ("msma.cli.convert:cli_main", "the authors' MSMA/MLANet/Deep3D checkpoint -> an msma checkpoint"),
 }
 
 

@@ -16,11 +16,8 @@ Deep3D's ``BFM_model_front.mat`` (or the files Deep3D converts it from), see :mo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,48 +215,3 @@ def load_face_model(
     from msma.face_model.bfm import load_bfm
 
     return load_bfm(path, camera=camera)
-
-
-# -------------------------------------------------------------------------------------------------------- CLI
-def _human(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
-
-
-def cli_main(argv: list[str]) -> int:
-    """``msma assets ict [--force] [--source PATH]`` | ``msma assets bfm --dir DIR [--out FILE]``."""
-    parser = argparse.ArgumentParser(prog="msma assets", description="convert / locate face-model assets")
-    sub = parser.add_subparsers(dest="asset", required=True)
-    p_ict = sub.add_parser("ict", help="convert ICT-FaceKit into the cache ($MSMA_HOME)")
-    p_ict.add_argument("--force", action="store_true", help="rebuild even if a valid cache file exists")
-    p_ict.add_argument("--source", type=Path, default=None, help="upstream zip or extracted folder")
-    p_bfm = sub.add_parser("bfm", help="validate / convert the user's BFM files (Deep3D format)")
-    p_bfm.add_argument("--dir", type=Path, required=True, help="folder with BFM_model_front.mat or its sources")
-    p_bfm.add_argument("--out", type=Path, default=None, help="write the compact .npz here as well")
-    args = parser.parse_args(argv)
-
-    def say(msg: str) -> None:
-        print(f"  {msg}", file=sys.stderr)
-
-    t0 = time.perf_counter()
-    try:
-        if args.asset == "ict":
-            path = build_ict_cache(source=args.source, force=args.force, progress=say)
-            model = FaceModel(load_arrays(path))
-            print(
-                f"ict: {path} ({_human(path.stat().st_size)}), {model.n_vertices} vertices, "
-                f"{int(model.tri.shape[0])} rendered triangles, layout {model.layout}, "
-                f"{time.perf_counter() - t0:.1f} s"
-            )
-            return 0
-        from msma.face_model.bfm import load_bfm
-
-        model = load_bfm(args.dir)
-        msg = f"bfm: {model.n_vertices} vertices, {int(model.tri.shape[0])} triangles, layout {model.layout}"
-        if args.out is not None:
-            model.save(args.out)
-            msg += f", wrote {args.out} ({_human(args.out.stat().st_size)})"
-        print(f"{msg}, {time.perf_counter() - t0:.1f} s")
-        return 0
-    except (AssetError, FileNotFoundError, ValueError) as exc:
-        print(f"msma assets: error: {exc}", file=sys.stderr)
-        return 1
