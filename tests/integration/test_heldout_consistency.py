@@ -76,16 +76,7 @@ def _validate_checkpoint(run: Path, best: Path) -> dict[str, float]:
     datamodule = FaceDataModule(experiment_from_dict(module.config).data, module.face_model)
     loader, split = datamodule.heldout_dataloader()
     assert split == "validation"
-    # inference_mode=False: the torch rasteriser's cached tensors cannot be created under torch.inference_mode
-    # (Trainer.validate's default); msma train's own validation runs without it as well.
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        inference_mode=False,
-    )
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
     (logged,) = trainer.validate(module, dataloaders=loader, verbose=False)
     return {k[len("val/") :]: float(v) for k, v in logged.items() if k.startswith("val/")}
 
