@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msma.train:cli_main", "train an experiment (Hydra: --config-name <experiment> key=value ...)"),
     "eval": ("msma.evaluate:cli_main", "evaluate a checkpoint on a benchmark (AFLW2000-3D, synthetic, MICC, NoW)"),
     "reconstruct": ("msma.inference:cli_main", "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG"),
+    "fit": ("msma.fitting.cli:cli_main", "3DMM fitting of photos to MediaPipe's dense landmarks (reconstruct --fit)"),
     "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
     "assets": ("msma.face_model.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
 }
