@@ -343,7 +343,8 @@ def make_landmark_backend(
     name: str, path: str | os.PathLike[str] | None = None, device: str = "cpu"
 ) -> LandmarkBackend:
     """Builds a backend: ``"dlib"`` (``path``: predictor file), ``"fan"`` (``path``: weights), ``"mediapipe"``
-    (``path``: ``face_landmarker.task``, see :mod:`msma.data.mediapipe_backend`), ``"gt"``.
+    (``path``: ``face_landmarker.task``, see :mod:`msma.data.mediapipe_backend`), ``"mediapipe+fit"`` (also fitted
+    coefficients, :mod:`msma.fitting.pseudo_labels`), ``"gt"``.
 
     Raises:
         ValueError: unknown name.
@@ -355,11 +356,15 @@ def make_landmark_backend(
         return FanLandmarks(path, device=device)
     if name == "gt":
         return GroundTruthLandmarks()
-    if name == "mediapipe":
+    if name in ("mediapipe", "mediapipe+fit"):
         from msma.data.mediapipe_backend import MediaPipeLandmarks
         from msma.face_model.assets import AssetError
 
         try:
+            if name == "mediapipe+fit":
+                from msma.fitting.pseudo_labels import MediaPipeFitLandmarks
+
+                return MediaPipeFitLandmarks(path)
             return MediaPipeLandmarks(path)
         except (FileNotFoundError, AssetError) as exc:
             raise LandmarkBackendUnavailable(str(exc)) from exc
