@@ -183,7 +183,7 @@ class Reconstructor:
         self,
         ckpt: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
-        detector: str | None = "dlib",
+        detector: str | None = None,
         landmarks: str = "dlib",
         landmark_weights: str | os.PathLike[str] | None = None,
         image_size: int | None = None,

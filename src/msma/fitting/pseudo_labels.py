@@ -1,8 +1,8 @@
 """Fitted coefficients as pseudo-labels: the ``mediapipe+fit`` landmark backend of ``msma prepare --fit``.
 
 It is the ``mediapipe`` backend (:class:`~msma.data.mediapipe_backend.MediaPipeLandmarks`) that also fits the
-face model to each face (:func:`~msma.fitting.fitter.fit_face_model`, from the mean face posed by PnP) in a
-square crop around the dense landmarks (side 1.5 x the larger side of their box, ``FIT_SIZE`` px), and returns
+face model to each face (:func:`~msma.fitting.photo.fit_photo_face`: from the mean face posed by PnP, in a
+square crop around the dense landmarks), and returns
 the coefficients with that crop's frame, so the label cache (:mod:`msma.data.cache`) stores them next to the
 landmarks. The cache key holds the face model's fingerprint and the fit settings: another model or recipe never
 reads these coefficients.
@@ -16,15 +16,11 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from msma.data.mediapipe_backend import DenseFace, MediaPipeLandmarks
 from msma.fitting.fitter import FitConfig
+from msma.fitting.photo import FIT_SIZE
 
-#: Side of the fit frame, pixels.
-FIT_SIZE = 224
-#: Crop side / larger side of the dense landmarks' box.
-FIT_CROP_ENLARGE = 1.5
 
 
 class MediaPipeFitLandmarks(MediaPipeLandmarks):
@@ -67,29 +63,19 @@ class MediaPipeFitLandmarks(MediaPipeLandmarks):
             face: its dense face (loaded pixels).
             to_orig: (3, 3) loaded -> original pixels.
         """
-        from msma.data.align import box_crop_transform, warp_crop
-        from msma.fitting.fitter import fit_face_model
+        from msma.fitting.photo import fit_photo_face
 
         if face.points is None:
             return None
-        b = face.box
-        m = box_crop_transform((b.left, b.top, b.right, b.bottom), FIT_SIZE, FIT_CROP_ENLARGE)
-        inv = np.linalg.inv(m)
-        pts = face.points.astype(np.float64)
-        xy = pts[:, :2] @ inv[:2, :2].T + inv[:2, 2]
-        z = pts[:, 2:] * inv[0, 0]
-        tgt = torch.as_tensor(np.concatenate([xy, z], 1)[None], dtype=torch.float32)
-        crop = warp_crop(image.astype(np.float32) / 255.0, m, FIT_SIZE)
-        img = torch.from_numpy(crop.transpose(2, 0, 1).copy())[None]
-        res = fit_face_model(
-            self.model, self.corr, tgt, self.model.layout.zeros(1), FIT_SIZE, img, self.renderer, self.config
-        )
-        crop_to_image = to_orig @ m
-        lm = res.landmarks_2d[0].double().numpy() @ crop_to_image[:2, :2].T + crop_to_image[:2, 2]
+        fitted = fit_photo_face(self.model, self.corr, image, face.points, self.renderer, self.config)
+        res = fitted.result
+        crop_to_image = to_orig @ fitted.crop_to_image
+        lm = fitted.landmarks_68 @ to_orig[:2, :2].T + to_orig[:2, 2]
         return {
             "coefficients": {g: [round(float(v), 6) for v in t[0].tolist()] for g, t in res.params.items()},
             "crop_to_image": np.round(crop_to_image, 6).tolist(),
             "image_size": FIT_SIZE,
+            "frame": "square crop centred on the dense landmarks' box, side 1.5 x its larger side",
             "face_model": self.model_tag,
             "landmarks_2d": np.round(lm, 3).tolist(),
             "dense_error_px": round(float(res.dense_error[0]), 4),
