@@ -74,6 +74,7 @@ class Reconstruction:
         render_mask: (H, W) float32 coverage of the rendered face in the photo, in [0, 1].
         source: where the image came from (path or ``"<array>"``).
         face_index: index of this face among the faces reconstructed in the image (0 = largest).
+        texture: the baked UV texture (:class:`msma.texture.Texture`) with ``texture=True``, else None.
     """
 
     params: FaceParams
@@ -91,6 +92,7 @@ class Reconstruction:
     render_mask: np.ndarray
     source: str
     face_index: int = 0
+    texture: Any = None  # msma.texture.Texture when the Reconstructor bakes textures
 
     def coefficients_json(self) -> dict[str, Any]:
         """The coefficients and alignment as JSON-ready lists (angles in radians and degrees, trans in mm)."""
@@ -173,6 +175,7 @@ class Reconstructor:
             (:mod:`msma.fitting`); needs ``landmarks="mediapipe"``. Reported landmarks are then the fitted
             model's own 68 landmark vertices, projected.
         fit_config: fitting settings (:class:`msma.fitting.fitter.FitConfig`).
+        texture: also bake a UV texture from the photo per face (:mod:`msma.texture`; needs a model with UVs).
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
@@ -190,6 +193,7 @@ class Reconstructor:
         renderer_backend: str = "auto",
         fit: bool = False,
         fit_config: Any = None,
+        texture: bool = False,
     ) -> None:
         from msma.builders import build_untrained_module, load_module_from_checkpoint
         from msma.data.align import template_from_face_model
@@ -220,6 +224,9 @@ class Reconstructor:
             detector = "mediapipe" if landmarks == "mediapipe" else "dlib"
         self.detector = make_detector(detector)
         self.fit = bool(fit)
+        self.texture = bool(texture)
+        if self.texture and self.face_model.uv is None:
+            raise ValueError(f"face model {self.face_model.name!r} has no UVs: texture export needs ICT-FaceKit")
         self.fit_config = fit_config
         self._corr: Any = None
         if self.fit:
@@ -402,6 +409,11 @@ class Reconstructor:
         landmarks = _affine_points(crop_to_image, lm_crop)
         overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, _affine_points(f.crop_to_loaded, lm_crop))
         box = tuple(float(v) for v in _affine_points(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
+        texture = None
+        if self.texture:
+            from msma.texture import bake_face_texture
+
+            texture = bake_face_texture(self.face_model, params, inp.image, f.crop_to_loaded, self.image_size)
         return Reconstruction(
             params=params.detach().to("cpu"),
             vertices=face.vertices[i].detach().cpu(),
@@ -418,6 +430,7 @@ class Reconstructor:
             render_mask=mask,
             source=inp.source,
             face_index=f.face_index,
+            texture=texture,
         )
 
     def _overlay(
@@ -449,11 +462,18 @@ class Reconstructor:
 
 # ---------------------------------------------------------------------------------------------- files
 def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[Path]:
-    """Writes ``<stem>.obj`` (canonical shape, shaded vertex colours), ``<stem>.json``, ``<stem>_overlay.png``."""
+    """Writes ``<stem>.obj`` (canonical shape, shaded vertex colours), ``<stem>.json``, ``<stem>_overlay.png``;
+    with a baked texture the OBJ carries UVs and a material instead (``<stem>.mtl``, ``<stem>_texture.png``)."""
     from msma.export import export_obj
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    obj = export_obj(out_dir / f"{stem}.obj", rec.vertices_canonical, rec.triangles, vertex_colors=rec.colors)
+    extra: list[Path] = []
+    if rec.texture is not None:
+        from msma.texture import write_textured_obj
+
+        obj, *extra = write_textured_obj(out_dir / f"{stem}.obj", rec.vertices_canonical.numpy(), rec.texture)
+    else:
+        obj = export_obj(out_dir / f"{stem}.obj", rec.vertices_canonical, rec.triangles, vertex_colors=rec.colors)
     meta = rec.coefficients_json()
     meta["obj"] = obj.name
     meta["obj_frame"] = "canonical (unposed) shape, mm, x right, y up, z towards the viewer"
@@ -461,7 +481,7 @@ def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[P
     js.write_text(json.dumps(meta, indent=1))
     png = out_dir / f"{stem}_overlay.png"
     Image.fromarray(rec.overlay).save(png)
-    return [obj, js, png]
+    return [obj, js, png, *extra]
 
 
 def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -515,6 +535,9 @@ def _parser() -> argparse.ArgumentParser:
         "--landmarks", default=None, help="landmark backend: dlib, fan or mediapipe (default: mediapipe with --fit)"
     )
     p.add_argument("--fit", action="store_true", help="refine by 3DMM fitting to MediaPipe's dense landmarks")
+    p.add_argument(
+        "--texture", action="store_true", help="OBJ + MTL + PNG texture in the face model's UV space (ICT)"
+    )
     p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
     p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
     return p
@@ -537,6 +560,7 @@ def cli_main(argv: list[str]) -> int:
             landmark_weights=args.landmark_weights,
             renderer_backend=args.renderer,
             fit=args.fit,
+            texture=args.texture,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)
