@@ -353,9 +353,7 @@ class Reconstructor:
                 continue
             m = alignment_transform(lm, self.template, self.image_size)
             crop = warp_crop(inp.image, m, self.image_size)
-            faces.append(
-                _Face(image_index, len(faces), crop, m, lm, (box.left, box.top, box.right, box.bottom), dense)
-            )
+            faces.append(_Face(image_index, len(faces), crop, m, lm, (box.left, box.top, box.right, box.bottom), dense))
         if not faces:
             return [], f"{SKIP_LANDMARKS}: {inp.source}: {'; '.join(errors)}"
         return faces, ""
@@ -393,7 +391,13 @@ class Reconstructor:
         tgt = torch.as_tensor(np.stack(targets), dtype=torch.float32, device=self.device)
         idx = torch.as_tensor(rows, device=self.device)
         res = fit_face_model(
-            self.face_model, self._corr, tgt, params[idx].detach(), self.image_size, crops[idx], self.renderer,
+            self.face_model,
+            self._corr,
+            tgt,
+            params[idx].detach(),
+            self.image_size,
+            crops[idx],
+            self.renderer,
             self.fit_config,
         )
         merged = {g: t.detach().clone() for g, t in params.items()}
@@ -528,16 +532,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images (and faces) per network batch")
     p.add_argument("--all-faces", action="store_true", help="every detected face, not only the largest")
     p.add_argument(
-        "--detector", default=None, help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
-        "with --landmarks mediapipe, else dlib)"
+        "--detector",
+        default=None,
+        help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
+        "with --landmarks mediapipe, else dlib)",
     )
     p.add_argument(
         "--landmarks", default=None, help="landmark backend: dlib, fan or mediapipe (default: mediapipe with --fit)"
     )
     p.add_argument("--fit", action="store_true", help="refine by 3DMM fitting to MediaPipe's dense landmarks")
-    p.add_argument(
-        "--texture", action="store_true", help="OBJ + MTL + PNG texture in the face model's UV space (ICT)"
-    )
+    p.add_argument("--texture", action="store_true", help="OBJ + MTL + PNG texture in the face model's UV space (ICT)")
     p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
     p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
     return p

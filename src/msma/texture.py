@@ -21,9 +21,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from msma.face_model.model import FaceModel
+    from msma.face_model.params import FaceParams
 
 #: A vertex counts as visible when its rendered depth is within this of the depth buffer (mm).
 DEPTH_TOLERANCE_MM = 4.0
@@ -141,7 +147,10 @@ def bake_texture(
 
     def sample(xy: np.ndarray) -> np.ndarray:
         return cv2.remap(
-            photo32, xy[..., 0].astype(np.float32), xy[..., 1].astype(np.float32), cv2.INTER_LINEAR,
+            photo32,
+            xy[..., 0].astype(np.float32),
+            xy[..., 1].astype(np.float32),
+            cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
 
@@ -211,9 +220,7 @@ def write_textured_obj(
     mtl = obj.with_suffix(".mtl")
     png = obj.with_name(f"{obj.stem}_texture.png")
     Image.fromarray(texture.image).save(png)
-    mtl.write_text(
-        f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png.name}\n"
-    )
+    mtl.write_text(f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png.name}\n")
     v = np.asarray(vertices, dtype=np.float64)
     lines = [f"mtllib {mtl.name}", f"usemtl {material}"]
     lines += [f"v {x:.5f} {y:.5f} {z:.5f}" for x, y, z in v]
@@ -224,8 +231,8 @@ def write_textured_obj(
 
 
 def bake_face_texture(
-    face_model: torch.nn.Module,
-    params: object,
+    face_model: FaceModel,
+    params: FaceParams,
     photo: np.ndarray,
     crop_to_photo: np.ndarray,
     crop_size: int,

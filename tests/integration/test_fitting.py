@@ -86,7 +86,9 @@ def test_correspondence_cache_written_and_rebuilt(ict_model, tmp_path: Path, mon
 
 
 @pytest.mark.parametrize(("image", "annotation"), PHOTOS)
-def test_fit_lowers_error_of_the_mean_face(ict_model, corr, renderer, testdata: Path, image: str, annotation: str) -> None:  # type: ignore[no-untyped-def]
+def test_fit_lowers_error_of_the_mean_face(
+    ict_model, corr, renderer, testdata: Path, image: str, annotation: str
+) -> None:  # type: ignore[no-untyped-def]
     img, dense, gt = dense_face(testdata, image, annotation)
     fit = fit_photo_face(ict_model, corr, img, dense, renderer)
     res = fit.result

@@ -42,7 +42,9 @@ def backend() -> MediaPipeLandmarks:
 
 
 @pytest.mark.parametrize(("image", "annotation"), PHOTOS)
-def test_finds_every_face_within_stated_nme(backend: MediaPipeLandmarks, testdata: Path, image: str, annotation: str) -> None:
+def test_finds_every_face_within_stated_nme(
+    backend: MediaPipeLandmarks, testdata: Path, image: str, annotation: str
+) -> None:
     img = load_image(testdata / image).as_uint8()
     gt = read_gt(testdata / annotation)
     chain = make_detector("mediapipe")

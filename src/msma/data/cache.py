@@ -140,7 +140,10 @@ class ImageLabels:
 
 
 def _face_payload(f: FaceLabel) -> dict[str, Any]:
-    out: dict[str, Any] = {"box": f.box.to_list(), "landmarks": np.asarray(f.landmarks, dtype=np.float64).round(3).tolist()}
+    out: dict[str, Any] = {
+        "box": f.box.to_list(),
+        "landmarks": np.asarray(f.landmarks, dtype=np.float64).round(3).tolist(),
+    }
     if f.dense is not None:
         out["dense"] = np.asarray(f.dense, dtype=np.float64).round(2).tolist()
     if f.fit is not None:
@@ -372,7 +375,9 @@ def label_image(
     return ImageLabels(sha256, key, tuple(kept), None, "", size)
 
 
-def _dense_label(backend: LandmarkBackend, dense_face: Any, image: np.ndarray, to_orig: np.ndarray, scale: float) -> FaceLabel:
+def _dense_label(
+    backend: LandmarkBackend, dense_face: Any, image: np.ndarray, to_orig: np.ndarray, scale: float
+) -> FaceLabel:
     """A face of the ``mediapipe`` backend: 68 + dense points in original pixels, and the fit when it fits."""
     pts = np.asarray(dense_face.points, dtype=np.float64)
     xy = pts[:, :2] @ to_orig[:2, :2].T + to_orig[:2, 2]

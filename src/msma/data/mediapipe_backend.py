@@ -97,7 +97,9 @@ class MediaPipeFaceMesh:
             difficult faces, the presence score of the mesh model still rejects non-faces).
     """
 
-    def __init__(self, task_path: str | os.PathLike[str] | None = None, num_faces: int = 4, min_confidence: float = 0.3):
+    def __init__(
+        self, task_path: str | os.PathLike[str] | None = None, num_faces: int = 4, min_confidence: float = 0.3
+    ):
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
@@ -153,7 +155,9 @@ class MediaPipeFaceMesh:
             faces.append(DenseFace(FaceBox.from_points(pts[:, :2], 1.0), pts, "landmarker", tr))
         return sorted(faces, key=lambda f: -f.box.area)
 
-    def run_in_box(self, image: np.ndarray, box: FaceBox, margins: tuple[float, ...] = CROP_MARGINS) -> DenseFace | None:
+    def run_in_box(
+        self, image: np.ndarray, box: FaceBox, margins: tuple[float, ...] = CROP_MARGINS
+    ) -> DenseFace | None:
         """Dense landmarks of the face in ``box``: the landmarker on square crops around it (upsampled).
 
         Returns:
@@ -188,7 +192,6 @@ class MediaPipeFaceMesh:
                     continue
                 return best
         return None
-
 
     def run_tiled(self, image: np.ndarray, min_tile: int = TILE_MIN_SIDE) -> list[DenseFace]:
         """Small faces: the landmarker on overlapping square tiles, coarse to fine, stopping at the first tile size

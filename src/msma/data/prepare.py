@@ -290,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit", action="store_true", help="with --landmarks mediapipe: also cache fitted 3DMM coefficients"
     )
     parser.add_argument(
-        "--detector", default=None, help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
-        "for --landmarks mediapipe, else dlib)"
+        "--detector",
+        default=None,
+        help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
+        "for --landmarks mediapipe, else dlib)",
     )
     parser.add_argument("--weights", default=None, help="landmark model file (dlib .dat / FAN .pth.tar)")
     parser.add_argument("--cache", default=None, help="cache directory (default: $MSMA_HOME/labels/<folder>-<hash>)")

@@ -160,8 +160,12 @@ def register_canonical(canonical: CanonicalMesh, face_model: FaceModel) -> Dense
     dst = mean[lmk[inner]]
     s, rot, t = umeyama(src, dst)
     moved = src_all @ (s * rot).T + t
-    disp = RBFInterpolator(moved[[MEDIAPIPE_TO_68[i] for i in inner]], dst - moved[[MEDIAPIPE_TO_68[i] for i in inner]],
-                           kernel="thin_plate_spline", smoothing=1.0)
+    disp = RBFInterpolator(
+        moved[[MEDIAPIPE_TO_68[i] for i in inner]],
+        dst - moved[[MEDIAPIPE_TO_68[i] for i in inner]],
+        kernel="thin_plate_spline",
+        smoothing=1.0,
+    )
     warped = moved + disp(moved)
     tri = face_model.tri.cpu().numpy()
     skin = face_model.skin_mask.cpu().numpy()
@@ -175,8 +179,12 @@ def correspondence_cache_path(face_model: FaceModel, task_path: Path, home: Path
     from msma.face_model.assets import msma_home, sha256_file
 
     home = msma_home() if home is None else home
-    return home / "fitting" / (
-        f"mp468_{face_model.name}-{face_model.fingerprint()}_{sha256_file(task_path)[:12]}_v{CORRESPONDENCE_VERSION}.npz"
+    return (
+        home
+        / "fitting"
+        / (
+            f"mp468_{face_model.name}-{face_model.fingerprint()}_{sha256_file(task_path)[:12]}_v{CORRESPONDENCE_VERSION}.npz"
+        )
     )
 
 

@@ -37,6 +37,7 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix, matrix_to_euler, rotate
 from msma.fitting.correspondence import DenseCorrespondence
+from msma.render.renderer import MeshRenderer
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def fit_face_model(
     init: FaceParams,
     image_size: int,
     images: Tensor | None = None,
-    renderer: torch.nn.Module | None = None,
+    renderer: MeshRenderer | None = None,
     config: FitConfig | None = None,
 ) -> FitResult:
     """Fits the face model to dense landmarks (and the photo) by analysis-by-synthesis.
@@ -186,7 +187,7 @@ def _fit(
     init: FaceParams,
     image_size: int,
     images: Tensor | None = None,
-    renderer: torch.nn.Module | None = None,
+    renderer: MeshRenderer | None = None,
     config: FitConfig | None = None,
 ) -> FitResult:
     """:func:`fit_face_model` without the thread setting."""
@@ -206,7 +207,6 @@ def _fit(
     base_w[torch.as_tensor(corr.residual_mm > cfg.max_residual_mm, device=dev)] = 0.0
     oval = torch.zeros(NUM_MESH, dtype=torch.bool, device=dev)
     oval[list(FACE_OVAL)] = True
-    n_id, n_exp = model.layout.n_id, model.layout.n_exp
     blendshape = model.exp_kind == "blendshape"
     id_std = model.id_std.to(dev).clamp_min(1e-6)
     tex_std = model.tex_std.to(dev).clamp_min(1e-6)
@@ -251,8 +251,14 @@ def _fit(
         w0 = visibility(p["angles"]).cpu().numpy()
         tgt_np = tgt.cpu().numpy()
         for i in range(b):
-            pose = _pnp_pose(shape0[i], tgt_np[i, :, :2], (base_w.cpu().numpy() > 0) & ~oval.cpu().numpy(),
-                             cam.focal(image_size), image_size, cam.distance)
+            pose = _pnp_pose(
+                shape0[i],
+                tgt_np[i, :, :2],
+                (base_w.cpu().numpy() > 0) & ~oval.cpu().numpy(),
+                cam.focal(image_size),
+                image_size,
+                cam.distance,
+            )
             if pose is None:
                 continue
             cand = {k: v[i : i + 1].clone() for k, v in p.items()}
@@ -276,8 +282,9 @@ def _fit(
         from msma.losses.skin import skin_probability
 
         s = cfg.photo_size
-        img = torch.nn.functional.interpolate(images.float().to(dev), size=(s, s), mode="bilinear", antialias=True,
-                                              align_corners=False)
+        img = torch.nn.functional.interpolate(
+            images.float().to(dev), size=(s, s), mode="bilinear", antialias=True, align_corners=False
+        )
         skin = skin_probability(img)
         for k in ("tex", "sh"):
             p[k].requires_grad_(True)
@@ -293,10 +300,12 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             params = FaceParams(**p)
             face = model(params, image_size=s)
-            out = renderer.render(face, model.tri)  # type: ignore[attr-defined]
+            out = renderer.render(face, model.tri)
             e_photo = torch.stack(
-                [photometric_loss(img[i : i + 1], out.image[i : i + 1], out.mask[i : i + 1] * skin[i : i + 1])
-                 for i in range(b)]
+                [
+                    photometric_loss(img[i : i + 1], out.image[i : i + 1], out.mask[i : i + 1] * skin[i : i + 1])
+                    for i in range(b)
+                ]
             )
             e, _ = landmark_energy(p)
             reg = priors(p) + cfg.w_tex * ((p["tex"] / tex_std) ** 2).sum(1) + cfg.w_sh * (p["sh"] ** 2).sum(1)

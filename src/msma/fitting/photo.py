@@ -16,6 +16,7 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.fitting.correspondence import DenseCorrespondence
 from msma.fitting.fitter import FitConfig, FitResult, fit_face_model
+from msma.render.renderer import MeshRenderer
 
 #: Side of the fit frame, pixels.
 FIT_SIZE = 224
@@ -45,7 +46,7 @@ def fit_photo_face(
     corr: DenseCorrespondence,
     image: np.ndarray,
     dense: np.ndarray,
-    renderer: torch.nn.Module | None = None,
+    renderer: MeshRenderer | None = None,
     config: FitConfig | None = None,
     init: FaceParams | None = None,
     size: int = FIT_SIZE,

@@ -22,7 +22,6 @@ from msma.fitting.fitter import FitConfig
 from msma.fitting.photo import FIT_SIZE
 
 
-
 class MediaPipeFitLandmarks(MediaPipeLandmarks):
     """``mediapipe`` landmarks plus fitted coefficients per face.
 
