@@ -6,9 +6,10 @@ mesh inside ``face_landmarker.task``, :func:`msma.data.mediapipe_mesh.read_canon
 face:
 
 1. a similarity (Umeyama 1991, no reflection) from the canonical face (cm -> mm) to the mean face, fitted on the
-   51 inner iBUG landmarks both meshes mark (MediaPipe through :data:`MEDIAPIPE_TO_68`, the model through its
-   ``landmark_idx``); the 17 jaw points are left out: MediaPipe's are on its face oval, the model's on the jaw;
-2. a thin-plate-spline warp taking those 51 transformed points exactly onto the model's (scipy's
+   51 inner iBUG landmarks and the chin (8), which both meshes mark at the same places (MediaPipe through
+   :data:`MEDIAPIPE_TO_68`, the model through its ``landmark_idx``); the other jaw points are left out:
+   MediaPipe's are on its face oval, the model's on the jaw line;
+2. a thin-plate-spline warp taking those 52 transformed points exactly onto the model's (scipy's
    ``RBFInterpolator``), applied to all 468 vertices, which removes the difference in face proportions;
 3. each warped vertex projected on the nearest rendered skin triangle of the mean face (exact point-to-triangle
    distance over the 32 triangles with the nearest centroids); stored as triangle + barycentric weights so it
@@ -35,7 +36,7 @@ from msma.face_model.model import FaceModel
 log = logging.getLogger(__name__)
 
 #: Version of the recipe above; part of the cache name.
-CORRESPONDENCE_VERSION = 1
+CORRESPONDENCE_VERSION = 2
 #: Vertices with a skin weight below this are not skin (eyeballs, mouth interior) and receive no point.
 SKIN_THRESHOLD = 0.05
 
@@ -155,7 +156,7 @@ def register_canonical(canonical: CanonicalMesh, face_model: FaceModel) -> Dense
     mean = face_model.mean_shape.detach().cpu().double().numpy()
     lmk = face_model.landmark_idx.cpu().numpy()
     src_all = canonical.vertices * 10.0  # cm -> mm
-    inner = list(range(17, 68))
+    inner = [8, *range(17, 68)]  # the chin and the 51 inner points mark the same places on both meshes
     src = src_all[[MEDIAPIPE_TO_68[i] for i in inner]]
     dst = mean[lmk[inner]]
     s, rot, t = umeyama(src, dst)

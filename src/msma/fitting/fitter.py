@@ -8,10 +8,11 @@ MediaPipe's 468 mesh points mapped into that frame; they are matched to the mode
 
 Energy (per face, summed over the batch):
 
-* dense landmarks: robust weighted squared reprojection error (pixels of a 224 frame). Points on MediaPipe's
-  face oval follow the visible silhouette, not fixed skin points, so each oval point is weighted by how much
-  its model surface point faces the camera (weight 0 once it turns away: the jaw behind the face is left to the
-  other points and the priors); MediaPipe's relative depth is matched up to an offset (a weak term that tells
+* dense landmarks: robust (Geman-McClure) squared reprojection error (pixels of a 224 frame). Points on
+  MediaPipe's face oval follow the visible silhouette, not fixed skin points: each oval point is held by its
+  fixed surface point only as far as that point faces the camera, and otherwise pulls the nearest projected
+  *silhouette* vertex of the model (|normal z| small; recomputed every step, contour ICP), so the model's jaw
+  behind the face stays free and the model's silhouette meets MediaPipe's contour; MediaPipe's relative depth is matched up to an offset (a weak term that tells
   the two sides of a profile apart);
 * photometric (stage 3, optional): Deep3D's masked colour distance between the photo and the rendering, on
   skin pixels (rendered coverage x skin probability), through :class:`~msma.render.renderer.MeshRenderer`;
@@ -36,8 +37,15 @@ from msma.data.mediapipe_mesh import FACE_OVAL, NUM_MESH
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix, matrix_to_euler, rotate
-from msma.fitting.correspondence import DenseCorrespondence
+from msma.fitting.correspondence import SKIN_THRESHOLD, DenseCorrespondence
 from msma.render.renderer import MeshRenderer
+
+#: An oval point is held by its fixed surface point when that point faces the camera (normal z above this) ...
+OVAL_FIXED_NZ = 0.3
+#: ... fading over this range of normal z; the rest of its weight goes to the contour term.
+OVAL_FADE = 0.3
+#: Vertices whose posed normal has |z| below this are silhouette candidates of the contour term.
+SILHOUETTE_NZ = 0.2
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,10 @@ class _SubModel:
     """The face model restricted to the vertices the landmark stage needs (correspondence + 68 landmarks)."""
 
     def __init__(self, model: FaceModel, corr: DenseCorrespondence, device: torch.device) -> None:
-        needed = np.unique(np.concatenate([corr.vertex_idx.reshape(-1), model.landmark_idx.cpu().numpy()]))
+        tri = model.tri.cpu().numpy()
+        skin = model.skin_mask.cpu().numpy()
+        sil = np.unique(tri[(skin[tri] > SKIN_THRESHOLD).all(1)])  # silhouette candidates: rendered skin vertices
+        needed = np.unique(np.concatenate([corr.vertex_idx.reshape(-1), model.landmark_idx.cpu().numpy(), sil]))
         remap = {int(v): i for i, v in enumerate(needed)}
         sel = torch.as_tensor(needed, device=device)
         self.mean = model.mean_shape.to(device)[sel]
@@ -107,6 +118,8 @@ class _SubModel:
         normals = model.vertex_normals(model.mean_shape[None].cpu())[0].to(device)
         n = (normals[torch.as_tensor(corr.vertex_idx, device=device)] * self.bary[..., None]).sum(1)
         self.normals = torch.nn.functional.normalize(n, dim=-1)
+        self.sil_idx = torch.as_tensor([remap[int(v)] for v in sil], device=device)
+        self.sil_normals = normals[torch.as_tensor(sil, device=device)]
 
     def shape(self, id: Tensor, exp: Tensor) -> Tensor:
         off = torch.einsum("nck,bk->bnc", self.id_basis, id) + torch.einsum("nck,bk->bnc", self.exp_basis, exp)
@@ -213,23 +226,39 @@ def _fit(
 
     p = {k: v.detach().clone().float().to(dev) for k, v in init.items()}
 
+    oval_idx = torch.as_tensor(FACE_OVAL, device=dev)
+
     def visibility(angles: Tensor) -> Tensor:
         nz = rotate(sub.normals[None].expand(b, -1, -1), euler_to_matrix(angles))[..., 2]
-        w_oval = ((nz - 0.1) / 0.3).clamp(0.0, 1.0)
+        w_oval = ((nz - OVAL_FIXED_NZ) / OVAL_FADE).clamp(0.0, 1.0)
         return base_w * torch.where(oval, w_oval, torch.ones_like(nz))
+
+    def contour(pp: dict[str, Tensor], posed: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Oval points not held by a fixed vertex pull the nearest projected silhouette vertex (contour ICP)."""
+        nz = rotate(sub.sil_normals[None].expand(b, -1, -1), euler_to_matrix(pp["angles"]))[..., 2]
+        sil_px = cam.project(posed[:, sub.sil_idx], image_size)  # (B, S, 2)
+        t = tgt[:, oval_idx, :2]  # (B, 36, 2)
+        d2 = ((t[:, :, None, :] - sil_px[:, None, :, :]) ** 2).sum(-1) / px**2  # (B, 36, S)
+        d2 = d2.masked_fill((nz.abs() > SILHOUETTE_NZ)[:, None, :], float("inf"))
+        nearest = d2.min(dim=-1).values
+        ok = torch.isfinite(nearest)
+        nearest = torch.where(ok, nearest, torch.zeros_like(nearest))
+        w_c = (1.0 - w[:, oval_idx] / base_w[oval_idx].clamp_min(1e-6)) * base_w[oval_idx] * ok
+        return w_c * nearest / (1.0 + nearest / cfg.robust_px**2), w_c
 
     def dense_proj(pp: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         shape = sub.shape(pp["id"], pp["exp"])
-        posed = rotate(shape, euler_to_matrix(pp["angles"])) + pp["trans"][:, None]
+        posed = rotate(shape, euler_to_matrix(pp["angles"])) + pp["trans"][:, None]  # sub-model vertices
         pts = sub.dense(posed)
         return cam.project(pts, image_size), pts, posed
 
     def landmark_energy(pp: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        proj, pts, _ = dense_proj(pp)
+        proj, pts, posed = dense_proj(pp)
         w = visibility(pp["angles"])
         r2 = ((proj - tgt[..., :2]) ** 2).sum(-1) / px**2
         rho = r2 / (1.0 + r2 / cfg.robust_px**2)  # Geman-McClure
-        e_lm = (w * rho).sum(1) / w.sum(1).clamp_min(1.0)
+        rho_c, w_c = contour(pp, posed, w)
+        e_lm = ((w * rho).sum(1) + rho_c.sum(1)) / (w.sum(1) + w_c.sum(1)).clamp_min(1.0)
         # relative depth: model depth in frame pixels (nearer = larger z) vs -MediaPipe z, both centred
         zd = pts[..., 2] * cam.focal(image_size) / cam.distance / px
         zt = -tgt[..., 2] / px
