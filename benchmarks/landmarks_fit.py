@@ -67,12 +67,14 @@ def photos(root: Path) -> list[dict[str, Any]]:
 
 
 def pick(recs: list[Any], gt: np.ndarray) -> Any:
-    """The reconstruction whose box overlaps the annotated face most (selection among detections only)."""
+    """The reconstruction whose box overlaps the annotated face most (selection among detections only); None when
+    no detection overlaps it (the annotated face was missed, e.g. only another face in the photo was found)."""
     from msma.data.detect import FaceBox
     from msma.data.mediapipe_backend import _overlap
 
     g = FaceBox.from_points(gt)
-    return max(recs, key=lambda r: _overlap(FaceBox(*r.box), g))
+    best = max(recs, key=lambda r: _overlap(FaceBox(*r.box), g))
+    return best if _overlap(FaceBox(*best.box), g) > 0.3 else None
 
 
 def bin_of(yaw: float) -> str:
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                     def __init__(self, d: Any) -> None:
                         self.box, self.landmarks = d.box.to_list()[:4], d.landmarks68
 
-                row[name] = nme(pick([_R(d) for d in dense], it["gt"]).landmarks, it["gt"])
+                chosen = pick([_R(d) for d in dense], it["gt"])
+                row[name] = None if chosen is None else nme(chosen.landmarks, it["gt"])
                 continue
             try:
                 recs = rec.reconstruct_faces(str(it["path"]), all_faces=True)
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{name}_reason"] = str(exc)
                 continue
             best = pick(recs, it["gt"])
+            if best is None:
+                row[name] = None
+                row[f"{name}_reason"] = "the annotated face was not among the faces found"
+                continue
             row[name] = nme(best.landmarks, it["gt"])
             if name == "fit":
                 row["yaw_fit"] = float(np.degrees(best.params.angles[0, 1].item()))

@@ -189,6 +189,8 @@ def test_prepare_mediapipe_caches_dense_and_fit(tmp_path: Path, testdata: Path) 
             fit = labels.faces[0].fit
             assert fit is not None and set(fit["coefficients"]) == {"id", "exp", "tex", "angles", "sh", "trans"}
             assert nme_box(np.asarray(fit["landmarks_2d"]), gt) < MAX_AFLW_FIT_NME
+    parallel = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=tmp_path / "c2", workers=2)
+    assert parallel.computed == 4 and parallel.as_dict()["usable"] == 2  # spawned workers (no fork deadlock)
     keys = [p.name for p in cache.iterdir() if p.is_dir()]
     assert len(keys) == 2 and any(k.startswith("mediapipe_fit-") for k in keys)
     assert LabelCache and labeller_key  # imported API stays public

@@ -211,7 +211,9 @@ def _fill_parallel(
     if not todo:
         return 0, cache.invalid
     device = init_args[2]
-    ctx = multiprocessing.get_context("spawn" if device.startswith("cuda") else None)
+    # CUDA and MediaPipe (its graph runs threads that a forked child inherits dead) need fresh processes.
+    fresh = device.startswith("cuda") or init_args[0].startswith("mediapipe")
+    ctx = multiprocessing.get_context("spawn" if fresh else None)
     bar = None
     if progress:
         from tqdm import tqdm
