@@ -313,6 +313,8 @@ class Reconstructor:
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
+        if hasattr(self.detector, "exhaustive"):  # the MediaPipe chain: all faces = every stage, not the first
+            self.detector.exhaustive = all_faces
         found = self.detector.detect(u8, largest_only=not all_faces)
         # the MediaPipe chain lists faces with landmarks before box-only ones: "largest" prefers a landmarked face
         dense_first = getattr(self.detector, "remembered", None) is not None
