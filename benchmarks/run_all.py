@@ -44,6 +44,7 @@ def run_benchmarks(quick: bool) -> None:
             [*reps, "--device", "cuda", "--precision", "bf16-mixed", "--channels-last", "--batches", "32", "64", "128"],
         )
     _run("inference.py", ["--repeats", "5" if quick else "20"])
+    _run("landmarks_fit.py", ["--repeats", "3" if quick else "5"])
 
 
 def _device_label(payload: dict[str, Any]) -> str:
