@@ -211,8 +211,9 @@ def _fill_parallel(
     if not todo:
         return 0, cache.invalid
     device = init_args[2]
-    # CUDA and MediaPipe (its graph runs threads that a forked child inherits dead) need fresh processes.
-    fresh = device.startswith("cuda") or init_args[0].startswith("mediapipe")
+    # CUDA and MediaPipe need fresh processes: a MediaPipe graph anywhere in this process runs threads whose locks a
+    # forked child inherits held (it then hangs, whatever backend it runs).
+    fresh = device.startswith("cuda") or init_args[0].startswith("mediapipe") or "mediapipe" in sys.modules
     ctx = multiprocessing.get_context("spawn" if fresh else None)
     bar = None
     if progress:
