@@ -55,6 +55,7 @@ def run_benchmarks(quick: bool) -> None:
             ],
         )
     _run("inference.py", ["--repeats", "5" if quick else "20"])
+    _run("landmarks_fit.py", ["--repeats", "3" if quick else "5"])
 
 
 def _device_label(payload: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ class Reconstruction:
         render_mask: (H, W) float32 coverage of the rendered face in the photo, in [0, 1].
         source: where the image came from (path or ``"<array>"``).
         face_index: index of this face among the faces reconstructed in the image (0 = largest).
+        texture: the baked UV texture (:class:`msma.texture.Texture`) with ``texture=True``, else None.
     """
 
     params: FaceParams
@@ -88,6 +89,7 @@ class Reconstruction:
     render_mask: np.ndarray
     source: str
     face_index: int = 0
+    texture: Any = None  # msma.texture.Texture when the Reconstructor bakes textures
 
     def coefficients_json(self) -> dict[str, Any]:
         """The coefficients and alignment as JSON-ready lists (angles in radians and degrees, trans in mm)."""
@@ -122,6 +124,7 @@ class _Face:
     crop_to_loaded: np.ndarray  # (3, 3)
     detected: np.ndarray  # (68, 2) loaded pixels
     box: tuple[float, float, float, float]  # loaded pixels
+    dense: np.ndarray | None = None  # (478, 3) MediaPipe points, loaded pixels (z: relative depth, pixels)
 
 
 def _to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarray:
@@ -165,17 +168,29 @@ class Reconstructor:
         landmark_weights: optional model file of that backend.
         image_size: crop size S; default the checkpoint's training size (224 for ``"mean"``).
         renderer_backend: ``"auto"``, ``"torch"`` or ``"nvdiffrast"``.
+        fit: refine the network's prediction by 3DMM fitting to MediaPipe's dense landmarks and the photo
+            (:mod:`msma.fitting`); needs ``landmarks="mediapipe"``. Reported landmarks are then the fitted
+            model's own 68 landmark vertices, projected.
+        fit_config: fitting settings (:class:`msma.fitting.fitter.FitConfig`).
+        texture: also bake a UV texture from the photo per face (:mod:`msma.texture`; needs a model with UVs).
+
+    ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
+    With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
+    is cropped from its box for the network and not fitted.
     """
 
     def __init__(
         self,
         ckpt: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
-        detector: str = "dlib",
+        detector: str | None = None,
         landmarks: str = "dlib",
         landmark_weights: str | os.PathLike[str] | None = None,
         image_size: int | None = None,
         renderer_backend: str = "auto",
+        fit: bool = False,
+        fit_config: Any = None,
+        texture: bool = False,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.align import template_from_face_model
@@ -199,8 +214,22 @@ class Reconstructor:
         self.face_model: FaceModel = self.model.face_model
         self.renderer: MeshRenderer = self.model.renderer
         self.template = template_from_face_model(self.face_model)
-        self.detector = make_detector(detector)
+        if fit and landmarks != "mediapipe":
+            raise ValueError("fitting needs MediaPipe's dense landmarks: use landmarks='mediapipe' with fit=True")
         self.landmark_backend = make_landmark_backend(landmarks, landmark_weights, device=str(self.device))
+        if detector is None:
+            detector = "mediapipe" if landmarks == "mediapipe" else "dlib"
+        self.detector = make_detector(detector)
+        self.fit = bool(fit)
+        self.texture = bool(texture)
+        if self.texture and self.face_model.uv is None:
+            raise ValueError(f"face model {self.face_model.name!r} has no UVs: texture export needs ICT-FaceKit")
+        self.fit_config = fit_config
+        self._corr: Any = None
+        if self.fit:
+            from msma.fitting.correspondence import load_correspondence
+
+            self._corr = load_correspondence(self.face_model, landmark_weights)
         if not self.landmark_backend.needs_detector:
             raise ValueError("the 'gt' landmark backend needs annotation files; use 'dlib' or 'fan'")
 
@@ -281,40 +310,101 @@ class Reconstructor:
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        boxes = select_faces(self.detector.detect(u8, largest_only=not all_faces), "all" if all_faces else "largest")
-        boxes = sorted(boxes, key=lambda b: -b.area)
+        if hasattr(self.detector, "exhaustive"):  # the MediaPipe chain: all faces = every stage, not the first
+            self.detector.exhaustive = all_faces
+        found = self.detector.detect(u8, largest_only=not all_faces)
+        # the MediaPipe chain lists faces with landmarks before box-only ones: "largest" prefers a landmarked face
+        dense_first = getattr(self.detector, "remembered", None) is not None
+        if dense_first and not all_faces and found:
+            boxes = found[:1]
+        else:
+            boxes = select_faces(found, "all" if all_faces else "largest")
+            boxes = sorted(boxes, key=lambda b: -b.area)
         if not boxes:
-            return [], f"{SKIP_NO_FACE}: the face detector found no face in {inp.source}"
+            why = getattr(self.detector, "last_reason", "") or "the face detector found no face"
+            return [], f"{SKIP_NO_FACE}: {why} in {inp.source}"
         faces: list[_Face] = []
         errors: list[str] = []
+        dense_fn = getattr(self.landmark_backend, "dense", None)
         for box in boxes:
+            dense = None
             try:
-                lm = np.asarray(self.landmark_backend.detect(u8, box), dtype=np.float64)
+                if dense_fn is not None:
+                    dense_face = dense_fn(u8, box)
+                    dense = np.asarray(dense_face.points, dtype=np.float64)
+                    lm = np.asarray(dense_face.landmarks68, dtype=np.float64)
+                else:
+                    lm = np.asarray(self.landmark_backend.detect(u8, box), dtype=np.float64)
             except LandmarkError as exc:
-                errors.append(str(exc))
+                if dense_fn is None:
+                    errors.append(str(exc))
+                    continue
+                # a box without landmarks (extreme profile): the network sees the box crop, no fitting
+                from msma.data.align import box_crop_transform
+
+                m = box_crop_transform((box.left, box.top, box.right, box.bottom), self.image_size, 1.6)
+                crop = warp_crop(inp.image, m, self.image_size)
+                nan68 = np.full((68, 2), np.nan)
+                faces.append(_Face(image_index, len(faces), crop, m, nan68, (box.left, box.top, box.right, box.bottom)))
                 continue
             if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
                 errors.append(f"landmark backend returned {lm.shape} / non-finite points")
                 continue
             m = alignment_transform(lm, self.template, self.image_size)
             crop = warp_crop(inp.image, m, self.image_size)
-            faces.append(_Face(image_index, len(faces), crop, m, lm, (box.left, box.top, box.right, box.bottom)))
+            faces.append(_Face(image_index, len(faces), crop, m, lm, (box.left, box.top, box.right, box.bottom), dense))
         if not faces:
             return [], f"{SKIP_LANDMARKS}: {inp.source}: {'; '.join(errors)}"
         return faces, ""
 
-    @torch.no_grad()
     def _run(self, inputs: list[_Input], faces: list[_Face], batch_size: int = 8) -> list[Reconstruction]:
         out: list[Reconstruction] = []
         for start in range(0, len(faces), max(1, batch_size)):
             group = faces[start : start + max(1, batch_size)]
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
-            params: FaceParams = self.model.encoder(crops)
-            face = self.face_model(params, image_size=self.image_size)
+            with torch.no_grad():
+                params: FaceParams = self.model.encoder(crops)
+            if self.fit:
+                params = self._fit(group, crops, params)
+            with torch.no_grad():
+                face = self.face_model(params, image_size=self.image_size)
             for i, f in enumerate(group):
                 out.append(self._finish(inputs[f.image_index], f, params[i], face, i))
         return out
 
+    def _fit(self, group: list[_Face], crops: Tensor, params: FaceParams) -> FaceParams:
+        """Refines the network's coefficients of the faces with dense landmarks (crop frame) by fitting."""
+        from msma.fitting.fitter import fit_face_model
+
+        rows = [i for i, f in enumerate(group) if f.dense is not None]
+        if not rows:
+            return params
+        targets = []
+        for i in rows:
+            f = group[i]
+            m = np.linalg.inv(f.crop_to_loaded)
+            assert f.dense is not None
+            xy = _affine_points(m, f.dense[:, :2])
+            z = f.dense[:, 2:] * math.sqrt(abs(np.linalg.det(m[:2, :2])))
+            targets.append(np.concatenate([xy, z], axis=1))
+        tgt = torch.as_tensor(np.stack(targets), dtype=torch.float32, device=self.device)
+        idx = torch.as_tensor(rows, device=self.device)
+        res = fit_face_model(
+            self.face_model,
+            self._corr,
+            tgt,
+            params[idx].detach(),
+            self.image_size,
+            crops[idx],
+            self.renderer,
+            self.fit_config,
+        )
+        merged = {g: t.detach().clone() for g, t in params.items()}
+        for g, t in res.params.items():
+            merged[g][idx] = t
+        return FaceParams(**merged)
+
+    @torch.no_grad()
     def _finish(self, inp: _Input, f: _Face, params: FaceParams, face: Any, i: int) -> Reconstruction:
         to_orig = inp.loaded_to_original
         crop_to_image = to_orig @ f.crop_to_loaded
@@ -322,6 +412,11 @@ class Reconstructor:
         landmarks = _affine_points(crop_to_image, lm_crop)
         overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, _affine_points(f.crop_to_loaded, lm_crop))
         box = tuple(float(v) for v in _affine_points(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
+        texture = None
+        if self.texture:
+            from msma.texture import bake_face_texture
+
+            texture = bake_face_texture(self.face_model, params, inp.image, f.crop_to_loaded, self.image_size)
         return Reconstruction(
             params=params.detach().to("cpu"),
             vertices=face.vertices[i].detach().cpu(),
@@ -338,6 +433,7 @@ class Reconstructor:
             render_mask=mask,
             source=inp.source,
             face_index=f.face_index,
+            texture=texture,
         )
 
     def _overlay(
@@ -369,11 +465,18 @@ class Reconstructor:
 
 # ---------------------------------------------------------------------------------------------- files
 def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[Path]:
-    """Writes ``<stem>.obj`` (canonical shape, shaded vertex colours), ``<stem>.json``, ``<stem>_overlay.png``."""
+    """Writes ``<stem>.obj`` (canonical shape, shaded vertex colours), ``<stem>.json``, ``<stem>_overlay.png``;
+    with a baked texture the OBJ carries UVs and a material instead (``<stem>.mtl``, ``<stem>_texture.png``)."""
     from msma.export import export_obj
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    obj = export_obj(out_dir / f"{stem}.obj", rec.vertices_canonical, rec.triangles, vertex_colors=rec.colors)
+    extra: list[Path] = []
+    if rec.texture is not None:
+        from msma.texture import write_textured_obj
+
+        obj, *extra = write_textured_obj(out_dir / f"{stem}.obj", rec.vertices_canonical.numpy(), rec.texture)
+    else:
+        obj = export_obj(out_dir / f"{stem}.obj", rec.vertices_canonical, rec.triangles, vertex_colors=rec.colors)
     meta = rec.coefficients_json()
     meta["obj"] = obj.name
     meta["obj_frame"] = "canonical (unposed) shape, mm, x right, y up, z towards the viewer"
@@ -381,4 +484,4 @@ def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[P
     js.write_text(json.dumps(meta, indent=1))
     png = out_dir / f"{stem}_overlay.png"
     Image.fromarray(rec.overlay).save(png)
-    return [obj, js, png]
+    return [obj, js, png, *extra]

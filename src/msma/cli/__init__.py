@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "msma.cli.reconstruct:cli_main",
         "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG",
     ),
+    "fit": ("msma.cli.fit:cli_main", "3DMM fitting of photos to MediaPipe's dense landmarks (reconstruct --fit)"),
     "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
     "assets": ("msma.cli.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
     "info": ("msma.cli.info:cli_main", "an experiment's parameters, FLOPs, layout, data and missing inputs"),

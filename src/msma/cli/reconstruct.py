@@ -58,8 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=8, help="images (and faces) per network batch")
     p.add_argument("--all-faces", action="store_true", help="every detected face, not only the largest")
-    p.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
-    p.add_argument("--landmarks", default="dlib", help="68-point backend for the alignment: dlib or fan")
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
+        "with --landmarks mediapipe, else dlib)",
+    )
+    p.add_argument(
+        "--landmarks", default=None, help="landmark backend: dlib, fan or mediapipe (default: mediapipe with --fit)"
+    )
+    p.add_argument("--fit", action="store_true", help="refine by 3DMM fitting to MediaPipe's dense landmarks")
+    p.add_argument("--texture", action="store_true", help="OBJ + MTL + PNG texture in the face model's UV space (ICT)")
     p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
     p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
     return p
@@ -78,9 +87,11 @@ def cli_main(argv: list[str]) -> int:
             None if args.ckpt == "mean" else args.ckpt,
             device=args.device,
             detector=args.detector,
-            landmarks=args.landmarks,
+            landmarks=args.landmarks or ("mediapipe" if args.fit else "dlib"),
             landmark_weights=args.landmark_weights,
             renderer_backend=args.renderer,
+            fit=args.fit,
+            texture=args.texture,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)

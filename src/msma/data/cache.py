@@ -56,10 +56,18 @@ class FaceLabel:
     Attributes:
         box: detector box, original-image pixels.
         landmarks: (68, 2) float32 landmarks, original-image pixels (x right, y down, pixel-index units).
+        dense: (478, 3) float32 MediaPipe points (original-image pixels; z relative depth in pixels) for the
+            ``mediapipe`` backend, else None.
+        fit: fitted face-model coefficients (``mediapipe`` backend with ``--fit``): a JSON-ready dict with
+            ``coefficients`` ({group: list}), ``crop_to_image`` (3x3, fit-frame pixels -> original pixels),
+            ``image_size``, ``face_model`` (name-fingerprint), ``landmarks_2d`` (68 projected, original pixels)
+            and ``dense_error_px``; else None.
     """
 
     box: FaceBox
     landmarks: np.ndarray
+    dense: np.ndarray | None = None
+    fit: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,7 @@ class ImageLabels:
             "skip_reason": self.skip_reason,
             "detail": self.detail,
             "image_size": list(self.image_size),
-            "faces": [
-                {"box": f.box.to_list(), "landmarks": np.asarray(f.landmarks, dtype=np.float64).round(3).tolist()}
-                for f in self.faces
-            ],
+            "faces": [_face_payload(f) for f in self.faces],
         }
 
     @staticmethod
@@ -114,7 +119,15 @@ class ImageLabels:
             lm = np.asarray(f["landmarks"], dtype=np.float32)
             if lm.shape != (68, 2):
                 raise ValueError(f"landmarks of shape {lm.shape}, expected (68, 2)")
-            faces.append(FaceLabel(box=FaceBox.from_list(f["box"]), landmarks=lm))
+            dense = None
+            if f.get("dense") is not None:
+                dense = np.asarray(f["dense"], dtype=np.float32)
+                if dense.ndim != 2 or dense.shape[1] != 3:
+                    raise ValueError(f"dense landmarks of shape {dense.shape}, expected (K, 3)")
+            fit = f.get("fit")
+            if fit is not None and not isinstance(fit, dict):
+                raise ValueError("fit entry is not an object")
+            faces.append(FaceLabel(box=FaceBox.from_list(f["box"]), landmarks=lm, dense=dense, fit=fit))
         h, w = (int(v) for v in data["image_size"])
         return ImageLabels(
             sha256=str(data["sha256"]),
@@ -124,6 +137,18 @@ class ImageLabels:
             detail=str(data.get("detail", "")),
             image_size=(h, w),
         )
+
+
+def _face_payload(f: FaceLabel) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "box": f.box.to_list(),
+        "landmarks": np.asarray(f.landmarks, dtype=np.float64).round(3).tolist(),
+    }
+    if f.dense is not None:
+        out["dense"] = np.asarray(f.dense, dtype=np.float64).round(2).tolist()
+    if f.fit is not None:
+        out["fit"] = f.fit
+    return out
 
 
 def _checksum(payload: dict[str, Any]) -> str:
@@ -303,10 +328,21 @@ def label_image(
                 raise ValueError(f"landmark backend {backend.name!r} needs a face detector")
             boxes = select_faces(detector.detect(image), "all")
             faces = []
+            errors: list[LandmarkError] = []
+            dense_fn = getattr(backend, "dense", None)
             for box in boxes:
-                lm = backend.detect(image, box, p).astype(np.float64)
+                try:
+                    if dense_fn is not None:
+                        faces.append(_dense_label(backend, dense_fn(image, box), image, to_orig, loaded.scale))
+                        continue
+                    lm = backend.detect(image, box, p).astype(np.float64)
+                except LandmarkError as exc:
+                    errors.append(exc)  # one face without landmarks (e.g. an extreme profile); others may do
+                    continue
                 lm = lm @ to_orig[:2, :2].T + to_orig[:2, 2]
                 faces.append(FaceLabel(box.scaled(1.0 / loaded.scale), lm.astype(np.float32)))
+            if not faces and errors:
+                raise errors[0]
     except LandmarkError as exc:
         log.info("skip %s: %s", p, exc)
         return ImageLabels(sha256, key, (), REASON_LANDMARK_ERROR, str(exc), size)
@@ -321,6 +357,20 @@ def label_image(
         )
     kept.sort(key=lambda f: -f.box.area)
     return ImageLabels(sha256, key, tuple(kept), None, "", size)
+
+
+def _dense_label(
+    backend: LandmarkBackend, dense_face: Any, image: np.ndarray, to_orig: np.ndarray, scale: float
+) -> FaceLabel:
+    """A face of the ``mediapipe`` backend: 68 + dense points in original pixels, and the fit when it fits."""
+    pts = np.asarray(dense_face.points, dtype=np.float64)
+    xy = pts[:, :2] @ to_orig[:2, :2].T + to_orig[:2, 2]
+    z = pts[:, 2:] * float(np.sqrt(abs(np.linalg.det(to_orig[:2, :2]))))
+    dense = np.concatenate([xy, z], axis=1).astype(np.float32)
+    lm = np.asarray(dense_face.landmarks68, dtype=np.float64) @ to_orig[:2, :2].T + to_orig[:2, 2]
+    fit_fn = getattr(backend, "fit_face", None)
+    fit = fit_fn(image, dense_face, to_orig) if fit_fn is not None else None
+    return FaceLabel(dense_face.box.scaled(1.0 / scale), lm.astype(np.float32), dense, fit)
 
 
 Status = Literal["cached", "computed"]

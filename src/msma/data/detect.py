@@ -213,7 +213,8 @@ def _check_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def make_detector(name: str = "dlib") -> FaceDetector:
-    """Builds a detector by name: ``"dlib"`` (HOG), ``"opencv"`` (Haar) or ``"dlib+opencv"`` (fallback)."""
+    """Builds a detector by name: ``"dlib"`` (HOG), ``"opencv"`` (Haar), ``"dlib+opencv"`` (fallback) or
+    ``"mediapipe"`` (the chain of :mod:`msma.data.mediapipe_backend`: landmarker, then HOG / profile cascades)."""
     parts = [p.strip() for p in name.split("+") if p.strip()]
     built: list[FaceDetector] = []
     for part in parts:
@@ -221,8 +222,12 @@ def make_detector(name: str = "dlib") -> FaceDetector:
             built.append(DlibHogDetector())
         elif part in ("opencv", "haar", "opencv_haar"):
             built.append(OpenCVHaarDetector())
+        elif part in ("mediapipe", "mediapipe_chain"):
+            from msma.data.mediapipe_backend import shared_chain
+
+            built.append(shared_chain())
         else:
-            raise ValueError(f"unknown face detector {part!r}; use 'dlib', 'opencv' or 'dlib+opencv'")
+            raise ValueError(f"unknown face detector {part!r}; use 'dlib', 'opencv', 'dlib+opencv' or 'mediapipe'")
     if not built:
         raise ValueError(f"no face detector named in {name!r}")
     return built[0] if len(built) == 1 else FallbackDetector(built)

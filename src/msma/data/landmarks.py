@@ -4,6 +4,8 @@
   package, Debian's ``libdlib-data`` or a given path); offline.
 * ``fan``: the ``face-alignment`` package's 2D FAN-4 network; its weights (``2DFAN4-11f355bf06.pth.tar``) come
   from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) or a given path; never downloaded here.
+* ``mediapipe``: MediaPipe's Face Landmarker (478 dense points, 68 taken by a fixed index map), see
+  :mod:`msma.data.mediapipe_backend`; its model bundle is fetched like the ICT archive.
 * ``gt``: landmarks the dataset provides next to the image (``.pts`` or a ``.mat`` with ``pt3d_68``/``pt2d``).
 
 All landmarks are pixel coordinates of the image given, x right, y down, pixel-index units (pixel (i, j)
@@ -341,7 +343,9 @@ class GroundTruthLandmarks(LandmarkBackend):
 def make_landmark_backend(
     name: str, path: str | os.PathLike[str] | None = None, device: str = "cpu"
 ) -> LandmarkBackend:
-    """Builds a backend: ``"dlib"`` (``path``: predictor file), ``"fan"`` (``path``: weights), ``"gt"``.
+    """Builds a backend: ``"dlib"`` (``path``: predictor file), ``"fan"`` (``path``: weights), ``"mediapipe"``
+    (``path``: ``face_landmarker.task``, see :mod:`msma.data.mediapipe_backend`), ``"mediapipe+fit"`` (also fitted
+    coefficients, :mod:`msma.fitting.pseudo_labels`), ``"gt"``.
 
     Raises:
         ValueError: unknown name.
@@ -353,4 +357,16 @@ def make_landmark_backend(
         return FanLandmarks(path, device=device)
     if name == "gt":
         return GroundTruthLandmarks()
-    raise ValueError(f"unknown landmark backend {name!r}; use 'dlib', 'fan' or 'gt'")
+    if name in ("mediapipe", "mediapipe+fit"):
+        from msma.data.mediapipe_backend import MediaPipeLandmarks
+        from msma.face_model.assets import AssetError
+
+        try:
+            if name == "mediapipe+fit":
+                from msma.fitting.pseudo_labels import MediaPipeFitLandmarks
+
+                return MediaPipeFitLandmarks(path)
+            return MediaPipeLandmarks(path)
+        except (FileNotFoundError, AssetError) as exc:
+            raise LandmarkBackendUnavailable(str(exc)) from exc
+    raise ValueError(f"unknown landmark backend {name!r}; use 'dlib', 'fan', 'mediapipe' or 'gt'")

@@ -212,7 +212,10 @@ def _fill_parallel(
     if not todo:
         return 0, cache.invalid
     device = init_args[2]
-    ctx = multiprocessing.get_context("spawn" if device.startswith("cuda") else None)
+    # CUDA and MediaPipe need fresh processes: a MediaPipe graph anywhere in this process runs threads whose locks a
+    # forked child inherits held (it then hangs, whatever backend it runs).
+    fresh = device.startswith("cuda") or init_args[0].startswith("mediapipe") or "mediapipe" in sys.modules
+    ctx = multiprocessing.get_context("spawn" if fresh else None)
     bar = None
     if progress:
         bar = progress_bar(
@@ -235,7 +238,7 @@ def _fill_parallel(
 def prepare_folder(
     root: str | os.PathLike[str],
     landmarks: str = "dlib",
-    detector: str = "dlib",
+    detector: str | None = "dlib",
     cache_dir: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | None = None,
     device: str = "cpu",
@@ -248,8 +251,9 @@ def prepare_folder(
 
     Args:
         root: folder of photos (searched recursively).
-        landmarks: backend name (``"dlib"``, ``"fan"``, ``"gt"``).
-        detector: face detector name (``"dlib"``, ``"opencv"``, ``"dlib+opencv"``).
+        landmarks: backend name (``"dlib"``, ``"fan"``, ``"mediapipe"``, ``"mediapipe+fit"``, ``"gt"``).
+        detector: face detector name (``"dlib"``, ``"opencv"``, ``"dlib+opencv"``, ``"mediapipe"``; None: the
+            MediaPipe chain for the mediapipe backends, else dlib).
         cache_dir: cache directory (default :func:`default_cache_dir`); unused for ``gt``.
         weights: model file of the backend (dlib predictor / FAN weights).
         device: torch device of the FAN backend.
@@ -259,6 +263,8 @@ def prepare_folder(
         workers: labelling processes (each loads its own model); 1 labels in this process.
     """
     files = list_images(root, extensions)
+    if detector is None:
+        detector = "mediapipe" if landmarks.startswith("mediapipe") else "dlib"
     backend = make_landmark_backend(landmarks, weights, device=device)
     det = make_detector(detector) if backend.needs_detector else None
     cache = None if not backend.needs_detector else Path(cache_dir) if cache_dir else default_cache_dir(root)
@@ -281,8 +287,18 @@ def prepare_folder(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msma prepare", description="fill a dataset's landmark pseudo-label cache")
     parser.add_argument("--data", required=True, help="folder of photos (searched recursively)")
-    parser.add_argument("--landmarks", default="dlib", choices=["dlib", "fan", "gt"], help="landmark backend")
-    parser.add_argument("--detector", default="dlib", help="face detector: dlib, opencv or dlib+opencv")
+    parser.add_argument(
+        "--landmarks", default="dlib", choices=["dlib", "fan", "mediapipe", "gt"], help="landmark backend"
+    )
+    parser.add_argument(
+        "--fit", action="store_true", help="with --landmarks mediapipe: also cache fitted 3DMM coefficients"
+    )
+    parser.add_argument(
+        "--detector",
+        default=None,
+        help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
+        "for --landmarks mediapipe, else dlib)",
+    )
     parser.add_argument("--weights", default=None, help="landmark model file (dlib .dat / FAN .pth.tar)")
     parser.add_argument("--cache", default=None, help="cache directory (default: $MSMA_HOME/labels/<folder>-<hash>)")
     parser.add_argument(
@@ -300,10 +316,13 @@ def cli_main(argv: list[str]) -> int:
     """``msma prepare``; returns 0 on success, 2 on a usage error (missing folder, missing model)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.fit and args.landmarks != "mediapipe":
+        print("msma prepare: --fit needs --landmarks mediapipe", file=sys.stderr)
+        return 2
     try:
         run = prepare_folder(
             args.data,
-            landmarks=args.landmarks,
+            landmarks="mediapipe+fit" if args.fit else args.landmarks,
             detector=args.detector,
             cache_dir=args.cache,
             weights=args.weights,
@@ -312,7 +331,7 @@ def cli_main(argv: list[str]) -> int:
             progress=not args.no_progress,
             workers=args.workers,
         )
-    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
+    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:  # AssetError -> Unavailable
         print(f"msma prepare: {exc}", file=sys.stderr)
         return 2
     print(run.summary())

@@ -1,0 +1,135 @@
+"""The MediaPipe bundle: mirror, download, checksum mismatch and missing paths (offline), the canonical mesh and
+the 478 -> 68 map read from the real bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msma.data import mediapipe_asset as MA
+from msma.data.mediapipe_mesh import (
+    FACE_OVAL,
+    MEDIAPIPE_TO_68,
+    NUM_MESH,
+    parse_canonical_mesh,
+    read_canonical_mesh,
+)
+from msma.face_model.assets import AssetError
+
+
+@pytest.fixture()
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    home, mirror = tmp_path / "home", tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setenv("MSMA_HOME", str(home))
+    monkeypatch.setenv("MSMA_ASSET_MIRROR", str(mirror))
+    monkeypatch.delenv(MA.ENV_FACE_LANDMARKER, raising=False)
+    monkeypatch.setattr(MA, "FACE_LANDMARKER_SHA256", hashlib.sha256(b"bundle").hexdigest())
+
+    def no_network(*_a: object, **_k: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    return {"home": home, "mirror": mirror}
+
+
+def test_mirror_is_used_when_its_checksum_matches(offline: dict[str, Path]) -> None:
+    (offline["mirror"] / MA.FACE_LANDMARKER_NAME).write_bytes(b"bundle")
+    assert MA.find_face_landmarker() == offline["mirror"] / MA.FACE_LANDMARKER_NAME
+
+
+def test_checksum_mismatch_and_no_network_error_names_mirror_and_url(offline: dict[str, Path]) -> None:
+    (offline["mirror"] / MA.FACE_LANDMARKER_NAME).write_bytes(b"tampered")
+    with pytest.raises(AssetError) as err:
+        MA.find_face_landmarker()
+    msg = str(err.value)
+    assert "MSMA_ASSET_MIRROR" in msg and MA.FACE_LANDMARKER_URL in msg
+    assert "does not match" in msg and "network disabled" in msg
+
+
+def test_download_verified_and_reused(offline: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    class Resp(io.BytesIO):
+        headers = {"Content-Length": "6"}
+
+        def __enter__(self) -> Resp:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            self.close()
+
+    def fake_urlopen(url: str, timeout: float = 0.0) -> Resp:
+        calls.append(url)
+        return Resp(b"bundle")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    path = MA.find_face_landmarker()
+    assert path == offline["home"] / "downloads" / MA.FACE_LANDMARKER_NAME
+    assert path.read_bytes() == b"bundle" and calls == [MA.FACE_LANDMARKER_URL]
+    assert MA.find_face_landmarker() == path and len(calls) == 1  # verified previous download, no new fetch
+
+
+def test_download_with_wrong_checksum_is_rejected(offline: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    class Resp(io.BytesIO):
+        headers: dict[str, str] = {}
+
+        def __enter__(self) -> Resp:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            self.close()
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0.0: Resp(b"evil"))
+    with pytest.raises(AssetError, match="expected"):
+        MA.find_face_landmarker()
+    assert not (offline["home"] / "downloads" / MA.FACE_LANDMARKER_NAME).exists()
+
+
+def test_explicit_path(offline: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.task"):
+        MA.find_face_landmarker(tmp_path / "nope.task")
+    f = tmp_path / "other.task"
+    f.write_bytes(b"x")
+    assert MA.find_face_landmarker(f) == f
+
+
+def test_shared_mirror_holds_the_pinned_bundle(shared_dir: Path) -> None:
+    path = shared_dir / "assets" / MA.FACE_LANDMARKER_NAME
+    assert path.stat().st_size == MA.FACE_LANDMARKER_SIZE
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == MA.FACE_LANDMARKER_SHA256
+
+
+def test_canonical_mesh_from_the_bundle(shared_dir: Path) -> None:
+    mesh = read_canonical_mesh(shared_dir / "assets" / MA.FACE_LANDMARKER_NAME)
+    assert mesh.vertices.shape == (NUM_MESH, 3) and mesh.triangles.shape == (898, 3)
+    assert mesh.uv.min() >= 0.0 and mesh.uv.max() <= 1.0
+    v = mesh.vertices
+    # a face in cm, x to the viewer's right, y up, z to the viewer: the subject's right eye corner (33) on the
+    # left, mirrored by 263; nose tip (4) in front; chin (152) below the forehead (10)
+    assert v[33, 0] < -3 and np.allclose(v[263] * [-1, 1, 1], v[33], atol=1e-3)
+    assert v[4, 2] > v[33, 2] + 3 and v[152, 1] < v[10, 1] - 15
+    assert 12 < np.linalg.norm(v[234] - v[454]) < 18
+
+
+def test_index_maps() -> None:
+    assert len(MEDIAPIPE_TO_68) == 68 and len(set(MEDIAPIPE_TO_68)) == 68
+    assert max(MEDIAPIPE_TO_68) < NUM_MESH and len(FACE_OVAL) == 36
+    assert MEDIAPIPE_TO_68[8] == 152 and MEDIAPIPE_TO_68[30] == 4  # chin, nose tip
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections
+
+    assert tuple(c.start for c in FaceLandmarksConnections.FACE_LANDMARKS_FACE_OVAL) == FACE_OVAL
+
+
+def test_parse_rejects_garbage(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="geometry pipeline"):
+        parse_canonical_mesh(b"\x0a\x05hello")
+    bad = tmp_path / "x.task"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="x.task"):
+        read_canonical_mesh(bad)

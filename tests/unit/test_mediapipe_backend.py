@@ -1,0 +1,91 @@
+"""The ``mediapipe`` backend and its detection chain on real photos with hand-placed / AFLW2000-3D landmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msma.data.detect import FaceBox, make_detector
+from msma.data.io import load_image
+from msma.data.landmarks import LandmarkError, make_landmark_backend, read_mat_landmarks, read_pts
+from msma.data.mediapipe_backend import MediaPipeDetector, MediaPipeLandmarks, _overlap, shared_chain
+
+#: (file, annotation): every labelled real photo in ../shared/testdata.
+PHOTOS = (
+    ("faces68/breakingbad.jpg", "faces68/breakingbad.pts"),
+    ("faces68/einstein.jpg", "faces68/einstein.pts"),  # a ~90 px face in a 1024 px photo
+    ("faces68/takeo.ppm", "faces68/takeo.pts"),
+    ("aflw2000_3d/image00050.jpg", "aflw2000_3d/image00050.mat"),  # yaw 0.9
+    ("aflw2000_3d/image00251.jpg", "aflw2000_3d/image00251.mat"),  # yaw -54.7
+    ("300w_lp/IBUG_image_008_1_0.jpg", "300w_lp/IBUG_image_008_1_0.mat"),
+)
+#: Stated bound of the backend's 68-point NME (% of sqrt(w*h) of the annotation box); measured 2.9-5.0 here.
+MAX_NME_68 = 6.0
+
+
+def nme_box(pred: np.ndarray, gt: np.ndarray) -> float:
+    w, h = gt.max(0) - gt.min(0)
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.sqrt(w * h) * 100.0)
+
+
+def read_gt(path: Path) -> np.ndarray:
+    return read_pts(path) if path.suffix == ".pts" else read_mat_landmarks(path)
+
+
+@pytest.fixture(scope="module")
+def backend() -> MediaPipeLandmarks:
+    b = make_landmark_backend("mediapipe")
+    assert isinstance(b, MediaPipeLandmarks)
+    return b
+
+
+@pytest.mark.parametrize(("image", "annotation"), PHOTOS)
+def test_finds_every_face_within_stated_nme(
+    backend: MediaPipeLandmarks, testdata: Path, image: str, annotation: str
+) -> None:
+    img = load_image(testdata / image).as_uint8()
+    gt = read_gt(testdata / annotation)
+    chain = make_detector("mediapipe")
+    assert chain is backend.chain  # the detector and the backend share what the chain found
+    boxes = chain.detect(img, largest_only=False)
+    gt_box = FaceBox.from_points(gt)
+    match = [b for b in boxes if _overlap(b, gt_box) > 0.5]
+    assert match, f"{image}: annotated face not found among {boxes}"
+    lm = backend.detect(img, match[0])
+    assert lm.shape == (68, 2) and lm.dtype == np.float32
+    assert nme_box(lm, gt) < MAX_NME_68, image
+    dense = backend.dense(img, match[0])
+    assert dense.points is not None and dense.points.shape == (478, 3)
+    assert np.allclose(dense.landmarks68, lm)
+
+
+def test_small_face_needs_the_tiled_search(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    img = load_image(testdata / "faces68" / "einstein.jpg").as_uint8()
+    assert backend.mesh.run(img) == []  # the short-range detector alone misses the 90 px face
+    faces = backend.chain.faces(img, largest_only=True)
+    gt_box = FaceBox.from_points(read_pts(testdata / "faces68" / "einstein.pts"))
+    assert faces and faces[0].source == "tiles" and _overlap(faces[0].box, gt_box) > 0.7
+
+
+def test_landmarks_in_a_box_from_another_detector(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    img = load_image(testdata / "faces68" / "takeo.ppm").as_uint8()
+    gt = read_pts(testdata / "faces68" / "takeo.pts")
+    box = FaceBox.from_points(gt)
+    lm = backend.detect(img.copy(), box)  # another array: nothing remembered, runs on crops around the box
+    assert nme_box(lm, gt) < MAX_NME_68
+
+
+def test_no_face_reason_and_box_without_face(backend: MediaPipeLandmarks) -> None:
+    yy, xx = np.mgrid[0:160, 0:200]
+    img = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    chain = MediaPipeDetector(backend.mesh)
+    assert chain.detect(img) == []
+    assert "no face" in chain.last_reason and "profile" in chain.last_reason
+    with pytest.raises(LandmarkError, match="no face landmarks"):
+        backend.detect(img, FaceBox(20, 20, 120, 120))
+
+
+def test_shared_chain_is_one_per_process() -> None:
+    assert shared_chain() is shared_chain()
