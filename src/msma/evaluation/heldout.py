@@ -123,6 +123,8 @@ class HeldOutMetrics(Metric):
 
     Args:
         vertex_mask: (N,) vertex weights of the vertex errors (:func:`face_region_mask`), or None for all.
+        sync: reduce the sums across processes in :meth:`summary` (validation under DDP); False for an evaluation
+            that runs in one process only (the end-of-training report on rank 0).
     """
 
     full_state_update = False
@@ -133,8 +135,8 @@ class HeldOutMetrics(Metric):
     counts: Tensor
     faces: Tensor
 
-    def __init__(self, vertex_mask: Tensor | None = None) -> None:
-        super().__init__()
+    def __init__(self, vertex_mask: Tensor | None = None, sync: bool = True) -> None:
+        super().__init__(sync_on_compute=sync)
         self.vertex_mask = vertex_mask
         n = len(METRIC_NAMES)
         self.add_state("sums", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
@@ -200,7 +202,8 @@ def evaluate(
         batches: the split (e.g. a DataLoader of :class:`FaceBatch`).
         device: where to run.
     """
-    metric = HeldOutMetrics(face_region_mask(face_model)).to(device)
+    # One process evaluates the whole split (e.g. rank 0 after DDP training): no cross-process reduction.
+    metric = HeldOutMetrics(face_region_mask(face_model), sync=False).to(device)
     for batch in batches:
         batch = batch.to(device)
         params, face = _predict(encoder, face_model, batch.image)
