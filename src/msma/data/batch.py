@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -153,7 +154,7 @@ class FaceBatch:
             index = torch.nonzero(rows.cpu(), as_tuple=False).reshape(-1)
         else:
             index = torch.as_tensor(rows, dtype=torch.int64).cpu().reshape(-1)
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
