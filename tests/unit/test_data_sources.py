@@ -1,0 +1,159 @@
+"""Mixed-source data: the weighted epoch-seeded sampler, target restriction, and a datamodule mixing synthetic,
+photo and 300W-LP samples (the real files under ../shared/testdata)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from msma.data.batch import FaceSample
+from msma.data.config import DataConfig, SourceConfig
+from msma.data.datamodule import FaceDataModule
+from msma.data.sampler import MixedSourceSampler, source_counts
+from msma.data.sources import MixedDataset, restrict_targets
+
+
+def test_source_counts_follow_the_weights() -> None:
+    assert source_counts([100, 10], None, 110) == [100, 10]  # natural proportions
+    assert source_counts([100, 10], [1.0, 1.0], 110) == [55, 55]
+    assert source_counts([100, 10, 5], [3.0, 1.0, 0.0], 10) == [8, 2, 0]  # 7.5 / 2.5: largest remainder, ties first
+    with pytest.raises(ValueError, match="not all 0"):
+        source_counts([1, 2], [0.0, 0.0], 3)
+
+
+def test_sampler_proportions_determinism_and_epochs() -> None:
+    sizes = [100, 10]
+    for weights, expected in ((None, (100, 10)), ([1.0, 1.0], (55, 55)), ([1.0, 3.0], (28, 82))):
+        s = MixedSourceSampler(sizes, weights, seed=3)
+        order = list(s)
+        counts = Counter(0 if i < 100 else 1 for i in order)
+        assert (counts[0], counts[1]) == expected, weights
+        assert all(0 <= i < 110 for i in order)
+    s = MixedSourceSampler(sizes, None, seed=3)
+    first = list(s)
+    assert sorted(first) == list(range(110))  # natural proportions: every sample once per epoch
+    assert list(MixedSourceSampler(sizes, None, seed=3)) == first  # a function of (seed, epoch) only
+    s.set_epoch(1)
+    second = list(s)
+    assert second != first and sorted(second) == list(range(110))
+    assert list(MixedSourceSampler(sizes, None, seed=4)) != first
+    # Oversampled source: distinct samples within each permutation cycle.
+    over = list(MixedSourceSampler([100, 10], [1.0, 1.0], seed=0, epoch_samples=40))
+    small = [i for i in over if i >= 100]
+    assert len(small) == 20 and Counter(small).most_common(1)[0][1] == 2
+
+
+def test_sampler_ranks_take_disjoint_shares() -> None:
+    sizes = [7, 13, 5]
+    whole = MixedSourceSampler(sizes, None, seed=1).epoch_order()
+    shares = [list(MixedSourceSampler(sizes, None, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(x) for x in shares] == [9, 9, 9]
+    # 25 samples padded to 27 by repeating the first two: otherwise disjoint, together the whole epoch.
+    flat = [i for share in shares for i in share]
+    assert sorted(set(flat)) == sorted(whole) == list(range(25))
+    assert len(flat) - len(set(flat)) == 2
+
+
+def _sample(params: bool = True) -> FaceSample:
+    return FaceSample(
+        image=torch.zeros(3, 8, 8),
+        landmarks=torch.ones(68, 2),
+        crop_to_image=torch.eye(3),
+        params=torch.ones(10) if params else None,
+        vertices=torch.zeros(5, 3),
+        skin_mask=torch.ones(1, 8, 8),
+    )
+
+
+def test_restrict_targets() -> None:
+    s = _sample()
+    assert restrict_targets(s, None) is s
+    r = restrict_targets(s, ["landmarks", "id", "exp"])
+    assert r.param_groups == ("id", "exp") and r.vertices is None and r.skin_mask is None
+    assert torch.equal(r.landmarks, s.landmarks)
+    r = restrict_targets(s, ["params"])
+    assert r.param_groups is None and r.params is not None and bool(torch.isnan(r.landmarks).all())
+    r = restrict_targets(dataclasses.replace(s, param_groups=("angles",)), ["id"])
+    assert r.params is None and r.param_groups is None
+    with pytest.raises(ValueError, match="unknown supervision targets"):
+        MixedDataset([[s]], ["a"], [["landmark"]])  # type: ignore[list-item]
+
+
+def _photos(testdata: Path, tmp: Path) -> Path:
+    """The real photos with their ground-truth 68 points, plus a corrupt photo that must be skipped."""
+    root = tmp / "photos"
+    shutil.copytree(testdata / "faces68", root)
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "corrupt.pts").write_text((root / "einstein.pts").read_text())
+    return root
+
+
+def _mixed_config(testdata: Path, tmp: Path, weights: tuple[float | None, float | None, float | None]) -> DataConfig:
+    return DataConfig(
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        num_samples=8,
+        val_samples=2,
+        augment=False,
+        val_fraction=0.0,
+        synthetic_cache_dir=str(tmp / "synthetic"),
+        sources=[
+            SourceConfig(kind="synthetic", weight=weights[0]),
+            SourceConfig(kind="folder", root=str(_photos(testdata, tmp)), landmarks="gt", weight=weights[1]),
+            SourceConfig(kind="300w_lp", root=str(testdata / "300w_lp"), weight=weights[2], name="lp"),
+        ],
+    )
+
+
+def test_datamodule_mixes_synthetic_photo_and_300w_lp(ict_model, testdata: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dm = FaceDataModule(_mixed_config(testdata, tmp_path, (None, None, None)), ict_model)
+    assert dm.source_names == ["synthetic", "folder", "lp"]
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.train_set
+    assert isinstance(train, MixedDataset)
+    assert train.sizes == [8, 3, 1]  # the corrupt photo is skipped and counted, never loaded
+    assert dm.source_skips == {"synthetic": {}, "folder": {"not_an_image": 1}, "lp": {}}
+    batches = list(dm.train_dataloader())
+    seen = Counter(int(i) for b in batches for i in b.sources())
+    assert seen == {0: 8, 1: 3, 2: 1}  # natural proportions: every sample once
+    for b in batches:
+        src = b.sources()
+        syn = src == 0
+        # Synthetic rows carry every coefficient group and vertices; photo / 300W-LP rows carry landmarks only.
+        assert b.group_valid()[syn].all() and not b.group_valid()[~syn].any()
+        assert b.target_valid("vertices").tolist() == syn.tolist()
+        assert b.landmark_valid.all()
+        for i, s in enumerate(b.source):
+            assert ("synthetic" in s) == bool(syn[i])
+    # Weights: the photos and 300W-LP drawn as often as the synthetic faces (repeats within their cycles).
+    dm = FaceDataModule(
+        dataclasses.replace(_mixed_config(testdata, tmp_path / "w", (1.0, 1.0, 1.0)), epoch_samples=12), ict_model
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    seen = Counter(int(i) for b in dm.train_dataloader() for i in b.sources())
+    assert seen == {0: 4, 1: 4, 2: 4}
+
+
+def test_sources_validation(testdata: Path) -> None:
+    with pytest.raises(ValueError, match="every source a weight, or none"):
+        FaceDataModule(DataConfig(sources=[SourceConfig(kind="300w_lp", root="x", weight=1.0),
+                                           SourceConfig(kind="folder", root="y")]))  # fmt: skip
+    with pytest.raises(ValueError, match="needs a root"):
+        FaceDataModule(DataConfig(sources=[SourceConfig(kind="folder")]))
+    with pytest.raises(ValueError, match="unknown kind"):
+        FaceDataModule(DataConfig(sources=[SourceConfig(kind="celeba", root="x")]))
+    with pytest.raises(ValueError, match="unknown supervision"):
+        FaceDataModule(DataConfig(sources=[SourceConfig(kind="folder", root="x", supervises=["lm"])]))
+    with pytest.raises(ValueError, match="names must be unique"):
+        DataConfig(sources=[SourceConfig(kind="folder", root="a", name="p"),
+                            SourceConfig(kind="folder", root="b", name="p")]).source_names()  # fmt: skip
+    # A single-source configuration is a one-source list.
+    assert DataConfig(kind="folder", root="r").source_list()[0].root == "r"
