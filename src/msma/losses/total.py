@@ -91,7 +91,8 @@ class LossOutput:
         raw: the same terms before weighting (detached scalars).
         counts: number of samples each term supervised (``param``: rows with at least one weighted group).
         by_source: ``{source index: {term: raw value}}`` over that source's rows of the batch, filled when the
-            batch mixes sources (``feat`` is left out: it would run the recognition network again).
+            batch mixes sources; a term none of the source's rows carries the target of is left out, and so is
+            ``feat`` (it would run the recognition network again).
     """
 
     total: Tensor
@@ -256,7 +257,12 @@ class FaceReconLoss(nn.Module):
         if len(present) > 1:
             with torch.no_grad():
                 for src in present:
-                    by_source[src] = {k: v.detach() for k, v in terms(source_index == src).items()}
+                    rows = source_index == src
+                    supervised = {
+                        "lm": bool(lm_valid[rows].any()),
+                        "param": bool((group_valid[rows] & weighted_groups).any()),
+                    }
+                    by_source[src] = {k: v.detach() for k, v in terms(rows).items() if supervised.get(k, True)}
 
         weighted = {name: weights[name] * value for name, value in raw.items()}
         if weighted:
