@@ -4,6 +4,7 @@ photo and 300W-LP samples (the real files under ../shared/testdata)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -157,3 +158,26 @@ def test_sources_validation(testdata: Path) -> None:
                             SourceConfig(kind="folder", root="b", name="p")]).source_names()  # fmt: skip
     # A single-source configuration is a one-source list.
     assert DataConfig(kind="folder", root="r").source_list()[0].root == "r"
+
+
+def test_prepare_counts_every_source(testdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from msma.data.prepare import cli_main
+
+    photos = _photos(testdata, tmp_path)
+    sources = (
+        f"data.sources=[{{kind: synthetic, num_samples: 5}}, {{kind: folder, name: photos, root: {photos}, "
+        f"landmarks: gt}}, {{kind: 300w_lp, root: {testdata / '300w_lp'}}}]"
+    )
+    out_json = tmp_path / "report.json"
+    assert cli_main(["--config-name", "embedded_mixed", "--no-progress", "--json", str(out_json), sources]) == 0
+    printed = capsys.readouterr().out
+    assert "[synthetic] synthetic: 5 samples" in printed
+    assert f"[photos] folder ({photos}): 3 samples, skipped: not_an_image: 1" in printed
+    assert "[300w_lp] 300w_lp" in printed and "1 samples" in printed
+    report = json.loads(out_json.read_text())
+    assert [(r["name"], r["samples"], r["skipped"]) for r in report] == [
+        ("synthetic", 5, {}),
+        ("photos", 3, {"not_an_image": 1}),
+        ("300w_lp", 1, {}),
+    ]
+    assert cli_main(["--no-progress"]) == 2  # neither --data nor --config-name
