@@ -17,6 +17,7 @@ from msma.data.config import DataConfig, SourceConfig
 from msma.data.datamodule import FaceDataModule
 from msma.data.sampler import MixedSourceSampler, source_counts
 from msma.data.sources import MixedDataset, restrict_targets
+from msma.face_model.params import GROUPS
 
 
 def test_source_counts_follow_the_weights() -> None:
@@ -126,9 +127,12 @@ def test_datamodule_mixes_synthetic_photo_and_300w_lp(ict_model, testdata: Path,
     assert seen == {0: 8, 1: 3, 2: 1}  # natural proportions: every sample once
     for b in batches:
         src = b.sources()
-        syn = src == 0
-        # Synthetic rows carry every coefficient group and vertices; photo / 300W-LP rows carry landmarks only.
-        assert b.group_valid()[syn].all() and not b.group_valid()[~syn].any()
+        syn, lp = src == 0, src == 2
+        # Synthetic rows carry every coefficient group and vertices, 300W-LP rows the pose (mapped from 3DDFA),
+        # photo rows landmarks only.
+        assert b.group_valid()[syn].all() and not b.group_valid()[src == 1].any()
+        angles_only = torch.tensor([g == "angles" for g in GROUPS])
+        assert (b.group_valid()[lp] == angles_only).all()
         assert b.target_valid("vertices").tolist() == syn.tolist()
         assert b.landmark_valid.all()
         for i, s in enumerate(b.source):
@@ -181,3 +185,39 @@ def test_prepare_counts_every_source(testdata: Path, tmp_path: Path, capsys: pyt
         ("300w_lp", 1, {}),
     ]
     assert cli_main(["--no-progress"]) == 2  # neither --data nor --config-name
+
+
+def _similarity_nme(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """NME (% of sqrt(w h) of the target box) after the best scale + shift of ``pred`` (no rotation)."""
+    p, t = pred.double() - pred.double().mean(0), target.double() - target.double().mean(0)
+    s = (p * t).sum() / (p * p).sum()
+    box = (t.max(0).values - t.min(0).values).prod().sqrt()
+    return float(((s * p - t).norm(dim=1).mean() / box) * 100)
+
+
+def test_3ddfa_pose_maps_into_the_training_model(ict_model, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    """The mean face posed by the mapped 3DDFA angles lands on the real files' 68 landmarks; the angles read in
+    the training convention without the transpose do not."""
+    from msma.data.align import template_from_face_model
+    from msma.data.datasets import AFLW2000Dataset, PoseParamMapper, W300LPDataset, threeddfa_angles
+
+    layout = ict_model.layout
+    lp = W300LPDataset(
+        testdata / "300w_lp", image_size=224, template=template_from_face_model(ict_model),
+        param_mapper=PoseParamMapper(layout),
+    )  # fmt: skip
+    aflw = AFLW2000Dataset(testdata / "aflw2000_3d", image_size=224)
+    cases = [(lp[0], lp.records[0].params.pose)] + [(aflw[i], aflw.records[i].params.pose) for i in range(len(aflw))]
+    assert lp[0].param_groups == ("angles",) and lp[0].params is not None
+    for sample, pose in cases:
+        mapped = torch.from_numpy(threeddfa_angles(pose)).float()
+        if sample.params is not None:
+            assert torch.allclose(layout.split(sample.params[None]).angles[0], mapped)
+        nmes = []
+        for angles in (mapped, torch.from_numpy(pose[:3]).float()):
+            params = layout.zeros(1)
+            params = dataclasses.replace(params, angles=angles[None])
+            face = ict_model(params, image_size=224)
+            nmes.append(_similarity_nme(face.landmarks_2d[0], sample.landmarks))
+        assert nmes[0] < 7.0, (sample.source, nmes)
+        assert nmes[1] > nmes[0] + 0.5, (sample.source, nmes)

@@ -29,7 +29,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from msma.data.align import ICT_TEMPLATE_5P_MM, template_from_face_model
 from msma.data.batch import FaceSample, collate_samples
 from msma.data.config import DataConfig, SourceConfig
-from msma.data.datasets import AFLW2000Dataset, FolderDataset, ParamMapper, W300LPDataset, stable_split
+from msma.data.datasets import (
+    AFLW2000Dataset,
+    FolderDataset,
+    ParamMapper,
+    PoseParamMapper,
+    W300LPDataset,
+    stable_split,
+)
 from msma.data.prepare import prepare_folder
 from msma.data.sampler import EpochSeededSampler, MixedSourceSampler
 from msma.data.sources import MixedDataset, check_supervises
@@ -81,7 +88,8 @@ class FaceDataModule(L.LightningDataModule):
         config: the data configuration (field meanings: :class:`msma.data.config.DataConfig`).
         face_model: the training face model (required by ``synthetic``; real photos are aligned to its mean
             face's 5-point template, the ICT template when None).
-        param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`).
+        param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`);
+            None: :class:`~msma.data.datasets.PoseParamMapper` (the pose only) when ``face_model`` is given.
         augment_kwargs: extra keyword arguments of ``FaceAugment``.
         **overrides: fields of ``config`` to replace (``FaceDataModule(kind="folder", root=...)`` in tests and
             notebooks); an unknown name raises ``TypeError``.
@@ -271,7 +279,10 @@ class FaceDataModule(L.LightningDataModule):
                 template=self.template,
             )
         if kind == "300w_lp":
-            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=self.param_mapper)
+            mapper = self.param_mapper
+            if mapper is None and self.face_model is not None:
+                mapper = PoseParamMapper(self.face_model.layout)  # the pose carries over into any face model
+            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=mapper)
         raise ValueError(f"{kind!r} is not a real-photo dataset kind")
 
     def setup(self, stage: str | None = None) -> None:

@@ -17,8 +17,8 @@ FaceWarehouse. Deep3D's model uses the first 80 BFM identity components on its 3
 could be mapped by keeping the first 80 components with the eigenvalue rescaling; expressions can only be
 mapped by a least-squares fit between the two bases' vertex offsets, which needs both bases (the user's BFM
 files). So this module exposes the raw parameters (:class:`ThreeDDFAParams`) and fills
-``FaceSample.params`` only through a user-supplied ``param_mapper`` (e.g. one built from the BFM assets by
-the face-model code); without it, 300W-LP samples train with landmarks only.
+``FaceSample.params`` only through a ``param_mapper``: :class:`PoseParamMapper` maps the pose, which carries
+over into any face model (:func:`threeddfa_angles`); identity / expression need a user-supplied mapper.
 """
 
 from __future__ import annotations
@@ -483,6 +483,54 @@ class AFLW2000Dataset(_MatDataset):
 ParamMapper = Callable[[ThreeDDFAParams], "torch.Tensor | None"]
 
 
+def threeddfa_rotation(pose: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation of 3DDFA's ``Pose_Para`` (pitch, yaw, roll in radians) in the training model's frame.
+
+    3DDFA's rotation (300W-LP / AFLW2000-3D) is the transpose of Deep3D's ``Rz(roll) Ry(yaw) Rx(pitch)`` with the
+    same three numbers, in the same y-up model frame (image y = -y). Checked on the real files under
+    ``../shared/testdata`` (``tests/unit/test_data_sources.py``): the mean face rotated this way matches their
+    68 landmarks up to scale and shift at 3-6 % NME, the untransposed matrix at 7-27 %.
+    """
+    from msma.face_model.rotation import euler_to_matrix
+
+    angles = torch.as_tensor(np.asarray(pose[:3], dtype=np.float64))[None]
+    return euler_to_matrix(angles)[0].T.numpy()
+
+
+def threeddfa_angles(pose: np.ndarray) -> np.ndarray:
+    """(3,) pitch, yaw, roll (radians) of the training model (``R = Rz Ry Rx``) for 3DDFA's ``Pose_Para``.
+
+    The crops are aligned by scale and translation only (Deep3D's alignment has no in-plane rotation), so these
+    angles describe the aligned crop exactly (up to perspective: 3DDFA's camera is weak-perspective).
+    """
+    from msma.face_model.rotation import matrix_to_euler
+
+    r = torch.as_tensor(threeddfa_rotation(pose))[None]
+    return matrix_to_euler(r)[0].numpy()
+
+
+class PoseParamMapper:
+    """3DDFA parameters -> flat coefficients with the pose (``angles``) only: what carries over into any face
+    model without its basis (identity / expression / translation need a model-specific mapping, docs/data.md).
+
+    Args:
+        layout: the training face model's coefficient layout.
+
+    Attributes:
+        groups: the coefficient groups the mapped vector holds (``FaceSample.param_groups``).
+    """
+
+    groups: tuple[str, ...] = ("angles",)
+
+    def __init__(self, layout: CoeffLayout) -> None:
+        self.layout = layout
+
+    def __call__(self, params: ThreeDDFAParams) -> torch.Tensor:
+        flat = torch.zeros(self.layout.total, dtype=torch.float32)
+        flat[self.layout.slices["angles"]] = torch.from_numpy(threeddfa_angles(params.pose).astype(np.float32))
+        return flat
+
+
 class W300LPDataset(_MatDataset):
     """300W-LP (Zhu et al. 2016): 61k (flipped: 122k) synthesised large-pose photos with 3DDFA fits.
 
@@ -521,7 +569,11 @@ class W300LPDataset(_MatDataset):
         loaded = load_image(rec.image)
         m = alignment_transform(rec.landmarks, self.template, self.image_size)
         params = self.param_mapper(rec.params) if self.param_mapper is not None else None
-        return _sample(_crop_loaded(loaded, m, rec.landmarks, self.image_size), str(rec.image), rec.yaw, params=params)
+        sample = _sample(
+            _crop_loaded(loaded, m, rec.landmarks, self.image_size), str(rec.image), rec.yaw, params=params
+        )
+        groups = getattr(self.param_mapper, "groups", None)
+        return dataclasses.replace(sample, param_groups=tuple(groups)) if params is not None and groups else sample
 
 
 def stable_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
