@@ -221,3 +221,20 @@ def test_3ddfa_pose_maps_into_the_training_model(ict_model, testdata: Path) -> N
             nmes.append(_similarity_nme(face.landmarks_2d[0], sample.landmarks))
         assert nmes[0] < 7.0, (sample.source, nmes)
         assert nmes[1] > nmes[0] + 0.5, (sample.source, nmes)
+
+
+@pytest.mark.parametrize("name", ["msma_lka", "mlanet", "deep3d_r50"])
+def test_paper_experiments_compose_the_paper_mix(name: str, testdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from msma.config import compose_experiment, to_typed
+    from msma.preflight import missing_inputs
+
+    monkeypatch.setenv("MSMA_DATA_ROOT", str(testdata / "faces68"))
+    monkeypatch.delenv("MSMA_300WLP_ROOT", raising=False)
+    cfg = compose_experiment(name, ["data=photos_300w_lp"])
+    data = to_typed(cfg).data
+    assert [(s.kind, s.root) for s in data.sources] == [("folder", str(testdata / "faces68")), ("300w_lp", None)]
+    assert cfg.face_model.name == "bfm"
+    assert any(m.what == "300w_lp data" for m in missing_inputs(cfg))  # named before any work
+    monkeypatch.setenv("MSMA_300WLP_ROOT", str(testdata / "300w_lp"))
+    cfg = compose_experiment(name, ["data=photos_300w_lp"])
+    assert not any("data" in m.what or "photos" in m.what for m in missing_inputs(cfg))
