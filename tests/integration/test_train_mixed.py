@@ -143,3 +143,32 @@ def test_two_gloo_ranks_see_disjoint_samples(testdata: Path, tmp_path: Path) -> 
         assert not set(a) & set(b)
         assert len(set(a) | set(b)) == 6
     assert ranks[0]["0"] != ranks[0]["1"]  # a new order each epoch
+
+
+def test_mixed_run_under_lightning_ddp_splits_the_epoch(testdata: Path, tmp_path: Path) -> None:
+    """Two gloo processes through the real CLI: 8 synthetic + 2 training photos, half of the 10-sample epoch from
+    each source, 5 per rank, batches of 2 -> 2 steps (10 samples on each rank, i.e. no split, would be 5 steps)."""
+    run = tmp_path / "run"
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    args = [
+        *_tiny(tmp_path / "cache", testdata / "faces68"),
+        "data.num_samples=8",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.grid_every_n=0",
+        "final_eval=false",
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "msma.train", "--config-name", "embedded_mixed", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Starting with 2 processes" in out
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 2
