@@ -238,3 +238,35 @@ def test_paper_experiments_compose_the_paper_mix(name: str, testdata: Path, monk
     monkeypatch.setenv("MSMA_300WLP_ROOT", str(testdata / "300w_lp"))
     cfg = compose_experiment(name, ["data=photos_300w_lp"])
     assert not any("data" in m.what or "photos" in m.what for m in missing_inputs(cfg))
+
+
+def test_cached_fit_becomes_pseudo_parameters_of_its_face_model(tmp_path: Path) -> None:
+    """A photo's cached fit (``msma prepare --fit``) gives id/exp/tex pseudo-parameters, only for the same model."""
+    import numpy as np
+
+    from msma.data.cache import FaceLabel
+    from msma.data.datasets import FIT_GROUPS, FolderDataset
+    from msma.data.detect import FaceBox
+    from msma.face_model.params import CoeffLayout
+
+    layout = CoeffLayout(4, 3, 2)
+    coeffs = {g: [float(i + 1)] * n for i, (g, n) in enumerate(layout.sizes.items())}
+    face = FaceLabel(
+        box=FaceBox(0.0, 0.0, 10.0, 10.0),
+        landmarks=np.zeros((68, 2), np.float32),
+        fit={"coefficients": coeffs, "face_model": "ict-abc"},
+    )
+    ds = FolderDataset.__new__(FolderDataset)  # only the fit reader; the photo loading is covered elsewhere
+    ds.fit_layout, ds.fit_model_tag = layout, "ict-abc"
+    flat = ds._fitted_params(face, tmp_path / "p.jpg")
+    assert flat is not None
+    split = layout.split(flat[None])
+    for i, (g, _) in enumerate(layout.sizes.items()):
+        expected = float(i + 1) if g in FIT_GROUPS else 0.0  # pose and light of the fit's own crop are not used
+        assert torch.all(getattr(split, g) == expected), g
+    ds.fit_model_tag = "bfm-xyz"
+    assert ds._fitted_params(face, tmp_path / "p.jpg") is None  # another face model's fit
+    ds.fit_model_tag = "ict-abc"
+    bad = dataclasses.replace(face, fit={"coefficients": {**coeffs, "id": [1.0]}, "face_model": "ict-abc"})
+    with pytest.raises(ValueError, match=r"p\.jpg: cached fit id has 1 values"):
+        ds._fitted_params(bad, tmp_path / "p.jpg")
