@@ -92,7 +92,15 @@ def experiment_info(cfg: Any, flops: bool = True) -> dict[str, Any]:
         "face_model": str(cfg.face_model.name),
         "face_model_path": cfg.face_model.path,
         "layout": {**layout.sizes, "total": layout.total},
-        "data": {"kind": str(cfg.data.kind), "root": cfg.data.root, "test_kind": cfg.data.test_kind},
+        "data": {
+            "kind": str(cfg.data.kind),
+            "root": cfg.data.root,
+            "test_kind": cfg.data.test_kind,
+            "sources": [
+                {"kind": str(s.kind), "name": s.name, "root": s.root, "weight": s.weight}
+                for s in (cfg.data.get("sources") or [])
+            ],
+        },
         "precision": str(cfg.trainer.precision),
         "missing": [{"what": m.what, "problem": m.problem, "how": m.how} for m in missing_inputs(cfg)],
     }
@@ -113,9 +121,19 @@ def info_text(info: dict[str, Any]) -> str:
         + (f" ({info['face_model_path']})" if info["face_model_path"] else "")
     )
     data = info["data"]
-    lines.append(
-        f"  data: {data['kind']}" + (f" ({data['root']})" if data["root"] else "") + f"; precision {info['precision']}"
-    )
+    if data.get("sources"):
+        mix = ", ".join(
+            f"{s['name'] or s['kind']} ({s['kind']}{', ' + str(s['root']) if s['root'] else ''}"
+            f"{', weight ' + str(s['weight']) if s['weight'] is not None else ''})"
+            for s in data["sources"]
+        )
+        lines.append(f"  data: mixed sources: {mix}; precision {info['precision']}")
+    else:
+        lines.append(
+            f"  data: {data['kind']}"
+            + (f" ({data['root']})" if data["root"] else "")
+            + f"; precision {info['precision']}"
+        )
     if info["missing"]:
         lines.append(f"  missing on this machine ({len(info['missing'])}):")
         lines += [f"    - {m['what']}: {m['problem']}. Provide it: {m['how']}" for m in info["missing"]]

@@ -4,7 +4,8 @@ Inputs checked (each only when the composed configuration uses it):
 
 * face model ``bfm``: Deep3D's ``BFM_model_front.mat`` (or its source files) at ``face_model.path`` /
   ``$MSMA_BFM_DIR``;
-* photos (``data.kind=folder``): ``data.root`` / ``$MSMA_DATA_ROOT`` with at least one image;
+* photos (``data.kind=folder``): ``data.root`` / ``$MSMA_DATA_ROOT`` with at least one image (mixed runs: every
+  ``data.sources`` photo folder; 300W-LP / AFLW2000-3D sources: an existing folder);
 * ImageNet weights (``model.pretrained``): ``model.pretrained_path`` / ``$MSMA_RESNET50_WEIGHTS``, torch hub's
   cache (the authors' networks) or timm's cache (msma's variants); a download counts as available only when
   the process is online;
@@ -89,6 +90,15 @@ def _photos(root: Any) -> MissingInput | None:
     return None
 
 
+def _folder(what: str, root: Any) -> MissingInput | None:
+    how = "set the source's root (its environment variable, e.g. MSMA_300WLP_ROOT; docs/data.md)"
+    if not root:
+        return MissingInput(what, "the source's root is not set", how)
+    if not Path(str(root)).is_dir():
+        return MissingInput(what, f"{root} is not a folder", how)
+    return None
+
+
 def _imagenet(model: Any) -> MissingInput | None:
     from msma.models.registry import PAPER_ENCODERS
 
@@ -153,9 +163,20 @@ def missing_inputs(cfg: Any) -> list[MissingInput]:
     found: list[MissingInput | None] = []
     if str(cfg.face_model.name) == "bfm":
         found.append(_bfm(cfg.face_model.path))
-    kinds = {str(cfg.data.kind), str(cfg.data.test_kind or "")}
-    if "folder" in kinds:
-        found.append(_photos(cfg.data.root if str(cfg.data.kind) == "folder" else cfg.data.test_root))
+    sources = list(cfg.data.get("sources") or [])
+    if sources:
+        # Mixed-source run: every photo folder source, then the test folder.
+        for src in sources:
+            if str(src.kind) == "folder":
+                found.append(_photos(src.root))
+            elif str(src.kind) in ("300w_lp", "aflw2000_3d"):
+                found.append(_folder(f"{src.kind} data", src.root))
+        if str(cfg.data.test_kind or "") == "folder":
+            found.append(_photos(cfg.data.test_root))
+    else:
+        kinds = {str(cfg.data.kind), str(cfg.data.test_kind or "")}
+        if "folder" in kinds:
+            found.append(_photos(cfg.data.root if str(cfg.data.kind) == "folder" else cfg.data.test_root))
     found.append(_imagenet(cfg.model))
     found.append(_arcface(cfg.loss))
     return [m for m in found if m is not None]

@@ -143,22 +143,7 @@ def evaluate_per_face(models: Mapping[str, FacePipeline], faces: EvalFaces, batc
 
 
 def _slice(batch: FaceBatch, start: int, stop: int) -> FaceBatch:
-    def part(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x[start:stop]
-
-    return FaceBatch(
-        image=batch.image[start:stop],
-        landmarks=batch.landmarks[start:stop],
-        landmark_valid=batch.landmark_valid[start:stop],
-        crop_to_image=batch.crop_to_image[start:stop],
-        params=part(batch.params),
-        params_valid=batch.params_valid[start:stop],
-        vertices=part(batch.vertices),
-        landmarks_3d=part(batch.landmarks_3d),
-        yaw=batch.yaw[start:stop],
-        skin_mask=part(batch.skin_mask),
-        source=batch.source[start:stop],
-    )
+    return batch.select(slice(start, stop))
 
 
 def yaw_bin_table(per_face: pd.DataFrame, value: str = "nme_pct") -> pd.DataFrame:

@@ -7,7 +7,7 @@ environment variables, not in committed configs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -16,6 +16,54 @@ if TYPE_CHECKING:
 
 # OmegaConf 2.3 resolves `Optional[X]` annotations; keep them (not `X | None`) in this schema.
 # ruff: noqa: UP045
+
+#: Target names a source may list in ``supervises``: whole targets and the coefficient groups.
+SUPERVISION_NAMES: tuple[str, ...] = (
+    "landmarks",
+    "params",
+    "id",
+    "exp",
+    "tex",
+    "angles",
+    "sh",
+    "trans",
+    "vertices",
+    "skin_mask",
+    "landmarks_3d",
+)
+
+
+@dataclass
+class SourceConfig:
+    """One training data source of a mixed run (an entry of ``data.sources``).
+
+    Attributes:
+        kind: ``"synthetic"``, ``"folder"`` (a photo folder: CelebA, FFHQ, your own), ``"aflw2000_3d"`` (an
+            AFLW2000-3D-style folder of ``.jpg`` + ``.mat``) or ``"300w_lp"``.
+        root: the folder (not used by ``synthetic``).
+        name: the name in logs (``train/<term>/<name>``); None: ``<kind>`` (``<kind>_<i>`` when repeated).
+        weight: sampling weight; the sources' weights are normalised to the proportions of each batch stream.
+            None: the source's natural proportion (its number of samples). Either every source has a weight or
+            none has.
+        supervises: the targets this source supervises, among ``landmarks``, ``params`` (every coefficient
+            group it has) or single groups ``id``/``exp``/``tex``/``angles``/``sh``/``trans``, ``vertices``,
+            ``skin_mask``, ``landmarks_3d``; None: everything the source provides. A target the source does not
+            provide is never invented (``supervises: [params]`` on a photo folder without fits supervises nothing).
+        landmarks: the pseudo-label backend of a ``folder`` source (None: ``data.landmarks``);
+            ``"mediapipe+fit"`` reads the coefficients ``msma prepare --fit`` cached (identity, expression and
+            albedo groups become pseudo-parameters).
+        num_samples: samples of a ``synthetic`` source (None: ``data.num_samples``).
+        seed: generation seed of a ``synthetic`` source (None: ``data.seed`` + the source's index).
+    """
+
+    kind: str = "folder"
+    root: Optional[str] = None
+    name: Optional[str] = None
+    weight: Optional[float] = None
+    supervises: Optional[list[str]] = None
+    landmarks: Optional[str] = None
+    num_samples: Optional[int] = None
+    seed: Optional[int] = None
 
 
 @dataclass
@@ -49,6 +97,9 @@ class DataConfig:
         test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
         test_root: its folder.
         aflw_crop: AFLW2000-3D crop: ``"gt_box"`` (benchmark protocol) or ``"detect"``.
+        sources: a mixed-source run (:class:`SourceConfig` per source; ``kind``/``root`` are then unused). Empty:
+            the single source ``kind``/``root`` (today's runs, unchanged).
+        epoch_samples: training samples per epoch of a mixed run (None: the sum of the sources' sizes).
     """
 
     kind: str = "synthetic"
@@ -76,6 +127,25 @@ class DataConfig:
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
     aflw_crop: str = "gt_box"
+    sources: list[SourceConfig] = field(default_factory=list)
+    epoch_samples: Optional[int] = None
+
+    def source_list(self) -> list[SourceConfig]:
+        """The configured sources: ``sources``, or the single source ``kind``/``root``."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig(kind=self.kind, root=self.root, name=self.kind, landmarks=self.landmarks)]
+
+    def source_names(self) -> list[str]:
+        """Unique names of :meth:`source_list` (``name``, else ``kind``, suffixed with the index when repeated)."""
+        sources = self.source_list()
+        kinds = [s.kind for s in sources]
+        names = []
+        for i, s in enumerate(sources):
+            names.append(s.name or (s.kind if kinds.count(s.kind) == 1 else f"{s.kind}_{i}"))
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources names must be unique, got {names}")
+        return names
 
 
 def build_datamodule(cfg: DataConfig, face_model: FaceModel | None = None) -> FaceDataModule:

@@ -6,6 +6,11 @@
 * Train/val splits of one dataset are deterministic (:func:`~msma.data.datasets.stable_split`), identical on
   every rank; augmentation (:class:`~msma.data.transforms.FaceAugment`) is applied to the training split only.
 * Loaders use :func:`~msma.data.batch.collate_samples`; Lightning adds the distributed sampler under DDP.
+* Mixed-source runs (``data.sources``): every source is prepared once (photo folders labelled once per folder and
+  backend), split on its own, and concatenated in a :class:`~msma.data.sources.MixedDataset` (samples tagged with
+  their source and restricted to what it supervises); the training order is a
+  :class:`~msma.data.sampler.MixedSourceSampler` (weighted, a function of ``(seed, epoch)``, each DDP rank its
+  share). A configuration with ``kind``/``root`` only is the single-source path above, unchanged.
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from msma.data.align import ICT_TEMPLATE_5P_MM, template_from_face_model
 from msma.data.batch import FaceSample, collate_samples
-from msma.data.config import DataConfig
-from msma.data.datasets import AFLW2000Dataset, FolderDataset, ParamMapper, W300LPDataset, stable_split
+from msma.data.config import DataConfig, SourceConfig
+from msma.data.datasets import (
+    AFLW2000Dataset,
+    FolderDataset,
+    ParamMapper,
+    PoseParamMapper,
+    W300LPDataset,
+    stable_split,
+)
 from msma.data.prepare import prepare_folder
-from msma.data.sampler import EpochSeededSampler
+from msma.data.sampler import EpochSeededSampler, MixedSourceSampler
+from msma.data.sources import MixedDataset, check_supervises
 from msma.face_model.model import FaceModel
 
 if TYPE_CHECKING:
@@ -75,7 +88,8 @@ class FaceDataModule(L.LightningDataModule):
         config: the data configuration (field meanings: :class:`msma.data.config.DataConfig`).
         face_model: the training face model (required by ``synthetic``; real photos are aligned to its mean
             face's 5-point template, the ICT template when None).
-        param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`).
+        param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`);
+            None: :class:`~msma.data.datasets.PoseParamMapper` (the pose only) when ``face_model`` is given.
         augment_kwargs: extra keyword arguments of ``FaceAugment``.
         **overrides: fields of ``config`` to replace (``FaceDataModule(kind="folder", root=...)`` in tests and
             notebooks); an unknown name raises ``TypeError``.
@@ -95,6 +109,10 @@ class FaceDataModule(L.LightningDataModule):
             cfg = dataclasses.replace(cfg, root=str(cfg.root))
         if cfg.test_root is not None:
             cfg = dataclasses.replace(cfg, test_root=str(cfg.test_root))
+        if cfg.sources:
+            sources = [s if isinstance(s, SourceConfig) else SourceConfig(**dict(s)) for s in cfg.sources]
+            sources = [dataclasses.replace(s, root=None if s.root is None else str(s.root)) for s in sources]
+            cfg = dataclasses.replace(cfg, sources=sources)
         if cfg.synthetic_cache_dir == "auto":
             from msma.utils.home import msma_home
 
@@ -122,11 +140,43 @@ class FaceDataModule(L.LightningDataModule):
         finally:
             self.prepare_seconds += time.perf_counter() - t_start
 
+    @property
+    def mixed(self) -> bool:
+        """True for a mixed-source configuration (``data.sources`` set)."""
+        return bool(self.cfg.sources)
+
+    @property
+    def source_names(self) -> list[str]:
+        """Names of the training sources, in ``source_index`` order."""
+        return self.cfg.source_names()
+
+    def _source_seed(self, index: int, source: SourceConfig) -> int:
+        return int(source.seed) if source.seed is not None else self.cfg.seed + index
+
+    def _real_sources(self) -> list[tuple[str, str, str]]:
+        """(kind, root, landmark backend) of every real-photo source and of the test set, without repeats."""
+        c = self.cfg
+        out: list[tuple[str, str, str]] = []
+        pairs = [(s.kind, s.root, s.landmarks or c.landmarks) for s in c.source_list()]
+        pairs.append((c.test_kind or "", c.test_root, c.landmarks))
+        for kind, root, landmarks in pairs:
+            if kind not in ("", "synthetic") and root is not None and (kind, root, landmarks) not in out:
+                out.append((kind, root, landmarks))
+        return out
+
     def _prepare(self) -> None:
         c = self.cfg
         if c.synthetic_cache_dir is not None:
             specs = []
-            if c.kind == "synthetic":
+            if self.mixed:
+                for i, src in enumerate(c.sources):
+                    if src.kind == "synthetic":
+                        seed = self._source_seed(i, src)
+                        specs += [
+                            (src.num_samples or c.num_samples, seed, f"{src.name or 'synthetic'} train"),
+                            (c.val_samples, seed + VAL_SEED_OFFSET, f"{src.name or 'synthetic'} validation"),
+                        ]
+            elif c.kind == "synthetic":
                 specs += [(c.num_samples, c.seed, "train"), (c.val_samples, c.seed + VAL_SEED_OFFSET, "validation")]
             if c.test_kind == "synthetic":
                 specs.append((c.val_samples, c.seed + TEST_SEED_OFFSET, "test"))
@@ -135,18 +185,18 @@ class FaceDataModule(L.LightningDataModule):
                 ds = self._synthetic_dataset(num, seed)
                 ds.ensure_generated()
                 log.info("synthetic %s split ready in %.1f s (%s)", name, time.perf_counter() - t0, ds.cache_root)
-        for kind, root in ((c.kind, c.root), (c.test_kind, c.test_root)):
-            if kind == "folder" and root is not None and c.landmarks != "gt":
+        for kind, root, landmarks in self._real_sources():
+            if kind == "folder" and landmarks != "gt":
                 run = prepare_folder(
                     root,
-                    landmarks=c.landmarks,
+                    landmarks=landmarks,
                     detector=c.detector,
                     cache_dir=c.cache_dir,
                     weights=c.landmark_weights,
                     faces=_faces(c.faces),
                 )
                 log.info("labelled %s:\n%s", root, run.summary())
-            elif kind == "aflw2000_3d" and root is not None and c.aflw_crop == "detect":
+            elif kind == "aflw2000_3d" and c.aflw_crop == "detect":
                 # Building the dataset fills its detection cache.
                 AFLW2000Dataset(
                     root,
@@ -194,12 +244,22 @@ class FaceDataModule(L.LightningDataModule):
         dataset = self._synthetic_dataset(num_samples, seed)
         return TransformedSubset(dataset, range(len(dataset)), transform) if transform is not None else dataset
 
-    def _real(self, kind: str, root: str) -> FolderDataset | AFLW2000Dataset | W300LPDataset:
+    def _real(
+        self, kind: str, root: str, landmarks: str | None = None
+    ) -> FolderDataset | AFLW2000Dataset | W300LPDataset:
         c = self.cfg
         if kind == "folder":
+            backend = landmarks or c.landmarks
+            fits = backend == "mediapipe+fit" and self.face_model is not None
             return FolderDataset(
                 root,
-                landmarks=c.landmarks,
+                landmarks=backend,
+                fit_layout=self.face_model.layout if fits and self.face_model is not None else None,
+                fit_model_tag=(
+                    f"{self.face_model.name}-{self.face_model.fingerprint()}"
+                    if fits and self.face_model is not None
+                    else None
+                ),
                 faces=_faces(c.faces),
                 detector=c.detector,
                 landmark_weights=c.landmark_weights,
@@ -219,12 +279,17 @@ class FaceDataModule(L.LightningDataModule):
                 template=self.template,
             )
         if kind == "300w_lp":
-            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=self.param_mapper)
+            mapper = self.param_mapper
+            if mapper is None and self.face_model is not None:
+                mapper = PoseParamMapper(self.face_model.layout)  # the pose carries over into any face model
+            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=mapper)
         raise ValueError(f"{kind!r} is not a real-photo dataset kind")
 
     def setup(self, stage: str | None = None) -> None:
         """Builds the datasets for ``stage`` (``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or None)."""
         c = self.cfg
+        if stage in (None, "fit", "validate") and self.train_set is None and self.mixed:
+            self._setup_mixed()
         if stage in (None, "fit", "validate") and self.train_set is None:
             if c.kind == "synthetic":
                 # Synthetic data already varies pose, translation and scale: colour/blur (and flips if enabled) only,
@@ -248,6 +313,57 @@ class FaceDataModule(L.LightningDataModule):
                 assert c.test_root is not None
                 self.test_set = self._real(c.test_kind, c.test_root)
 
+    def _setup_mixed(self) -> None:
+        """Training / validation sets of a mixed-source configuration (one split per source)."""
+        c = self.cfg
+        names = self.source_names
+        trains: list[Dataset[FaceSample]] = []
+        vals: list[Dataset[FaceSample]] = []
+        #: per source: skipped files by reason (photos / annotations left out when the source was built).
+        self.source_skips: dict[str, dict[str, int]] = {}
+        for i, (src, name) in enumerate(zip(c.sources, names)):
+            if src.kind == "synthetic":
+                seed = self._source_seed(i, src)
+                trains.append(
+                    self._synthetic(src.num_samples or c.num_samples, seed, self._augmentation(geometric=False))
+                )
+                vals.append(self._synthetic(c.val_samples, seed + VAL_SEED_OFFSET, None))
+                self.source_skips[name] = {}
+                continue
+            assert src.root is not None
+            full = self._real(src.kind, src.root, src.landmarks)
+            self.source_skips[name] = dict(getattr(full, "skip_counts", {}))
+            if len(full) == 0:
+                log.warning("source %s (%s): no usable samples (skipped: %s)", name, src.root, self.source_skips[name])
+            train_idx, val_idx = stable_split(len(full), c.val_fraction, c.seed)
+            trains.append(TransformedSubset(full, train_idx, self._augmentation()))
+            vals.append(TransformedSubset(full, val_idx, None))
+            log.info(
+                "source %s (%s): %d training / %d validation samples", name, src.root, len(train_idx), len(val_idx)
+            )
+        supervises = [s.supervises for s in c.sources]
+        train = MixedDataset(trains, names, supervises)
+        if len(train) == 0:
+            raise ValueError(f"no usable training samples in any source (skipped: {self.source_skips})")
+        self.train_set = train
+        self.val_set = MixedDataset(vals, names, supervises)
+
+    def _train_sampler(self, dataset: Dataset[FaceSample]) -> EpochSeededSampler | MixedSourceSampler:
+        c = self.cfg
+        if not isinstance(dataset, MixedDataset):
+            assert isinstance(dataset, Sized)
+            return EpochSeededSampler(dataset, c.seed)
+        weights = [s.weight for s in c.sources]
+        world, rank = _world()
+        return MixedSourceSampler(
+            dataset.sizes,
+            None if weights[0] is None else [float(w) for w in weights if w is not None],
+            c.seed,
+            c.epoch_samples,
+            num_replicas=world,
+            rank=rank,
+        )
+
     # -------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset[FaceSample] | None, train: bool, name: str) -> DataLoader[Any]:
         if dataset is None:
@@ -255,13 +371,14 @@ class FaceDataModule(L.LightningDataModule):
         if not isinstance(dataset, Sized):
             raise TypeError(f"the {name} dataset has no length")
         c = self.cfg
-        size = len(dataset)
+        sampler = self._train_sampler(dataset) if train else None
+        size = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
             batch_size=c.batch_size,
-            # The training order is a function of (seed, epoch) only; Lightning swaps in a DistributedSampler
-            # (epoch-seeded too) under DDP.
-            sampler=EpochSeededSampler(dataset, c.seed) if train else None,
+            # The training order is a function of (seed, epoch) only; for one source Lightning swaps in a
+            # DistributedSampler (epoch-seeded too) under DDP, a MixedSourceSampler splits itself across ranks.
+            sampler=sampler,
             drop_last=train and size > c.batch_size,
             num_workers=c.num_workers,
             collate_fn=collate_samples,
@@ -304,11 +421,22 @@ class FaceDataModule(L.LightningDataModule):
         from msma.data.prepare import default_cache_dir
 
         c = self.cfg
-        out = []
-        for kind, root in ((c.kind, c.root), (c.test_kind, c.test_root)):
-            if kind in ("folder", "aflw2000_3d") and root is not None:
-                out.append(Path(c.cache_dir) if c.cache_dir else default_cache_dir(root))
+        out: list[Path] = []
+        for kind, root, _ in self._real_sources():
+            if kind in ("folder", "aflw2000_3d"):
+                path = Path(c.cache_dir) if c.cache_dir else default_cache_dir(root)
+                if path not in out:
+                    out.append(path)
         return out
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the initialised default process group, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def _faces(value: str) -> Literal["largest", "all"]:
@@ -316,11 +444,11 @@ def _faces(value: str) -> Literal["largest", "all"]:
 
 
 def _validate(c: DataConfig, face_model: FaceModel | None) -> None:
-    if c.kind not in KINDS:
+    if not c.sources and c.kind not in KINDS:
         raise ValueError(f"unknown data kind {c.kind!r}; use one of {KINDS}")
     if c.test_kind is not None and c.test_kind not in KINDS:
         raise ValueError(f"unknown test data kind {c.test_kind!r}; use one of {KINDS}")
-    if c.kind != "synthetic" and c.root is None:
+    if not c.sources and c.kind != "synthetic" and c.root is None:
         raise ValueError(f"data kind {c.kind!r} needs a root folder")
     if c.test_kind not in (None, "synthetic") and c.test_root is None:
         raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
@@ -328,7 +456,27 @@ def _validate(c: DataConfig, face_model: FaceModel | None) -> None:
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):
         raise ValueError(f"aflw_crop must be 'gt_box' or 'detect', got {c.aflw_crop!r}")
-    if "synthetic" in (c.kind, c.test_kind) and face_model is None:
+    names = c.source_names()
+    for src, name in zip(c.sources, names):
+        where = f"data.sources[{name}]"
+        if src.kind not in KINDS:
+            raise ValueError(f"{where}: unknown kind {src.kind!r}; use one of {KINDS}")
+        if src.kind != "synthetic" and src.root is None:
+            raise ValueError(f"{where}: kind {src.kind!r} needs a root folder")
+        if src.weight is not None and not (src.weight >= 0 and src.weight < float("inf")):
+            raise ValueError(f"{where}: weight must be finite and >= 0, got {src.weight}")
+        if src.num_samples is not None and src.num_samples < 1:
+            raise ValueError(f"{where}: num_samples must be >= 1, got {src.num_samples}")
+        check_supervises(src.supervises, where)
+    weighted = [s.weight is not None for s in c.sources]
+    if any(weighted) and not all(weighted):
+        raise ValueError("data.sources: give every source a weight, or none (natural proportions)")
+    if weighted and all(weighted) and sum(float(s.weight or 0.0) for s in c.sources) <= 0:
+        raise ValueError("data.sources: the weights must not all be 0")
+    if c.epoch_samples is not None and c.epoch_samples < 1:
+        raise ValueError(f"data.epoch_samples must be >= 1, got {c.epoch_samples}")
+    kinds = [s.kind for s in c.source_list()]
+    if ("synthetic" in kinds or c.test_kind == "synthetic") and face_model is None:
         raise ValueError("synthetic data needs the face model")
     if c.batch_size < 1 or c.num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {c.batch_size}, {c.num_workers}")

@@ -17,12 +17,13 @@ FaceWarehouse. Deep3D's model uses the first 80 BFM identity components on its 3
 could be mapped by keeping the first 80 components with the eigenvalue rescaling; expressions can only be
 mapped by a least-squares fit between the two bases' vertex offsets, which needs both bases (the user's BFM
 files). So this module exposes the raw parameters (:class:`ThreeDDFAParams`) and fills
-``FaceSample.params`` only through a user-supplied ``param_mapper`` (e.g. one built from the BFM assets by
-the face-model code); without it, 300W-LP samples train with landmarks only.
+``FaceSample.params`` only through a ``param_mapper``: :class:`PoseParamMapper` maps the pose, which carries
+over into any face model (:func:`threeddfa_angles`); identity / expression need a user-supplied mapper.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -52,8 +53,13 @@ from msma.data.detect import FaceBox, FaceSelection, make_detector
 from msma.data.io import IMAGE_EXTENSIONS, BadImageError, LoadedImage, image_to_tensor, list_images, load_image
 from msma.data.landmarks import LandmarkBackend, LandmarkError, make_landmark_backend
 from msma.data.prepare import default_cache_dir, label_files
+from msma.face_model.params import CoeffLayout
 
 log = logging.getLogger(__name__)
+
+#: Coefficient groups of a photo fit (``msma prepare --fit``) used as pseudo-parameters: the fit's pose and light
+#: are those of its own crop (a square around the dense landmarks), not of the Deep3D-aligned training crop.
+FIT_GROUPS: tuple[str, ...] = ("id", "exp", "tex")
 
 Transform = Callable[[FaceSample], FaceSample]
 #: How many following items ``__getitem__`` tries when an item fails to load.
@@ -158,9 +164,15 @@ class FolderDataset(_RobustDataset):
         device: torch device of the ``fan`` backend.
         files: explicit photo list instead of scanning ``root``.
         backend: a ready landmark backend (overrides ``landmarks``/``landmark_weights``).
+        fit_layout: the training face model's coefficient layout: faces whose cache entry holds coefficients
+            fitted to that model (``msma prepare --fit``, see ``fit_model_tag``) get them as pseudo-parameters
+            (``params``, groups :data:`FIT_GROUPS` only). None: fits are not read.
+        fit_model_tag: ``"<name>-<fingerprint>"`` of the training face model; a fit of another model is ignored
+            (counted in ``fit_mismatches``).
 
     Attributes:
         skipped: :class:`SkipRecord` per photo without a usable face; ``skip_counts`` by reason.
+        fitted: faces with pseudo-parameters.
     """
 
     def __init__(
@@ -178,6 +190,8 @@ class FolderDataset(_RobustDataset):
         files: Sequence[str | os.PathLike[str]] | None = None,
         backend: LandmarkBackend | None = None,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        fit_layout: CoeffLayout | None = None,
+        fit_model_tag: str | None = None,
     ) -> None:
         if faces not in ("all", "largest"):
             raise ValueError(f"faces must be 'all' or 'largest', got {faces!r}")
@@ -203,6 +217,25 @@ class FolderDataset(_RobustDataset):
             for face in labels.select(faces):
                 self.items.append((path, face))
         self.skip_counts: Counter[str] = Counter(s.reason for s in self.skipped)
+        self.fit_layout = fit_layout
+        self.fit_model_tag = fit_model_tag
+        self.fitted = 0
+        self.fit_mismatches = 0
+        if fit_layout is not None:
+            for _, face in self.items:
+                if face.fit is None:
+                    continue
+                if fit_model_tag is not None and face.fit.get("face_model") != fit_model_tag:
+                    self.fit_mismatches += 1
+                else:
+                    self.fitted += 1
+            if self.fit_mismatches:
+                log.warning(
+                    "%s: %d cached fits belong to another face model than %s (not used)",
+                    self.root,
+                    self.fit_mismatches,
+                    fit_model_tag,
+                )
         if self.skipped:
             log.warning(
                 "%s: %d of %d photos skipped (%s)",
@@ -222,7 +255,31 @@ class FolderDataset(_RobustDataset):
         path, face = self.items[index]
         loaded = load_image(path)
         m = alignment_transform(face.landmarks, self.template, self.image_size)
-        return _sample(_crop_loaded(loaded, m, face.landmarks, self.image_size), str(path))
+        sample = _sample(_crop_loaded(loaded, m, face.landmarks, self.image_size), str(path))
+        params = self._fitted_params(face, path)
+        if params is None:
+            return sample
+        return dataclasses.replace(sample, params=params, param_groups=FIT_GROUPS)
+
+    def _fitted_params(self, face: FaceLabel, path: Path) -> torch.Tensor | None:
+        """(P,) flat pseudo-parameters of ``face`` (groups outside :data:`FIT_GROUPS` zero), or None."""
+        fit, layout = face.fit, self.fit_layout
+        if fit is None or layout is None:
+            return None
+        if self.fit_model_tag is not None and fit.get("face_model") != self.fit_model_tag:
+            return None
+        coeffs = fit.get("coefficients")
+        if not isinstance(coeffs, dict):
+            raise ValueError(f"{path}: cached fit has no coefficients")
+        flat = torch.zeros(layout.total, dtype=torch.float32)
+        for g in FIT_GROUPS:
+            values = torch.as_tensor(coeffs.get(g, []), dtype=torch.float32).reshape(-1)
+            if values.numel() != layout.sizes[g] or not bool(torch.isfinite(values).all()):
+                raise ValueError(
+                    f"{path}: cached fit {g} has {values.numel()} values, the training layout needs {layout.sizes[g]}"
+                )
+            flat[layout.slices[g]] = values
+        return flat
 
 
 # ------------------------------------------------------------------------------------- 3DDFA .mat files
@@ -426,6 +483,54 @@ class AFLW2000Dataset(_MatDataset):
 ParamMapper = Callable[[ThreeDDFAParams], "torch.Tensor | None"]
 
 
+def threeddfa_rotation(pose: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation of 3DDFA's ``Pose_Para`` (pitch, yaw, roll in radians) in the training model's frame.
+
+    3DDFA's rotation (300W-LP / AFLW2000-3D) is the transpose of Deep3D's ``Rz(roll) Ry(yaw) Rx(pitch)`` with the
+    same three numbers, in the same y-up model frame (image y = -y). Checked on the real files under
+    ``../shared/testdata`` (``tests/unit/test_data_sources.py``): the mean face rotated this way matches their
+    68 landmarks up to scale and shift at 3-6 % NME, the untransposed matrix at 7-27 %.
+    """
+    from msma.face_model.rotation import euler_to_matrix
+
+    angles = torch.as_tensor(np.asarray(pose[:3], dtype=np.float64))[None]
+    return euler_to_matrix(angles)[0].T.numpy()
+
+
+def threeddfa_angles(pose: np.ndarray) -> np.ndarray:
+    """(3,) pitch, yaw, roll (radians) of the training model (``R = Rz Ry Rx``) for 3DDFA's ``Pose_Para``.
+
+    The crops are aligned by scale and translation only (Deep3D's alignment has no in-plane rotation), so these
+    angles describe the aligned crop exactly (up to perspective: 3DDFA's camera is weak-perspective).
+    """
+    from msma.face_model.rotation import matrix_to_euler
+
+    r = torch.as_tensor(threeddfa_rotation(pose))[None]
+    return matrix_to_euler(r)[0].numpy()
+
+
+class PoseParamMapper:
+    """3DDFA parameters -> flat coefficients with the pose (``angles``) only: what carries over into any face
+    model without its basis (identity / expression / translation need a model-specific mapping, docs/data.md).
+
+    Args:
+        layout: the training face model's coefficient layout.
+
+    Attributes:
+        groups: the coefficient groups the mapped vector holds (``FaceSample.param_groups``).
+    """
+
+    groups: tuple[str, ...] = ("angles",)
+
+    def __init__(self, layout: CoeffLayout) -> None:
+        self.layout = layout
+
+    def __call__(self, params: ThreeDDFAParams) -> torch.Tensor:
+        flat = torch.zeros(self.layout.total, dtype=torch.float32)
+        flat[self.layout.slices["angles"]] = torch.from_numpy(threeddfa_angles(params.pose).astype(np.float32))
+        return flat
+
+
 class W300LPDataset(_MatDataset):
     """300W-LP (Zhu et al. 2016): 61k (flipped: 122k) synthesised large-pose photos with 3DDFA fits.
 
@@ -464,7 +569,11 @@ class W300LPDataset(_MatDataset):
         loaded = load_image(rec.image)
         m = alignment_transform(rec.landmarks, self.template, self.image_size)
         params = self.param_mapper(rec.params) if self.param_mapper is not None else None
-        return _sample(_crop_loaded(loaded, m, rec.landmarks, self.image_size), str(rec.image), rec.yaw, params=params)
+        sample = _sample(
+            _crop_loaded(loaded, m, rec.landmarks, self.image_size), str(rec.image), rec.yaw, params=params
+        )
+        groups = getattr(self.param_mapper, "groups", None)
+        return dataclasses.replace(sample, param_groups=tuple(groups)) if params is not None and groups else sample
 
 
 def stable_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

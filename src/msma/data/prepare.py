@@ -284,9 +284,118 @@ def prepare_folder(
     return run
 
 
+@dataclass
+class SourceReport:
+    """What :func:`prepare_sources` found in one configured source.
+
+    Attributes:
+        name: the source's name.
+        kind: its kind.
+        root: its folder (None for synthetic).
+        samples: usable samples (faces of photo folders, annotated images of 300W-LP / AFLW2000-3D, synthetic
+            faces to generate).
+        skipped: files left out, by reason.
+        detail: the labelling summary of a photo folder, or a note.
+    """
+
+    name: str
+    kind: str
+    root: str | None
+    samples: int
+    skipped: dict[str, int]
+    detail: str = ""
+
+    def summary(self) -> str:
+        where = f" ({self.root})" if self.root else ""
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        lines = [f"[{self.name}] {self.kind}{where}: {self.samples} samples, skipped: {skipped}"]
+        if self.detail:
+            lines += ["  " + line for line in self.detail.splitlines()]
+        return "\n".join(lines)
+
+
+def prepare_sources(
+    sources: Sequence[Any],
+    names: Sequence[str],
+    default_landmarks: str = "dlib",
+    detector: str | None = "dlib",
+    cache_dir: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    faces: FaceSelection = "largest",
+    num_samples: int = 0,
+    progress: bool = False,
+    workers: int = 1,
+) -> list[SourceReport]:
+    """Labels every photo-folder source once (one pass per folder and backend) and counts every source.
+
+    Args:
+        sources: :class:`~msma.data.config.SourceConfig` entries (``data.sources``).
+        names: their names (:meth:`~msma.data.config.DataConfig.source_names`).
+        default_landmarks: backend of folder sources without their own ``landmarks``.
+        detector: face detector (see :func:`prepare_folder`).
+        cache_dir: label cache directory (None: one per folder under ``$MSMA_HOME/labels``).
+        weights: model file of the landmark backend.
+        faces: ``"largest"`` or ``"all"``.
+        num_samples: synthetic samples of sources without their own ``num_samples``.
+        progress: progress bars.
+        workers: labelling processes.
+
+    Returns:
+        One :class:`SourceReport` per source, in order.
+    """
+    from msma.data.datasets import AFLW2000Dataset, FolderDataset, W300LPDataset
+
+    reports: list[SourceReport] = []
+    done: dict[tuple[str, str], LabelRun] = {}
+    for src, name in zip(sources, names):
+        kind, root = str(src.kind), None if src.root is None else str(src.root)
+        if kind == "synthetic":
+            n = int(src.num_samples or num_samples)
+            reports.append(SourceReport(name, kind, None, n, {}, "rendered and cached when training starts"))
+            continue
+        if root is None:
+            raise ValueError(f"source {name!r} ({kind}) has no root folder")
+        if kind == "folder":
+            backend = str(src.landmarks or default_landmarks)
+            if backend == "gt":
+                ds = FolderDataset(root, landmarks="gt", faces=faces)
+                reports.append(SourceReport(name, kind, root, len(ds), dict(ds.skip_counts), "ground-truth landmarks"))
+                continue
+            key = (root, backend)
+            first = key not in done
+            if first:
+                done[key] = prepare_folder(
+                    root,
+                    landmarks=backend,
+                    detector=detector,
+                    cache_dir=cache_dir,
+                    weights=weights,
+                    faces=faces,
+                    progress=progress,
+                    workers=workers,
+                )
+            run = done[key]
+            detail = run.summary() if first else "same folder and backend as an earlier source: labelled once"
+            reports.append(SourceReport(name, kind, root, run.faces, dict(run.skipped), detail))
+        elif kind in ("300w_lp", "aflw2000_3d"):
+            mat = W300LPDataset(root) if kind == "300w_lp" else AFLW2000Dataset(root)
+            reports.append(SourceReport(name, kind, root, len(mat), dict(mat.skip_counts)))
+        else:
+            raise ValueError(f"source {name!r}: unknown kind {kind!r}")
+    return reports
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msma prepare", description="fill a dataset's landmark pseudo-label cache")
-    parser.add_argument("--data", required=True, help="folder of photos (searched recursively)")
+    parser.add_argument("--data", default=None, help="folder of photos (searched recursively)")
+    parser.add_argument(
+        "--config-name",
+        default=None,
+        help="an experiment: prepare every source of its data configuration (data.sources, or data.kind/root)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="with --config-name: Hydra overrides (key=value), as for msma train"
+    )
     parser.add_argument(
         "--landmarks", default="dlib", choices=["dlib", "fan", "mediapipe", "gt"], help="landmark backend"
     )
@@ -316,6 +425,14 @@ def cli_main(argv: list[str]) -> int:
     """``msma prepare``; returns 0 on success, 2 on a usage error (missing folder, missing model)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if (args.data is None) == (args.config_name is None):
+        print("msma prepare: give --data DIR or --config-name EXPERIMENT", file=sys.stderr)
+        return 2
+    if args.config_name is not None:
+        return _prepare_experiment(args)
+    if args.overrides:
+        print(f"msma prepare: overrides {args.overrides} need --config-name", file=sys.stderr)
+        return 2
     if args.fit and args.landmarks != "mediapipe":
         print("msma prepare: --fit needs --landmarks mediapipe", file=sys.stderr)
         return 2
@@ -337,4 +454,32 @@ def cli_main(argv: list[str]) -> int:
     print(run.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(run.as_dict(), indent=2))
+    return 0
+
+
+def _prepare_experiment(args: argparse.Namespace) -> int:
+    """``msma prepare --config-name EXP [overrides]``: every source of the experiment's data configuration."""
+    from msma.config import compose_experiment, to_typed
+
+    try:
+        data = to_typed(compose_experiment(args.config_name, list(args.overrides))).data
+        reports = prepare_sources(
+            data.source_list(),
+            data.source_names(),
+            default_landmarks=data.landmarks,
+            detector=args.detector or data.detector,
+            cache_dir=args.cache or data.cache_dir,
+            weights=args.weights or data.landmark_weights,
+            faces="all" if data.faces == "all" else "largest",
+            num_samples=data.num_samples,
+            progress=not args.no_progress,
+            workers=args.workers,
+        )
+    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
+        print(f"msma prepare: {exc}", file=sys.stderr)
+        return 2
+    for report in reports:
+        print(report.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in reports], indent=2))
     return 0

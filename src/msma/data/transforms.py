@@ -17,13 +17,14 @@ label                  after a geometric transform (shift/scale/rotate)   | afte
 ``yaw``                kept (in-plane rotation does not change yaw)        | negated
 ``vertices``           dropped (None): they no longer project onto the crop | dropped
 ``landmarks_3d``       kept (it lives in the original image's frame)       | dropped
-``params``             **kept**; see below                                 | dropped (None)
+``params``             **kept**, pose groups masked (see below)            | dropped (None)
 =====================  ===============================================================================
 
 Params after a geometric transform: the identity, expression and albedo coefficients still describe the face in
 the crop; the pose groups (``angles``, ``trans``) and the lighting ``sh`` (colour jitter) describe the
-*un-augmented* image. The convention of the package is therefore that parameter supervision on augmented
-samples uses the ``id``/``exp``/``tex`` groups only (see ``docs/synthetic.md``); :data:`POSE_INVALIDATED_GROUPS`
+*un-augmented* image. A moved sample's ``param_groups`` therefore leaves out ``angles``/``trans`` (the loss
+supervises only the groups a sample has), and the convention of the package is that parameter supervision on
+augmented samples uses the ``id``/``exp``/``tex`` groups only (see ``docs/synthetic.md``); :data:`POSE_INVALIDATED_GROUPS`
 and :data:`PHOTOMETRIC_INVALIDATED_GROUPS` name the stale groups. Synthetic data already randomises pose,
 translation and scale, so ``FaceAugment(geometric=False)`` keeps every coefficient exact there.
 """
@@ -44,6 +45,7 @@ from torch import Tensor
 
 from msma.data.batch import FaceSample
 from msma.data.landmark_index import mirror_permutation
+from msma.face_model.params import GROUPS
 
 #: Coefficient groups whose ground truth refers to the un-augmented image after a geometric transform.
 POSE_INVALIDATED_GROUPS: tuple[str, ...] = ("angles", "trans")
@@ -228,6 +230,13 @@ class FaceAugment:
         }
         if moved:
             changes["vertices"] = None
+            if sample.params is not None:
+                # The pose groups describe the un-augmented crop: mask them out of this sample's supervision.
+                groups = tuple(g for g in (sample.param_groups or GROUPS) if g not in POSE_INVALIDATED_GROUPS)
+                changes["param_groups"] = groups
+                if not groups:
+                    changes["params"] = None
+                    changes["param_groups"] = None
         if flipped:
             changes["landmarks"] = landmarks.index_select(0, mirror_permutation(landmarks.shape[0]))
             changes["params"] = None

@@ -32,7 +32,7 @@ from torchmetrics import Metric
 from msma.data.batch import FaceBatch
 from msma.face_model.model import FaceModel
 from msma.face_model.output import FaceOutput
-from msma.face_model.params import CoeffLayout, FaceParams
+from msma.face_model.params import GROUPS, CoeffLayout, FaceParams
 from msma.metrics.nme import nme
 from msma.metrics.synthetic import coefficient_errors, per_vertex_error
 
@@ -75,25 +75,27 @@ def per_face_errors(
     valid = batch.landmark_valid
     if bool(valid.any()):
         out["nme"][valid] = nme(face.landmarks_2d[valid].detach().float(), batch.landmarks[valid].float()).double()
-    if batch.vertices is not None and batch.vertices.shape == face.vertices.shape:
-        pred_v, gt_v = face.vertices.detach().float(), batch.vertices.float()
+    has_v = batch.target_valid("vertices")
+    if batch.vertices is not None and batch.vertices.shape == face.vertices.shape and bool(has_v.any()):
+        pred_v, gt_v = face.vertices.detach().float()[has_v], batch.vertices.float()[has_v]
         mask = None if vertex_mask is None else vertex_mask.to(pred_v.device)
-        out["vertex_posed_mm"] = per_vertex_error(pred_v, gt_v, "none", mask).double()
-        out["vertex_aligned_mm"] = per_vertex_error(pred_v, gt_v, "rigid", mask).double()
+        out["vertex_posed_mm"][has_v] = per_vertex_error(pred_v, gt_v, "none", mask).double()
+        out["vertex_aligned_mm"][has_v] = per_vertex_error(pred_v, gt_v, "rigid", mask).double()
     layout = CoeffLayout(int(pred_params.id.shape[-1]), int(pred_params.exp.shape[-1]), int(pred_params.tex.shape[-1]))
     gt = batch.gt_params(layout)
     if gt is not None and bool(batch.params_valid.any()):
-        ok = batch.params_valid
+        groups = batch.group_valid()  # (B, G): a metric only where its coefficient group is ground truth
         ce = coefficient_errors(pred_params.detach().to(torch.float32), gt.to(torch.float32))
-        for name, value in (
-            ("id_rmse", ce.id),
-            ("exp_rmse", ce.exp),
-            ("tex_rmse", ce.tex),
-            ("sh_rmse", ce.sh),
-            ("angles_deg", ce.angles_deg),
-            ("yaw_deg", ce.yaw_deg),
-            ("trans_mm", ce.trans_mm),
+        for name, group, value in (
+            ("id_rmse", "id", ce.id),
+            ("exp_rmse", "exp", ce.exp),
+            ("tex_rmse", "tex", ce.tex),
+            ("sh_rmse", "sh", ce.sh),
+            ("angles_deg", "angles", ce.angles_deg),
+            ("yaw_deg", "angles", ce.yaw_deg),
+            ("trans_mm", "trans", ce.trans_mm),
         ):
+            ok = groups[:, GROUPS.index(group)]
             out[name][ok] = value.double()[ok]
     return out
 

@@ -24,15 +24,18 @@ def param_supervision_loss(
     valid: Tensor,
     group_weights: Mapping[str, float] = DEFAULT_GROUP_WEIGHTS,
 ) -> Tensor:
-    """Weighted per-group mean squared coefficient error over the rows that have ground truth.
+    """Weighted per-group mean squared coefficient error, each group over the rows that have it.
 
-    ``sum_{b valid} sum_g w_g mean_j (p_bgj - t_bgj)^2 / n_valid``; rows with ``valid`` False (whose targets
-    may hold zeros or NaN) contribute nothing; no valid row gives 0 (still connected to the graph).
+    ``sum_g w_g sum_{b: valid_bg} mean_j (p_bgj - t_bgj)^2 / n_g`` with ``n_g`` the number of rows that carry
+    group ``g`` (the supervised count, not the batch size); with a (B,) ``valid`` every group of a valid row
+    counts, which is ``sum_{b valid} sum_g w_g mse_bg / n_valid``. Rows / groups without ground truth (whose
+    targets may hold zeros or NaN) contribute nothing; nothing valid gives 0 (still connected to the graph).
 
     Args:
         predicted: predicted coefficients (B rows).
         target: ground-truth coefficients in the same layout (B rows).
-        valid: (B,) bool, rows with ground truth (``FaceBatch.params_valid``).
+        valid: (B,) bool rows with ground truth (``FaceBatch.params_valid``), or (B, G) bool per group of
+            :data:`~msma.face_model.params.GROUPS` (``FaceBatch.group_valid()``).
         group_weights: weight per group name (``id``, ``exp``, ``tex``, ``angles``, ``sh``, ``trans``);
             missing groups weigh 0.
 
@@ -43,10 +46,15 @@ def param_supervision_loss(
     if unknown:
         raise ValueError(f"unknown coefficient groups {sorted(unknown)}; known: {list(GROUPS)}")
     b = predicted.batch_size
-    if target.batch_size != b or valid.shape != (b,):
-        raise ValueError(f"supervision: predicted has {b} rows, target {target.batch_size}, valid {tuple(valid.shape)}")
+    if target.batch_size != b or valid.shape not in ((b,), (b, len(GROUPS))):
+        raise ValueError(
+            f"supervision: predicted has {b} rows, target {target.batch_size}, valid {tuple(valid.shape)} "
+            f"(expected ({b},) or ({b}, {len(GROUPS)}))"
+        )
     ok = valid.to(torch.bool)
-    per_row = predicted.id.new_zeros(b)
+    if ok.ndim == 1:
+        ok = ok[:, None].expand(b, len(GROUPS))
+    total = predicted.id.new_zeros(())
     for g, pred in predicted.items():
         w = float(group_weights.get(g, 0.0))
         if w == 0.0 or pred.shape[1] == 0:
@@ -54,10 +62,11 @@ def param_supervision_loss(
         tgt = getattr(target, g)
         if tgt.shape != pred.shape:
             raise ValueError(f"supervision: target {g} is {tuple(tgt.shape)}, prediction {tuple(pred.shape)}")
-        clean = torch.where(ok[:, None], tgt.to(pred.dtype), pred.detach())
-        per_row = per_row + w * ((pred - clean) ** 2).mean(dim=1)
-    per_row = torch.where(ok, per_row, per_row.new_zeros(()))
-    return per_row.sum() / ok.sum().clamp_min(1).to(per_row.dtype)
+        rows = ok[:, GROUPS.index(g)]
+        clean = torch.where(rows[:, None], tgt.to(pred.dtype), pred.detach())
+        per_row = torch.where(rows, ((pred - clean) ** 2).mean(dim=1), pred.new_zeros(()))
+        total = total + w * per_row.sum() / rows.sum().clamp_min(1).to(pred.dtype)
+    return total
 
 
 class ParamSupervisionLoss(nn.Module):
@@ -75,5 +84,5 @@ class ParamSupervisionLoss(nn.Module):
             raise ValueError(f"unknown coefficient groups {sorted(unknown)}; known: {list(GROUPS)}")
 
     def forward(self, predicted: FaceParams, target: FaceParams, valid: Tensor) -> Tensor:
-        """Predicted and target FaceParams (B rows), (B,) valid -> scalar."""
+        """Predicted and target FaceParams (B rows), (B,) or (B, G) valid -> scalar."""
         return param_supervision_loss(predicted, target, valid, self.group_weights)

@@ -6,6 +6,13 @@ Deep3DFaceRecon_pytorch ``models/facerecon_model.py`` ``compute_losses``::
 
 plus, here, ``w_param param`` (ground-truth coefficient supervision where the batch has it; MSMA / MLANet's
 semi-supervised term).
+
+Mixed-source batches (``data.sources``): every term is applied only to the samples that carry its target and
+normalised by their count (``lm``: rows with landmarks; ``param``: per coefficient group, rows with that group;
+``color``: every sample, its attention mask the sample's own skin mask where it has one, else the skin model's
+probability of the image; the priors ``reg``/``gamma``/``reflc`` and ``feat`` act on every prediction).
+:attr:`LossOutput.by_source` holds the raw terms of each source's rows (the same functions on the sub-batch)
+and :attr:`LossOutput.counts` the number of supervised samples of each term.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from msma.face_model.output import FaceOutput
-from msma.face_model.params import CoeffLayout, FaceParams
+from msma.face_model.params import GROUPS, CoeffLayout, FaceParams
 from msma.losses.config import LossConfig
 from msma.losses.identity import IdentityLoss
 from msma.losses.landmark import LandmarkLoss
@@ -56,6 +63,18 @@ class LossTargets(Protocol):
     @property
     def skin_mask(self) -> Tensor | None: ...
 
+    def target_valid(self, target: str) -> Tensor:
+        """(B,) bool: the samples that carry ``target``."""
+        ...
+
+    def group_valid(self) -> Tensor:
+        """(B, G) bool: the coefficient groups each sample carries."""
+        ...
+
+    def sources(self) -> Tensor:
+        """(B,) int64 source index of each sample."""
+        ...
+
     def gt_params(self, layout: CoeffLayout) -> FaceParams | None:
         """``params`` split by ``layout`` (None without ground truth)."""
         ...
@@ -70,11 +89,17 @@ class LossOutput:
         terms: weighted contribution of each computed term (detached scalars, for logging); ``total`` is their
             sum. Keys among :data:`TERM_NAMES`.
         raw: the same terms before weighting (detached scalars).
+        counts: number of samples each term supervised (``param``: rows with at least one weighted group).
+        by_source: ``{source index: {term: raw value}}`` over that source's rows of the batch, filled when the
+            batch mixes sources; a term none of the source's rows carries the target of is left out, and so is
+            ``feat`` (it would run the recognition network again).
     """
 
     total: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
     raw: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    by_source: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     def nonfinite_terms(self) -> list[str]:
         """Names of the terms (and ``"total"``) that are NaN or infinite (synchronises with the device)."""
@@ -115,12 +140,21 @@ class FaceReconLoss(nn.Module):
             self.identity = IdentityLoss(self.config.identity_weights, arch=self.config.identity_arch)
 
     def skin_mask(self, batch: LossTargets) -> Tensor | None:
-        """(B, 1, S, S) photometric attention: the batch's mask, else the skin GMM of the image (or None)."""
-        if batch.skin_mask is not None:
-            return batch.skin_mask
-        if self.config.skin_from_image:
-            return skin_probability(batch.image)
-        return None
+        """(B, 1, S, S) photometric attention: each sample's own mask where it has one, else the skin GMM of the
+        image (``skin_from_image``) or ones; None when no sample has a mask and the GMM is off."""
+        has = batch.target_valid("skin_mask")
+        given = batch.skin_mask
+        if given is not None and bool(has.all()):
+            return given
+        if not self.config.skin_from_image:
+            if given is None:
+                return None
+            fallback = torch.ones_like(given)
+        else:
+            fallback = skin_probability(batch.image)
+        if given is None:
+            return fallback
+        return torch.where(has.to(given.device)[:, None, None, None], given.to(fallback.dtype), fallback)
 
     def forward(
         self,
@@ -151,24 +185,18 @@ class FaceReconLoss(nn.Module):
         if face.image_size != size:
             raise ValueError(f"face landmarks were projected at {face.image_size} px, the batch images are {size} px")
 
-        raw: dict[str, Tensor] = {}
-        weights: dict[str, float] = {}
-
-        if cfg.w_color > 0:
-            raw["color"] = self.photometric(image, render.image, render.mask, self.skin_mask(batch))
-            weights["color"] = cfg.w_color
-        if cfg.w_lm > 0:
-            raw["lm"] = self.landmark(face.landmarks_2d, batch.landmarks, batch.landmark_valid, size)
-            weights["lm"] = cfg.w_lm
-        if cfg.w_reg > 0:
-            raw["reg"] = coefficient_regularization(params, cfg.w_id, cfg.w_exp, cfg.w_tex)
-            weights["reg"] = cfg.w_reg
-        if cfg.w_gamma > 0:
-            raw["gamma"] = gamma_loss(params.sh)
-            weights["gamma"] = cfg.w_gamma
-        if cfg.w_reflc > 0:
-            raw["reflc"] = reflectance_loss(face.albedo, skin_vertex_mask.to(face.albedo.device))
-            weights["reflc"] = cfg.w_reflc
+        weights: dict[str, float] = {
+            name: w
+            for name, w in (
+                ("color", cfg.w_color),
+                ("lm", cfg.w_lm),
+                ("reg", cfg.w_reg),
+                ("gamma", cfg.w_gamma),
+                ("reflc", cfg.w_reflc),
+            )
+            if w > 0
+        }
+        target: FaceParams | None = None
         if cfg.w_param > 0 and batch.params is not None:
             layout = _layout_of(params)
             if batch.params.shape[1] != layout.total:
@@ -179,11 +207,62 @@ class FaceReconLoss(nn.Module):
             target = batch.gt_params(layout)
             assert target is not None
             target = target.to(params.id.dtype)
-            raw["param"] = param_supervision_loss(params, target, batch.params_valid, cfg.param_group_weights())
             weights["param"] = cfg.w_param
+        group_weights = cfg.param_group_weights()
+        skin = self.skin_mask(batch) if "color" in weights else None
+        lm_valid = batch.target_valid("landmarks")
+        group_valid = batch.group_valid()
+        skin_vertices = skin_vertex_mask.to(face.albedo.device)
+
+        def terms(rows: Tensor | None) -> dict[str, Tensor]:
+            """Raw terms on the batch's ``rows`` (None: every row)."""
+
+            def r(x: Tensor) -> Tensor:
+                return x if rows is None else x[rows]
+
+            p = params if rows is None else FaceParams(**{g: v[rows] for g, v in params.items()})
+            out: dict[str, Tensor] = {}
+            if "color" in weights:
+                out["color"] = self.photometric(
+                    r(image), r(render.image), r(render.mask), None if skin is None else r(skin)
+                )
+            if "lm" in weights:
+                out["lm"] = self.landmark(r(face.landmarks_2d), r(batch.landmarks), r(lm_valid), size)
+            if "reg" in weights:
+                out["reg"] = coefficient_regularization(p, cfg.w_id, cfg.w_exp, cfg.w_tex)
+            if "gamma" in weights:
+                out["gamma"] = gamma_loss(p.sh)
+            if "reflc" in weights:
+                out["reflc"] = reflectance_loss(r(face.albedo), skin_vertices)
+            if "param" in weights:
+                assert target is not None
+                t = target if rows is None else FaceParams(**{g: v[rows] for g, v in target.items()})
+                out["param"] = param_supervision_loss(p, t, r(group_valid), group_weights)
+            return out
+
+        raw = terms(None)
         if self.identity is not None:
-            raw["feat"] = self.identity(image, render.image, batch.landmarks, face.landmarks_2d, batch.landmark_valid)
+            raw["feat"] = self.identity(image, render.image, batch.landmarks, face.landmarks_2d, lm_valid)
             weights["feat"] = cfg.w_feat
+        b = int(image.shape[0])
+        weighted_groups = torch.tensor([group_weights.get(g, 0.0) != 0.0 for g in GROUPS], device=group_valid.device)
+        counts = {name: b for name in raw}
+        if "lm" in raw:
+            counts["lm"] = int(lm_valid.sum())
+        if "param" in raw:
+            counts["param"] = int((group_valid & weighted_groups).any(dim=1).sum())
+        by_source: dict[int, dict[str, Tensor]] = {}
+        source_index = batch.sources()
+        present = sorted({int(v) for v in source_index.tolist()})
+        if len(present) > 1:
+            with torch.no_grad():
+                for src in present:
+                    rows = source_index == src
+                    supervised = {
+                        "lm": bool(lm_valid[rows].any()),
+                        "param": bool((group_valid[rows] & weighted_groups).any()),
+                    }
+                    by_source[src] = {k: v.detach() for k, v in terms(rows).items() if supervised.get(k, True)}
 
         weighted = {name: weights[name] * value for name, value in raw.items()}
         if weighted:
@@ -194,4 +273,6 @@ class FaceReconLoss(nn.Module):
             total=total,
             terms={k: v.detach() for k, v in weighted.items()},
             raw={k: v.detach() for k, v in raw.items()},
+            counts=counts,
+            by_source=by_source,
         )

@@ -80,6 +80,8 @@ class FaceReconModule(LightningModule):
         self.nonfinite_steps = 0
         #: the last batch seen in validation with its prediction (for pictures), set on rank 0 only.
         self.last_val_example: tuple[FaceBatch, StepOutput] | None = None
+        #: names of the data sources (``FaceBatch.source_index`` order), taken from the datamodule at fit start.
+        self.source_names: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ forward
     @property
@@ -115,6 +117,14 @@ class FaceReconModule(LightningModule):
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         return bool(bad.item() == 0.0)
 
+    def on_fit_start(self) -> None:
+        names = getattr(getattr(self.trainer, "datamodule", None), "source_names", None)
+        if names:
+            self.source_names = tuple(names)
+
+    def _source_name(self, index: int) -> str:
+        return self.source_names[index] if index < len(self.source_names) else f"source{index}"
+
     def training_step(self, batch: FaceBatch, batch_idx: int) -> Tensor | None:
         loss_out, _ = self.compute_loss(batch)
         total: Tensor = loss_out.total
@@ -127,6 +137,13 @@ class FaceReconModule(LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         for name, value in loss_out.terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=bs)
+        # Mixed-source batches: each term's raw value over each source's rows, and the supervised counts.
+        for src, values in loss_out.by_source.items():
+            for name, value in values.items():
+                self.log(f"train/{name}/{self._source_name(src)}", value, batch_size=bs)
+        if loss_out.by_source:
+            for name, count in loss_out.counts.items():
+                self.log(f"train/n_{name}", float(count), batch_size=bs)
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=bs)
         return total
 
