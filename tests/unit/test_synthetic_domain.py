@@ -15,6 +15,7 @@ from msma.data.synthetic.jitter import jitter_params, similarity_lstsq
 from msma.data.synthetic.occluders import OCCLUDER_KINDS, occluder_layers
 from msma.data.synthetic.sampling import SYNTHETIC_VERSION, population_albedo
 from msma.face_model.context import PART_GUMS, PART_TEETH
+from msma.face_model.params import FaceParams
 from msma.render.renderer import MeshRenderer
 
 S = 64
@@ -150,13 +151,31 @@ def test_alignment_jitter_moves_the_pose_not_the_shape(ict_model) -> None:  # ty
     pa = ict_model.layout.split(torch.stack([a[i].params for i in range(N)]))
     pb = ict_model.layout.split(torch.stack([b[i].params for i in range(N)]))
     assert torch.equal(pa.id, pb.id) and torch.equal(pa.exp, pb.exp) and torch.equal(pa.tex, pb.tex)
-    assert torch.equal(pa.angles[:, :2], pb.angles[:, :2])  # pitch and yaw kept, roll jittered
-    assert (
-        float((pa.trans - pb.trans).abs().max()) > 0.1 and float((pa.angles[:, 2] - pb.angles[:, 2]).abs().max()) > 1e-4
-    )
+    assert torch.equal(pa.angles[:, :2], pb.angles[:, :2])  # pitch and yaw kept (roll: jitter when not aligned)
+    assert float((pa.trans - pb.trans).abs().max()) > 0.1
     p1 = ict_model.layout.split(a[0].params[None])
-    same = jitter_params(ict_model, p1, S, torch.Generator().manual_seed(0), point_std=0.0)
+    p1 = FaceParams(**{**dict(p1.items()), "angles": torch.tensor([[0.1, 0.3, 0.05]])})  # aligned (|yaw| <= 50)
+    same = jitter_params(ict_model, p1, S, torch.Generator().manual_seed(0), point_std=0.0, align=False)
     assert torch.equal(same.trans, p1.trans)
+    # Without detector noise the placed face sits where the aligner puts the template: aligning its rendered
+    # landmarks again gives the identity crop (up to the perspective change of the scale step).
+    from msma.data.align import alignment_transform, template_from_face_model
+
+    template = template_from_face_model(ict_model)
+    for size in (64, 224):
+        placed = jitter_params(ict_model, p1, size, torch.Generator().manual_seed(2), point_std=0.0)
+        with torch.no_grad():
+            lm = ict_model(placed, size).landmarks_2d[0].double().numpy()
+        m = alignment_transform(lm, template, size)
+        assert abs(m[0, 0] - 1.0) < 0.01 and np.abs(m[:2, 2]).max() < 0.01 * size
+    # With detector noise, the crops scatter around that placement (a few % of the face size).
+    scales = []
+    for k in range(8):
+        placed = jitter_params(ict_model, p1, S, torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            lm = ict_model(placed, S).landmarks_2d[0].double().numpy()
+        scales.append(alignment_transform(lm, template, S)[0, 0])
+    assert 0.001 < float(np.std(scales)) < 0.1
 
 
 def test_population_albedo_spans_skin_tones(ict_model) -> None:  # type: ignore[no-untyped-def]

@@ -310,8 +310,13 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             d: dict[str, Any] = {"background": procedural_background(size, gen)}
             d["extras"] = torch.rand(6, generator=gen)  # mouth cavity colour and (legacy) sensor noise
             d["context"] = (torch.rand(12, generator=gen), value_noise(gen, max(16, size // 2), 1, octaves=3))
-            jittered = jitter_params(
-                self.face_model, p, size, gen, point_std=self.jitter_std if "jitter" in fx else 0.0
+            jittered = jitter_params(  # always draws its numbers (determinism); "jitter" off: sampled placement
+                self.face_model,
+                p,
+                size,
+                gen,
+                point_std=self.jitter_std if "jitter" in fx else 0.0,
+                align="jitter" in fx,
             )
             params_list.append(jittered)
             d["light"] = sample_extra_light(gen, self.settings.light_strength)
