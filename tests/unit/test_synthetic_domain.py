@@ -40,7 +40,7 @@ def _face_only(model, params: torch.Tensor):  # type: ignore[no-untyped-def]
 
 
 def test_version_bumped_and_effects_in_the_cache_key(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert SYNTHETIC_VERSION == 3
+    assert SYNTHETIC_VERSION == 4
     keys = {_ds(ict_model, e, cache_dir=tmp_path).cache_key() for e in (None, (), ("camera",))}
     assert len(keys) == 3
     assert _ds(ict_model, None).effects == DOMAIN_EFFECTS
