@@ -195,6 +195,19 @@ def run_experiment(
     return rows
 
 
+def _write(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device, complete: bool) -> Path:
+    """Writes the rows measured so far (with their ratio to deep3d_r50 where it was measured) as the result JSON."""
+    base = {(r["batch"], r["precision"]): r for r in rows if r["encoder"] == "deep3d_r50"}
+    for r in rows:
+        ref = base.get((r["batch"], r["precision"]))
+        r["step_ratio_vs_deep3d_r50"] = r["step_ms_median"] / ref["step_ms_median"] if ref else None
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out", "out_dir")}
+    payload = header(device, "train_step", settings) | {"complete": complete, "rows": rows}
+    bf16_only = all(p.startswith("bf16") for p in args.precisions)
+    name = args.out or f"train_step-{device_slug(device)}" + ("-bf16" if bf16_only else "")
+    return write_json(name, payload, args.out_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", nargs="+", default=["msma_lka", "deep3d_r50"])
@@ -263,16 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train_step: {exp} failed (exit {proc.returncode}); its output is above", file=sys.stderr)
             return proc.returncode
         rows += json.loads(proc.stdout.strip().splitlines()[-1])
-
-    base = {(r["batch"], r["precision"]): r for r in rows if r["encoder"] == "deep3d_r50"}
-    for r in rows:
-        ref = base.get((r["batch"], r["precision"]))
-        r["step_ratio_vs_deep3d_r50"] = r["step_ms_median"] / ref["step_ms_median"] if ref else None
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out", "out_dir")}
-    payload = header(device, "train_step", settings) | {"rows": rows}
-    bf16_only = all(p.startswith("bf16") for p in args.precisions)
-    name = args.out or f"train_step-{device_slug(device)}" + ("-bf16" if bf16_only else "")
-    path = write_json(name, payload, args.out_dir)
+        path = _write(rows, args, device, complete=exp == args.experiments[-1])  # a run cut short keeps its rows
     table = markdown_table(
         [
             "experiment",

@@ -2,23 +2,23 @@
 
 Runs, each stage in its own process with its own time limit, continuing past a failed stage:
 
-1. ``env``: ``nvidia-smi``, the interpreter and library versions used.
-2. ``install``: the kit's wheels (``.device/wheels``, made by ``make device-kit``) into a scratch prefix, then a
+1. ``install``: the kit's wheels (``.device/wheels``, made by ``make device-kit``) into a scratch prefix, then a
    check that every requirement of every installed wheel is met by the prefix or by the interpreter.
+2. ``env``: ``nvidia-smi``, the interpreter and library versions used.
 3. ``build``: nvdiffrast's CUDA plugin with msma's own build (``msma.render.cuda_build``; sm_90 on an H200).
 4. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold gpu-marked tests (CPU: collection only).
-5. ``render``: the renderer benchmark (nvdiffrast and torch backends, batch 32/128 at 224) and the
+5. ``train_run``: a real training run of the authors' MSMA on the embedded default at 224 (synthetic faces
+   generated on the device, nvdiffrast, bf16), its loss curve, then ``msma eval`` of its checkpoint on the device.
+6. ``render``: the renderer benchmark (nvdiffrast and torch backends, batch 32/128 at 224) and the
    torch-vs-nvdiffrast parity figures (coverage IoU, colour difference where both cover).
-6. ``train_step``: the full training step of every encoder (fp32 and bf16, channels_last, batch 32/64/128) with
+7. ``train_step``: the full training step of every encoder (fp32 and bf16, channels_last, batch 32/64/128) with
    its breakdown (encoder forward+backward, renderer forward+backward).
-7. ``train_run``: a real training run on the embedded default at 224 (synthetic faces generated on the device,
-   nvdiffrast, bf16), its loss curve, then ``msma eval`` of its checkpoint on the same device.
 
 Everything is written under ``--out``: ``results/*.json`` (named ``<bench>-cuda-<gpu>...json``, ready to copy into
 ``benchmarks/results/``), ``summary.md``, ``check.json`` (stage status and times), per-stage logs, and a
 ``results.tgz`` of it all (one file to bring back).
 
-    python3 scripts/device_check.py --out "$OUT"                    # on the GPU machine (bash scripts/device_check.sh)
+    python3 scripts/device_check.py --out /tmp/dc --export "$OUT"           # on the GPU machine
     python scripts/device_check.py --out /tmp/smoke --device cpu --smoke   # CPU smoke mode (run by the tests)
 
 The orchestrator uses the standard library only, so it starts on a bare interpreter; the stages import msma
@@ -136,7 +136,7 @@ class Settings:
                 "data.num_workers=8",
                 "num_threads=8",
                 "trainer.max_epochs=10",
-                "trainer.max_steps=160",
+                "trainer.max_steps=120",
                 "trainer.log_every_n=10",
                 "optim.lr=2e-4",
                 "optim.step_size=120",
@@ -597,7 +597,8 @@ def _mean_head_tail(curve: list[tuple[int, float]], n: int = 3) -> tuple[float |
     return sum(head) / len(head), sum(tail) / len(tail)
 
 
-STAGES = ("env", "install", "build", "gpu_tests", "render", "train_step", "train_run")
+# The GPU training run comes before the long benchmark table, so a check cut short has verified training first.
+STAGES = ("env", "install", "build", "gpu_tests", "train_run", "render", "train_step")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Acceptance tests of the layers above the core, on one tiny checkpoint written by ``msma train``:
 
-* the end-of-training ``metrics.json``, the validation metrics of the same checkpoint and
-  ``msma eval --ckpt <ckpt> --data synthetic`` (no other option) report the same numbers under the same names;
+* the end-of-training ``metrics.json``, the validation metrics of the same checkpoint (as logged during training,
+  and from Lightning's validation loop run again on the checkpoint file) and ``msma eval --ckpt <ckpt> --data
+  synthetic`` (no other option) report the same numbers under the same names;
 * inference never builds a loss: a checkpoint whose stored configuration enables the identity loss with a
   face-recognition weights file that does not exist here is used by ``msma reconstruct`` and ``msma eval``;
 * ``msma eval`` overrides and ``msma reconstruct`` / ``Reconstructor`` on the checkpoint.
@@ -82,6 +83,22 @@ def _validation_row(run: Path, epoch: int) -> dict[str, float]:
     return {k[len("val/") :]: float(v) for k, v in rows[0].items() if k.startswith("val/") and v != ""}
 
 
+def _validate_checkpoint(run: Path, best: Path) -> dict[str, float]:
+    from lightning.pytorch import Trainer
+
+    from msma.config import experiment_from_dict
+    from msma.data.datamodule import FaceDataModule
+    from msma.training.checkpoint import load_training_module
+
+    module = load_training_module(best)
+    datamodule = FaceDataModule(experiment_from_dict(module.config).data, module.face_model)
+    loader, split = datamodule.heldout_dataloader()
+    assert split == "validation"
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (logged,) = trainer.validate(module, dataloaders=loader, verbose=False)
+    return {k[len("val/") :]: float(v) for k, v in logged.items() if k.startswith("val/")}
+
+
 def test_metrics_json_validation_and_eval_agree(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from msma.cli.eval import cli_main
 
@@ -99,15 +116,18 @@ def test_metrics_json_validation_and_eval_agree(tiny_run: Path, capsys: pytest.C
     report_eval = json.loads((best.parent / f"eval_{best.stem}_synthetic.json").read_text())["result"]
     assert report_eval["count"] == 4 and "validation split" in report_eval["protocol"]["split"]
 
+    # The validation loop run afresh on the checkpoint file (Lightning's validate, the training module).
+    revalidated = _validate_checkpoint(tiny_run, best)
+
     compared = []
     for name in METRIC_NAMES:
         a, c = float(report_json[name]), float(report_eval[name])
         if math.isnan(a):
             assert math.isnan(c) and name not in validation, name
             continue
-        b = validation[name]
-        for x, y in ((a, b), (a, c)):
-            assert math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6), (name, a, b, c)
+        b, d = validation[name], revalidated[name]
+        for x, y in ((a, b), (a, c), (a, d)):
+            assert math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6), (name, a, b, c, d)
         compared.append(name)
     # Synthetic data has every ground truth: all metrics were compared.
     assert compared == list(METRIC_NAMES)

@@ -154,6 +154,31 @@ def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-u
     assert dm.train_set is not None and getattr(dm.train_set, "transform", None) is not None
     val = next(iter(dm.val_dataloader()))
     assert val.image.shape == (2, 3, 64, 64)
+    # The training order is a function of (seed, epoch) only.
+    from msma.data.sampler import EpochSeededSampler
+
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, EpochSeededSampler)
+    sampler.set_epoch(3)
+    first = list(sampler)
+    sampler.set_epoch(4)
+    assert list(sampler) != first or len(first) < 3
+    sampler.set_epoch(3)
+    assert list(sampler) == first and sorted(first) == list(range(4))
+
+
+def test_heldout_split_is_the_test_split_else_validation(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from msma.data.datamodule import TEST_SEED_OFFSET, VAL_SEED_OFFSET
+
+    cfg = DataConfig(
+        image_size=32, batch_size=2, num_workers=0, num_samples=2, val_samples=3, synthetic_cache_dir=str(tmp_path)
+    )
+    loader, split = FaceDataModule(cfg, ict_model).heldout_dataloader()
+    assert split == "validation" and loader.dataset.seed == VAL_SEED_OFFSET  # type: ignore[attr-defined]
+    assert [b.batch_size for b in loader] == [2, 1]  # every face, in order, no shuffling
+    loader, split = FaceDataModule(cfg, ict_model, test_kind="synthetic", seed=5).heldout_dataloader(limit=2)
+    assert split == "test" and len(loader.dataset) == 2  # type: ignore[arg-type]
+    assert loader.dataset.dataset.seed == 5 + TEST_SEED_OFFSET  # type: ignore[attr-defined]
 
 
 def test_real_photos_aligned_to_the_training_model(ict_model, testdata: Path) -> None:  # type: ignore[no-untyped-def]

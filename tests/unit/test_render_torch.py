@@ -191,3 +191,15 @@ def test_antialias_gradients_match_finite_differences() -> None:
         with torch.no_grad():
             fd.view(-1)[k] = (loss(plus.view_as(clip)) - loss(minus.view_as(clip))) / (2 * eps)
     torch.testing.assert_close(c.grad, fd, atol=1e-6, rtol=1e-6)
+
+
+def test_renders_under_inference_mode(ict_model) -> None:  # type: ignore[no-untyped-def]
+    """Lightning's validate/test run under torch.inference_mode: the renderer works there and agrees."""
+    from msma.render.renderer import MeshRenderer
+
+    renderer = MeshRenderer("torch")
+    ref = renderer.render(ict_model(ict_model.layout.zeros(1), image_size=32), ict_model.tri).image.detach()
+    with torch.inference_mode():
+        got = renderer.render(ict_model(ict_model.layout.zeros(1), image_size=32), ict_model.tri).image
+    assert got.shape == (1, 3, 32, 32) and float(got.sum()) > 0
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

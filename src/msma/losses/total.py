@@ -56,6 +56,10 @@ class LossTargets(Protocol):
     @property
     def skin_mask(self) -> Tensor | None: ...
 
+    def gt_params(self, layout: CoeffLayout) -> FaceParams | None:
+        """``params`` split by ``layout`` (None without ground truth)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LossOutput:
@@ -172,7 +176,9 @@ class FaceReconLoss(nn.Module):
                     f"batch ground-truth params have {batch.params.shape[1]} coefficients, the predicted layout "
                     f"{layout} has {layout.total}: supervision needs both in the same face-model space"
                 )
-            target = layout.split(batch.params.to(params.id.dtype))
+            target = batch.gt_params(layout)
+            assert target is not None
+            target = target.to(params.id.dtype)
             raw["param"] = param_supervision_loss(params, target, batch.params_valid, cfg.param_group_weights())
             weights["param"] = cfg.w_param
         if self.identity is not None:

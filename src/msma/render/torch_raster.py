@@ -545,7 +545,10 @@ class TorchRasterizer:
         Returns:
             (B, H, W, C) antialiased ``color``; differentiable w.r.t. ``color`` and ``clip_pos``.
         """
-        key = (id(tri), tri.data_ptr(), tuple(tri.shape), tri._version, str(tri.device))
+        # Inference tensors (created under torch.inference_mode) have no version counter; they cannot change
+        # in place either.
+        version = -1 if tri.is_inference() else tri._version
+        key = (id(tri), tri.data_ptr(), tuple(tri.shape), version, str(tri.device))
         if self._neighbours is None or self._neighbours_key != key or self._neighbours_tri is not tri:
             self._neighbours = triangle_neighbours(tri)
             self._neighbours_key, self._neighbours_tri = key, tri
