@@ -195,6 +195,8 @@ class ExperimentConfig:
         final_eval: after training, evaluate the best checkpoint and the untrained mean face on the held-out
             split and write ``metrics.json`` to the run folder.
         target_nme_ratio: the final evaluation reports whether trained NME <= ratio x untrained NME.
+        photos_root: labelled real photos the final evaluation also scores (``msma eval --data photos``):
+            a folder, ``"auto"`` (``$MSMA_SHARED/testdata`` when that folder exists, else skipped) or None.
     """
 
     name: str = MISSING
@@ -211,6 +213,7 @@ class ExperimentConfig:
     num_threads: int | None = None
     final_eval: bool = True
     target_nme_ratio: float = 0.5
+    photos_root: str | None = None
 
 
 def register_configs() -> None:

@@ -52,6 +52,24 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return result.run_dir
 
 
+def test_metrics_json_scores_the_labelled_photos(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """quickstart's photos_root "auto" ($MSMA_SHARED/testdata) puts the real-photo report into metrics.json, and
+    `msma eval --data photos` with the checkpoint reproduces it."""
+    from msma.cli.eval import cli_main
+
+    photos = json.loads((tiny_run / "metrics.json").read_text())["photos"]
+    assert photos["count"] == 5 and photos["protocol"]["image_size"] == 32
+    scored = [r for r in photos["images"] if "nme" in r]
+    assert all(np.isfinite(r["nme"]) and np.isfinite(r["nme_mean_face"]) for r in scored)
+    out = tiny_run / "photos.json"
+    root = Path(photos["images"][0]["image"]).parents[1]
+    assert cli_main(["--ckpt", str(_best(tiny_run)), "--data", "photos", "--root", str(root), "--out", str(out)]) == 0
+    again = json.loads(out.read_text())["result"]
+    assert again["mean"] == pytest.approx(photos["mean"], rel=1e-6)
+    assert again["mean_mean_face"] == pytest.approx(photos["mean_mean_face"], rel=1e-6)
+    assert "ratio to the mean face" in capsys.readouterr().out
+
+
 def _best(run: Path) -> Path:
     (best,) = sorted((run / "checkpoints").glob("best-*.ckpt"))
     return best

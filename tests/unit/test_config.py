@@ -22,6 +22,7 @@ from msma.training.trainer import resolve_wandb_mode
 
 REQUIRED = {
     "quickstart",
+    "embedded",
     "msma_lka",
     "mlanet",
     "deep3d_r50",

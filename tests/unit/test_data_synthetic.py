@@ -108,11 +108,19 @@ def test_landmarks_land_on_the_rendered_face(ict_model) -> None:  # type: ignore
     bi = torch.arange(len(samples))[:, None].expand_as(j)
     on_face = out.mask[bi, 0, i, j] > 0.5
     assert bool(on_face[vis].all())
-    # the stored skin mask is where the face was rendered
+    # the stored skin mask is where the face was rendered (the head around it, rendered in the same pass, only
+    # changes the antialiasing of the face's silhouette: skin within one pixel of the face-only coverage)
     skin = torch.stack([s.skin_mask for s in samples])  # type: ignore[misc]
-    assert float((skin - out.mask)[out.mask < 0.5].max()) <= 1.0 / 255 + 1e-6  # antialiased: skin <= coverage
-    # the composite shows the render where the face covers the pixel (up to uint8 rounding and sensor noise)
-    img = torch.stack([s.image for s in samples])
+    near_face = torch.nn.functional.max_pool2d(out.mask, 3, stride=1, padding=1)
+    assert float((skin - near_face).max()) <= 1.0 / 255 + 1e-6
+    assert float((skin * out.mask).sum()) > 0.5 * float(out.mask.sum())  # and it covers most of the face
+    # without domain randomisation, the composite shows the render where the face covers the pixel (up to
+    # uint8 rounding, per-pixel vs per-vertex SH shading and sensor noise)
+    plain = _dataset(ict_model, 12, seed=7, image_size=size, extreme_yaw_fraction=0.3, effects=())
+    img = torch.stack([plain[k].image for k in range(12)])
+    pp = ict_model.layout.split(torch.stack([plain[k].params for k in range(12)]))
+    with torch.no_grad():
+        out = MeshRenderer(backend="torch").render(ict_model(pp, size), ict_model.tri_int32)
     full = (out.mask > 0.999).expand_as(img)
     assert float((img[full] - out.image.clamp(0, 1)[full]).abs().mean()) < 0.03
 
@@ -279,8 +287,9 @@ def test_preview_cli_writes_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_head_context_only_changes_the_background(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with_ctx = _dataset(ict_model, 3, seed=8, image_size=48)
-    without = _dataset(ict_model, 3, seed=8, image_size=48, head_context=False)
+    # the legacy painted head context applies where the head mesh is not rendered (effects without "head")
+    with_ctx = _dataset(ict_model, 3, seed=8, image_size=48, effects=())
+    without = _dataset(ict_model, 3, seed=8, image_size=48, head_context=False, effects=())
     assert (
         _dataset(ict_model, 3, cache_dir=tmp_path).cache_key()
         != _dataset(ict_model, 3, cache_dir=tmp_path, head_context=False).cache_key()

@@ -1,4 +1,5 @@
-"""``msma eval``: benchmark a checkpoint (or the untrained mean face) on AFLW2000-3D, synthetic, MICC or NoW data.
+"""``msma eval``: benchmark a checkpoint (or the untrained mean face) on AFLW2000-3D, synthetic, labelled photos,
+MICC or NoW data.
 
 A thin command over :mod:`msma.evaluation`. Protocols and layouts are described in ``docs/evaluation.md``.
 Every run prints a table and writes a JSON report (next to the checkpoint unless ``--out`` says otherwise) that
@@ -24,7 +25,7 @@ from msma.evaluation.aflw2000 import CROPS
 from msma.evaluation.report import cpu_count, default_output, format_table, json_default
 from msma.pipeline import FacePipeline
 
-DATASETS = ("aflw2000_3d", "synthetic", "micc", "now")
+DATASETS = ("aflw2000_3d", "synthetic", "photos", "micc", "now")
 
 
 def load_model(ckpt: str, device: torch.device) -> FacePipeline:
@@ -113,6 +114,18 @@ def cli_main(argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    if args.data == "photos":
+        from msma.evaluation.photos import evaluate_photos
+
+        return evaluate_photos(
+            None if args.ckpt == "mean" else args.ckpt,
+            Path(args.root),
+            device=device,
+            detector=args.detector,
+            landmarks=args.landmarks,
+            image_size=args.image_size,
+            limit=args.limit,
+        )
     if args.data in ("micc", "now"):
         from msma.data.scans import micc_items, now_items
         from msma.evaluation.scans import evaluate_scans

@@ -31,6 +31,18 @@ def format_table(data: str, result: dict[str, Any]) -> str:
             ("NME 3D mean over images (%)", _fmt(result["mean_3d"])),
             ("crop", result["protocol"]["crop"]),
         ]
+    elif data == "photos":
+        for r in result["images"]:
+            name = Path(r["image"]).name
+            if "nme" in r:
+                rows.append((f"NME {name} (%)", f"{_fmt(r['nme'])}  vs mean face {_fmt(r['nme_mean_face'])}"))
+            else:
+                rows.append((f"NME {name} (%)", f"skipped ({r['skipped']})"))
+        rows += [
+            ("NME mean over photos (%)", f"{_fmt(result['mean'])}  vs mean face {_fmt(result['mean_mean_face'])}"),
+            ("ratio to the mean face", _fmt(result["ratio"])),
+            ("photos better than the mean face", f"{result['better_than_mean_face']} / {result['count']}"),
+        ]
     elif data == "synthetic":
         rows += [
             ("landmark NME 2D (%) [nme x 100]", _fmt(100.0 * result["nme"])),

@@ -35,6 +35,11 @@ Regions kept (vertex ranges of the upstream README, half-open here):
 * ``uv``: the upstream texture coordinates, one per vertex (at UV seams the first corner's); the face area
   uses the [0, 1] tile, the mouth socket and the eyeballs lie in other UDIM tiles as upstream.
 * ``skin_mask`` is 0 on the eyeballs and the mouth interior, soft 0..1 at lips and brows, 1 on other skin.
+* ``context`` (:class:`~msma.face_model.context.ContextMesh`, optional, not rendered by the face model): the
+  rest of the head for synthetic data: the face area outside the narrow face (ears, temples, front of the
+  neck; copies of kept vertices), the back of the head and neck ``[9409, 11248)``, gums and tongue
+  ``[14062, 17039)`` and teeth ``[17039, 21451)`` with their own identity/expression bases, a part label per
+  vertex and a scalp (hair) weight.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from msma.face_model.albedo import build_albedo_prior
+from msma.face_model.context import PART_GUMS, PART_SKIN, PART_TEETH, ContextMesh
 from msma.face_model.model import FaceModelArrays
 from msma.face_model.params import CoeffLayout
 
@@ -69,6 +75,10 @@ MOUTH_SOCKET = (11248, 13294)
 #: Sclera meshes: the outer eyeball surfaces (incl. the cornea cap); the separate iris meshes lie inside them.
 SCLERA_LEFT = (21451, 22221)
 SCLERA_RIGHT = (23021, 23791)
+#: Context regions (rendered by the synthetic generator around the face, not by the face model).
+HEAD_NECK = (9409, 11248)
+GUMS_TONGUE = (14062, 17039)
+TEETH = (17039, 21451)
 N_IDENTITIES = 100
 N_EXPRESSIONS = 53
 
@@ -246,6 +256,7 @@ def convert_ict(
     identities: Sequence[int] | None = None,
     expressions: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    context: bool = True,
 ) -> FaceModelArrays:
     """Converts ICT-FaceKit to :class:`FaceModelArrays` (mm, centred, albedo prior attached).
 
@@ -254,6 +265,7 @@ def convert_ict(
         identities: identity mode numbers to include (default: all 100, in order).
         expressions: expression names to include (default: the 53 of ``vertex_indices.json``, in its order).
         progress: optional callback receiving one short status line per step.
+        context: also convert the head around the face (:class:`ContextMesh`, for synthetic data).
 
     Returns:
         The model arrays (``name="ict"``); a subset gives exactly the matching slices of the full conversion.
@@ -297,20 +309,24 @@ def convert_ict(
         remap = np.full(N_VERTICES_ALL, -1, dtype=np.int64)
         remap[kept] = np.arange(n)
 
-        def delta(name: str) -> np.ndarray:
+        own = context_own_indices() if context else np.zeros(0, dtype=np.int64)
+
+        def delta(name: str) -> tuple[np.ndarray, np.ndarray]:
             rel = f"{_MODEL_DIR}/{name}.obj"
             verts = parse_obj_vertices(src.read(rel), rel)
             if verts.shape != neutral.shape:
                 raise ValueError(f"{rel}: {verts.shape[0]} vertices, expected {N_VERTICES_ALL}")
-            return (verts[kept] - neutral[kept]) * CM_TO_MM
+            return (verts[kept] - neutral[kept]) * CM_TO_MM, (verts[own] - neutral[own]) * CM_TO_MM
 
         id_basis = np.zeros((n, 3, len(ids)), dtype=np.float32)
+        ctx_id = np.zeros((len(own), 3, len(ids)), dtype=np.float32)
         for k, i in enumerate(ids):
-            id_basis[:, :, k] = delta(f"identity{int(i):03d}")
+            id_basis[:, :, k], ctx_id[:, :, k] = delta(f"identity{int(i):03d}")
         say(f"read {len(ids)} identity modes")
         exp_basis = np.zeros((n, 3, len(expr)), dtype=np.float32)
+        ctx_exp = np.zeros((len(own), 3, len(expr)), dtype=np.float32)
         for k, name in enumerate(expr):
-            exp_basis[:, :, k] = delta(name)
+            exp_basis[:, :, k], ctx_exp[:, :, k] = delta(name)
         say(f"read {len(expr)} expression shapes")
 
     # Geometry: centre on the narrow face area, cm -> mm.
@@ -347,6 +363,10 @@ def convert_ict(
     eyeballs = [remap[np.arange(*SCLERA_LEFT)], remap[np.arange(*SCLERA_RIGHT)]]
     prior = build_albedo_prior(mean_shape, mesh_tri, landmark_idx, eyeballs, remap[np.arange(*MOUTH_SOCKET)])
     say(f"built albedo prior ({len(prior.names)} modes) in {time.perf_counter() - t0:.1f} s total")
+    ctx = None
+    if context:
+        ctx = _context_mesh(topo.tri, neutral, centre, remap, own, ctx_id, ctx_exp, landmarks)
+        say(f"context mesh: {ctx.n_vertices} vertices, {len(ctx.tri)} triangles")
 
     return FaceModelArrays(
         name="ict",
@@ -365,4 +385,59 @@ def convert_ict(
         exp_names=tuple(expr),
         tex_names=prior.names,
         uv=uv,
+        context=ctx,
+    )
+
+
+def context_own_indices() -> np.ndarray:
+    """Upstream indices of the context mesh's own vertices: back of the head and neck, gums and tongue, teeth."""
+    return np.concatenate([np.arange(*r) for r in (HEAD_NECK, GUMS_TONGUE, TEETH)])
+
+
+def _context_mesh(
+    tri_up: np.ndarray,
+    neutral: np.ndarray,
+    centre: np.ndarray,
+    remap: np.ndarray,
+    own: np.ndarray,
+    id_basis: np.ndarray,
+    exp_basis: np.ndarray,
+    landmarks: np.ndarray,
+) -> ContextMesh:
+    """The head around the narrow face (see the module docstring); ``landmarks`` are upstream indices."""
+    in_ctx = np.zeros(N_VERTICES_ALL, dtype=bool)
+    in_ctx[FACE_AREA[0] : FACE_AREA[1]] = True
+    in_ctx[own] = True
+    narrow = np.zeros(N_VERTICES_ALL, dtype=bool)
+    narrow[NARROW_FACE_AREA[0] : NARROW_FACE_AREA[1]] = True
+    # Every triangle of the context regions that the face model does not render (incl. the ones bordering it).
+    tri = tri_up[in_ctx[tri_up].all(axis=1) & ~narrow[tri_up].all(axis=1)]
+    used = np.unique(tri)
+    refs = used[used < FACE_AREA[1]]  # face-area vertices: copies of face-model vertices
+    order = np.concatenate([refs, own])
+    local = np.full(N_VERTICES_ALL, -1, dtype=np.int64)
+    local[order] = np.arange(len(order))
+    part = np.full(len(order), PART_SKIN, dtype=np.int64)
+    part[len(refs) :][(own >= GUMS_TONGUE[0]) & (own < GUMS_TONGUE[1])] = PART_GUMS
+    part[len(refs) :][(own >= TEETH[0]) & (own < TEETH[1])] = PART_TEETH
+    # Scalp weight on the neutral head (mm, centred): above a hairline that runs from above the brows at the
+    # front down to the nape at the back; face-area copies (temples, ears) only well above the brows.
+    pos = (neutral[order] - centre) * CM_TO_MM
+    lm = (neutral[landmarks] - centre) * CM_TO_MM
+    brow_y = float(lm[17:27, 1].max())
+    nose_y, front_z = float(lm[30, 1]), float(lm[30, 2])
+    back_z = float(pos[:, 2].min())
+    t = np.clip((front_z - 40.0 - pos[:, 2]) / max(front_z - 40.0 - back_z, 1.0), 0.0, 1.0)  # 0 front .. 1 back
+    hairline = (brow_y + 20.0) * (1.0 - t) + (nose_y - 25.0) * t
+    hairline = np.where(np.arange(len(order)) < len(refs), brow_y + 15.0, hairline)
+    hair = 1.0 / (1.0 + np.exp(-(pos[:, 1] - hairline) / 4.0))
+    hair[part != PART_SKIN] = 0.0
+    return ContextMesh(
+        face_ref=remap[refs],
+        mean_shape=((neutral[own] - centre) * CM_TO_MM).astype(np.float32),
+        id_basis=id_basis,
+        exp_basis=exp_basis,
+        tri=local[tri],
+        part=part,
+        hair=hair.astype(np.float32),
     )

@@ -24,13 +24,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msma.face_model.camera import PerspectiveCamera
+from msma.face_model.context import ContextMesh, validate_context
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.face_model.rotation import euler_to_matrix, rotate
 from msma.face_model.shading import sh_shade
 
-#: Version of the ``.npz`` layout written by :meth:`FaceModel.save` / :func:`save_arrays`.
-NPZ_FORMAT_VERSION = 1
+#: Version of the ``.npz`` layout written by :meth:`FaceModel.save` / :func:`save_arrays` (2: optional
+#: ``context_*`` arrays of a :class:`~msma.face_model.context.ContextMesh`; version-1 files still load).
+NPZ_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_CONTEXT_KEYS = ("face_ref", "mean_shape", "id_basis", "exp_basis", "tri", "part", "hair")
 #: Expression coefficient semantics: blendshape weights in [0, 1] (ICT, ARKit names) or PCA ~N(0, 1) (BFM).
 EXP_KINDS = ("blendshape", "pca")
 
@@ -56,6 +60,7 @@ class FaceModelArrays:
         exp_names: names of the expression coefficients (n_exp entries; may be generic for PCA).
         tex_names: names of the albedo coefficients (n_tex entries).
         uv: (N, 2) float32 texture coordinates in [0, 1] (OBJ convention, v up), or None.
+        context: the head around the rendered face (synthetic data only; not rendered by the model), or None.
     """
 
     name: str
@@ -74,6 +79,7 @@ class FaceModelArrays:
     exp_names: tuple[str, ...]
     tex_names: tuple[str, ...]
     uv: np.ndarray | None = field(default=None)
+    context: ContextMesh | None = field(default=None)
 
     def __post_init__(self) -> None:
         validate_arrays(self)
@@ -125,6 +131,10 @@ def validate_arrays(a: FaceModelArrays, source: str = "face model") -> None:
     for key in ("mean_shape", "id_basis", "exp_basis", "albedo_mean", "albedo_basis"):
         if not np.all(np.isfinite(getattr(a, key))):
             raise bad(f"{key} contains non-finite values")
+    if a.context is not None:
+        validate_context(a.context, n_face=n, source=f"{source} context mesh")
+        if a.context.id_basis.shape[2] != a.id_basis.shape[2] or a.context.exp_basis.shape[2] != a.exp_basis.shape[2]:
+            raise bad("context mesh bases must have the face model's n_id / n_exp coefficients")
 
 
 _ARRAY_KEYS = (
@@ -157,6 +167,9 @@ def save_arrays(arrays: FaceModelArrays, path: str | os.PathLike[str]) -> None:
     payload["tex_names"] = np.array(arrays.tex_names, dtype=np.str_)
     if arrays.uv is not None:
         payload["uv"] = np.ascontiguousarray(arrays.uv)
+    if arrays.context is not None:
+        for k in _CONTEXT_KEYS:
+            payload[f"context_{k}"] = np.ascontiguousarray(getattr(arrays.context, k))
     with open(path, "wb") as fh:
         np.savez(fh, **payload)  # type: ignore[arg-type]
 
@@ -182,14 +195,26 @@ def load_arrays(path: str | os.PathLike[str]) -> FaceModelArrays:
             if missing:
                 raise ValueError(f"{path}: not a msma face-model file, missing keys {missing}")
             version = int(data["format_version"])
-            if version != NPZ_FORMAT_VERSION:
-                raise ValueError(f"{path}: face-model format version {version}, expected {NPZ_FORMAT_VERSION}")
+            if version not in _READABLE_VERSIONS:
+                raise ValueError(f"{path}: face-model format version {version}, expected one of {_READABLE_VERSIONS}")
             arrs = {k: data[k] for k in _ARRAY_KEYS}
             uv = data["uv"].astype(np.float32) if "uv" in files else None
             name = str(data["name"])
             exp_kind = str(data["exp_kind"])
             exp_names = tuple(str(s) for s in data["exp_names"].tolist())
             tex_names = tuple(str(s) for s in data["tex_names"].tolist())
+            context = None
+            if all(f"context_{k}" in files for k in _CONTEXT_KEYS):
+                c = {k: data[f"context_{k}"] for k in _CONTEXT_KEYS}
+                context = ContextMesh(
+                    face_ref=c["face_ref"].astype(np.int64),
+                    mean_shape=c["mean_shape"].astype(np.float32),
+                    id_basis=c["id_basis"].astype(np.float32),
+                    exp_basis=c["exp_basis"].astype(np.float32),
+                    tri=c["tri"].astype(np.int64),
+                    part=c["part"].astype(np.int64),
+                    hair=c["hair"].astype(np.float32),
+                )
     except (OSError, EOFError, KeyError, ValueError) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
@@ -204,6 +229,7 @@ def load_arrays(path: str | os.PathLike[str]) -> FaceModelArrays:
         exp_names=exp_names,
         tex_names=tex_names,
         uv=uv,
+        context=context,
         **arrs,
     )
 
@@ -223,6 +249,8 @@ class FaceModel(nn.Module):
         camera: the :class:`PerspectiveCamera` used by :meth:`forward`.
         exp_kind: ``"blendshape"`` (expression weights nominally in [0, 1]) or ``"pca"`` (~N(0, 1)).
         exp_names / tex_names: names of the expression / albedo coefficients.
+        context: the head around the rendered face (numpy, not a buffer: it follows neither ``.to()`` nor
+            ``state_dict``; used by the synthetic generator only), or None.
     """
 
     mean_shape: Tensor
@@ -248,6 +276,7 @@ class FaceModel(nn.Module):
         self.exp_kind = arrays.exp_kind
         self.exp_names = tuple(arrays.exp_names)
         self.tex_names = tuple(arrays.tex_names)
+        self.context: ContextMesh | None = arrays.context
         f32, i64 = torch.float32, torch.int64
         for key in _ARRAY_KEYS:
             dtype = f32 if key in _FLOAT_KEYS else i64
@@ -382,6 +411,7 @@ class FaceModel(nn.Module):
             exp_names=self.exp_names,
             tex_names=self.tex_names,
             uv=None if self.uv is None else np_(self.uv),
+            context=self.context,
             **{k: np_(getattr(self, k)) for k in _ARRAY_KEYS},
         )
 

@@ -180,9 +180,37 @@ def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence
         metrics["nonfinite_steps"] = int(module.nonfinite_steps)
         metrics["device"] = _device_description(trainer)
         metrics["torch"] = torch.__version__
+        photos = _photos_root(typed.photos_root)
+        if photos is not None and best:
+            metrics["photos"] = photo_report(best, photos)
         path = run.write_metrics(metrics)
         print(f"  written to {path}", flush=True)
     return TrainResult(run.path, best, last, False, metrics, tuple(history.losses))
+
+
+def _photos_root(setting: str | None) -> Path | None:
+    """The photo folder of ``photos_root`` (``"auto"``: ``$MSMA_SHARED/testdata`` if present), or None."""
+    if not setting:
+        return None
+    if setting == "auto":
+        shared = os.environ.get("MSMA_SHARED")
+        cand = Path(shared) / "testdata" if shared else None
+        return cand if cand is not None and cand.is_dir() else None
+    path = Path(setting)
+    if not path.is_dir():
+        raise FileNotFoundError(f"photos_root={setting}: not a folder of labelled photos")
+    return path
+
+
+def photo_report(checkpoint: str, root: Path) -> dict[str, Any]:
+    """Scores ``checkpoint`` and the mean face on the labelled photos under ``root`` and prints the table."""
+    from msma.evaluation.photos import evaluate_photos
+    from msma.evaluation.report import format_table
+
+    result = evaluate_photos(checkpoint, root)
+    print(f"labelled photos under {root} (detection + 5-point alignment, as msma reconstruct):", flush=True)
+    print(format_table("photos", result), flush=True)
+    return result
 
 
 def _device_description(trainer: Any) -> str:

@@ -23,7 +23,14 @@ from torch.utils.data import Dataset
 
 from msma.data.batch import FaceSample
 from msma.data.synthetic.backgrounds import procedural_background, value_noise
+from msma.data.synthetic.camera_effects import EFFECTS, apply_camera_effects
+from msma.data.synthetic.clothing import clothing_layer
+from msma.data.synthetic.clutter import clutter
 from msma.data.synthetic.compositing import head_context, mouth_cavity, to_uint8
+from msma.data.synthetic.head import hair_layers, render_head
+from msma.data.synthetic.jitter import jitter_params
+from msma.data.synthetic.lighting import sample_extra_light, shade
+from msma.data.synthetic.occluders import OCCLUDER_KINDS, occluder_layers
 from msma.data.synthetic.sampling import SYNTHETIC_VERSION, SamplingSettings, sample_params_with, sample_seed
 from msma.data.synthetic.shards import ShardCache
 from msma.face_model.model import FaceModel
@@ -52,6 +59,10 @@ class RenderedFaces:
     landmarks: np.ndarray
 
 
+#: Domain-randomisation layers of the generator (``SyntheticFaceDataset(effects=...)``).
+DOMAIN_EFFECTS = ("head", "hair", "clothing", "occluders", "light", "camera", "clutter", "jitter")
+
+
 # ------------------------------------------------------------------------------------------------ dataset
 class SyntheticFaceDataset(Dataset[FaceSample]):
     """Faces rendered from a face model with random coefficients, pose, light and background.
@@ -78,6 +89,12 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         progress: show a tqdm progress bar while generating.
         head_context: paint a rough skull/hair and neck behind most faces (see :func:`msma.data.synthetic.compositing.head_context`), so the
             network does not learn that a face ends where the background starts.
+        effects: the domain-randomisation layers to apply, a subset of :data:`DOMAIN_EFFECTS` (default all):
+            ``head`` (the context mesh: skull, ears, neck, teeth, gums), ``hair``, ``clothing``, ``occluders``,
+            ``light`` (extra directional/point light, cast shadows, specular), ``camera`` (blur, noise, JPEG,
+            exposure, colour casts), ``clutter`` (structured background), ``jitter`` (alignment jitter).
+            ``()`` gives plain renders over procedural backgrounds.
+        jitter_std: detector error of each of the 5 alignment points (fraction of the inter-ocular distance).
         **sampling: further keyword arguments of :func:`sample_params` (``pitch_std_deg``, ``id_scale``, ...).
     """
 
@@ -98,6 +115,8 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         return_vertices: bool = True,
         progress: bool = True,
         head_context: bool = True,
+        effects: tuple[str, ...] | list[str] | None = None,
+        jitter_std: float = 0.04,
         **sampling: Any,
     ) -> None:
         if num_samples < 0:
@@ -125,6 +144,14 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         self.return_vertices = return_vertices
         self.progress = progress
         self.head_context = head_context
+        chosen = DOMAIN_EFFECTS if effects is None else tuple(effects)
+        unknown_fx = set(chosen) - set(DOMAIN_EFFECTS)
+        if unknown_fx:
+            raise ValueError(f"unknown synthetic effects {sorted(unknown_fx)}; known: {DOMAIN_EFFECTS}")
+        self.effects = tuple(e for e in DOMAIN_EFFECTS if e in chosen)
+        if jitter_std < 0:
+            raise ValueError(f"jitter_std must be >= 0, got {jitter_std}")
+        self.jitter_std = float(jitter_std)
         self.settings = SamplingSettings(
             max_yaw_deg=max_yaw_deg,
             extreme_yaw_fraction=extreme_yaw_fraction,
@@ -153,9 +180,12 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
 
     # ------------------------------------------------------------------------------------- identity / cache
     def face_model_id(self) -> str:
-        """:meth:`FaceModel.fingerprint` (name, layout, coefficient names, buffers) plus the camera (16 hex digits)."""
+        """:meth:`FaceModel.fingerprint` (name, layout, coefficient names, buffers), the camera and the context mesh
+        (16 hex digits)."""
         if self._model_id is None:
-            h = hashlib.sha256(f"{self.face_model.fingerprint()}|{self.face_model.camera}".encode())
+            ctx = self.face_model.context
+            ctx_id = "none" if ctx is None else ctx.digest()
+            h = hashlib.sha256(f"{self.face_model.fingerprint()}|{self.face_model.camera}|{ctx_id}".encode())
             self._model_id = h.hexdigest()[:16]
         return self._model_id
 
@@ -170,6 +200,8 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             "shard_size": self.shard_size,
             "renderer_backend": self.resolved_backend,
             "head_context": self.head_context,
+            "effects": list(self.effects),
+            "jitter_std": self.jitter_std,
             "sampling": dataclasses.asdict(self.settings),
         }
 
@@ -261,56 +293,116 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
     def generate(self, indices: list[int]) -> RenderedFaces:
         """Generates the samples ``indices`` (rendered together as one batch).
 
+        Per sample, in this order (each from the sample's own generator): coefficients (with population
+        albedo), background, alignment jitter, extra light, head/hair/clothing/occluder/camera draws, clutter.
+        See docs/synthetic.md for the layers and their order.
+
         Returns:
             :class:`RenderedFaces` (uint8 images and masks, float32 coefficients and landmarks).
         """
         size = self.image_size
+        fx = set(self.effects)
         params_list: list[FaceParams] = []
-        backgrounds: list[Tensor] = []
-        extras: list[Tensor] = []
-        contexts: list[tuple[Tensor, Tensor]] = []
+        draws: list[dict[str, Any]] = []
         for i in indices:
             gen = torch.Generator().manual_seed(sample_seed(self.seed, i))
-            params_list.append(sample_params_with(self.face_model, 1, gen, self.settings))
-            backgrounds.append(procedural_background(size, gen))
-            extras.append(torch.rand(6, generator=gen))  # mouth cavity colour and sensor noise
-            contexts.append((torch.rand(12, generator=gen), value_noise(gen, max(16, size // 2), 1, octaves=3)))
+            p = sample_params_with(self.face_model, 1, gen, self.settings)
+            d: dict[str, Any] = {"background": procedural_background(size, gen)}
+            d["extras"] = torch.rand(6, generator=gen)  # mouth cavity colour and (legacy) sensor noise
+            d["context"] = (torch.rand(12, generator=gen), value_noise(gen, max(16, size // 2), 1, octaves=3))
+            jittered = jitter_params(  # always draws its numbers (determinism); "jitter" off: sampled placement
+                self.face_model,
+                p,
+                size,
+                gen,
+                point_std=self.jitter_std if "jitter" in fx else 0.0,
+                align="jitter" in fx,
+            )
+            params_list.append(jittered)
+            d["light"] = sample_extra_light(gen, self.settings.light_strength)
+            d["head"] = torch.rand(4, generator=gen)
+            d["hair"] = (torch.rand(10, generator=gen), value_noise(gen, max(16, size // 2), 1, octaves=4))
+            d["cloth"] = (torch.rand(10, generator=gen), value_noise(gen, max(16, size // 4), 1, octaves=3))
+            d["occluders"] = torch.rand(len(OCCLUDER_KINDS), 11, generator=gen)
+            d["camera"] = (torch.rand(len(EFFECTS), 4, generator=gen), torch.randn(3, size, size, generator=gen))
+            d["clutter_bg"] = clutter(d["background"], gen) if "clutter" in fx else d["background"]
+            draws.append(d)
         params = FaceParams.cat(params_list)
         model = self._generation_model()
         face = model(params.to(self.device), size)
-        tri = model.tri_int32
-        # The skin weight rides along as a fourth colour channel: interpolated, antialiased and premultiplied by
-        # the coverage exactly like the image.
-        skin_w = model.skin_mask.to(self.device, face.color.dtype)
-        colors = torch.cat([face.color, skin_w[None, :, None].expand(face.color.shape[0], -1, 1)], dim=-1)
-        out = self._get_renderer().forward(face.clip, tri, colors, None, resolution=size)
-        image = out.image[:, :3].float().cpu()
-        skin = out.image[:, 3].float().cpu().clamp(0.0, 1.0)
-        coverage = out.mask.float().cpu().clamp(0.0, 1.0)
+        if "head" not in fx or model.context is None:
+            model_for_render = model
+            saved_context = model.context
+            model.context = None
+        else:
+            model_for_render, saved_context = model, model.context
+        try:
+            head = render_head(
+                model_for_render, params, face, size, self._get_renderer(), torch.stack([d["head"] for d in draws])
+            )
+        finally:
+            model.context = saved_context
         landmarks = face.landmarks_2d.float().cpu()
+        sh = params.sh.float().cpu()
 
-        out_images = []
+        out_images, out_skin = [], []
         for b in range(len(indices)):
-            if self.head_context:
-                face_px = skin[b] > 0.5
-                skin_rgb = image[b][:, face_px].mean(dim=1) if bool(face_px.any()) else torch.tensor([0.5, 0.38, 0.32])
-                bg = head_context(backgrounds[b], landmarks[b], skin_rgb, *contexts[b])
-            else:
-                bg = backgrounds[b]
+            d = draws[b]
+            cov = head.coverage[b]
+            colour, irradiance = shade(
+                head.albedo[b],
+                head.normals[b],
+                head.depth[b],
+                cov,
+                sh[b],
+                d["light"] if "light" in fx else None,
+                model.camera,
+                head.ambient_occlusion[b],
+                head.specular[b],
+            )
+            render = colour.clamp(0.0, 1.0) * cov  # premultiplied
+            skin = head.skin[b].clone()
+            bg = d["clutter_bg"]
+            if self.head_context and ("head" not in fx or model.context is None):
+                face_px = skin[0] > 0.5
+                skin_rgb = render[:, face_px].mean(dim=1) if bool(face_px.any()) else torch.tensor([0.5, 0.38, 0.32])
+                bg = head_context(bg, landmarks[b], skin_rgb, *d["context"])
+            # Behind the head: clothing under the neck is drawn after it (in front of the neck, not the face).
+            if "hair" in fx:
+                h_rgb, h_alpha, back_rgb, back_alpha = hair_layers(
+                    head.hair[b], head.face[b], head.normals[b], irradiance, landmarks[b], *d["hair"]
+                )
+                bg = bg * (1.0 - back_alpha) + back_rgb * back_alpha
             cavity = mouth_cavity(landmarks[b], size)  # (S, S) in [0, 1]
-            e = extras[b]
+            e = d["extras"]
             cavity_colour = torch.tensor([0.25, 0.08, 0.08]) * (0.3 + 0.9 * e[:3])
             behind = bg * (1.0 - cavity) + cavity_colour[:, None, None] * cavity
-            composite = image[b] + (1.0 - coverage[b]) * behind
-            noise_sigma = 0.015 * float(e[3]) ** 2
-            if noise_sigma > 0:
-                gen = torch.Generator().manual_seed(sample_seed(self.seed, indices[b]) ^ 0x5EED)
-                composite = composite + torch.randn(composite.shape, generator=gen) * noise_sigma
+            composite = render + (1.0 - cov) * behind
+            if "hair" in fx:
+                composite = composite * (1.0 - h_alpha) + h_rgb * h_alpha
+                skin = skin * (1.0 - h_alpha)
+            if "clothing" in fx:
+                c_rgb, c_alpha = clothing_layer(landmarks[b], size, *d["cloth"])
+                c_alpha = c_alpha * (1.0 - head.face[b])  # the face stays in front of the collar
+                composite = composite * (1.0 - c_alpha) + c_rgb * c_alpha
+                skin = skin * (1.0 - c_alpha)
+            if "occluders" in fx:
+                for _kind, o_rgb, o_alpha in occluder_layers(landmarks[b], size, d["occluders"]):
+                    composite = composite * (1.0 - o_alpha) + o_rgb * o_alpha
+                    skin = skin * (1.0 - o_alpha)
+            if "camera" in fx:
+                composite = apply_camera_effects(composite, *d["camera"])
+            else:
+                noise_sigma = 0.015 * float(e[3]) ** 2
+                if noise_sigma > 0:
+                    gen = torch.Generator().manual_seed(sample_seed(self.seed, indices[b]) ^ 0x5EED)
+                    composite = composite + torch.randn(composite.shape, generator=gen) * noise_sigma
             out_images.append(to_uint8(composite.permute(1, 2, 0)))
+            out_skin.append(to_uint8(skin[0]))
         layout = model.layout
         return RenderedFaces(
             images=np.stack(out_images),
-            skin=to_uint8(skin).numpy(),
+            skin=np.stack(out_skin),
             params=layout.join(params).numpy().astype(np.float32),
             landmarks=landmarks.numpy().astype(np.float32),
         )

@@ -17,7 +17,7 @@ from msma.face_model.params import FaceParams
 from msma.face_model.shading import SH_A, SH_DC_OFFSET, sh_basis
 
 #: Bumped whenever the generator's output for the same settings changes (part of the cache key and the seeds).
-SYNTHETIC_VERSION = 2
+SYNTHETIC_VERSION = 4  # 3: domain randomisation (head mesh, hair, clothing, occluders, light, camera, clutter); 4: aligner framing
 
 # Expression semantics for blendshape models with ARKit names (ICT-FaceKit): pairs that cannot both be active,
 # and the gaze shapes that are driven together (conjugate eye movement) instead of independently.
@@ -54,6 +54,7 @@ class SamplingSettings:
     shift_std_mm: float = 8.0
     max_shift_mm: float = 20.0
     depth_range_mm: float = 80.0
+    skin_tone_mixture: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_yaw_deg <= self.extreme_yaw_limit_deg <= 90.0:
@@ -307,6 +308,8 @@ def sample_params_with(face_model: FaceModel, batch: int, gen: torch.Generator, 
     tex_std = face_model.tex_std.detach().cpu().to(torch.float64)
     ident = torch.stack([_truncated_normal(gen, layout.n_id, 1.0, 3.0) for _ in range(batch)]) * id_std * s.id_scale
     tex = torch.stack([_truncated_normal(gen, layout.n_tex, 1.0, 3.0) for _ in range(batch)]) * tex_std * s.tex_scale
+    if s.skin_tone_mixture:
+        tex = torch.stack([population_albedo(gen, tuple(face_model.tex_names), t, tex_std) for t in tex])
     if face_model.exp_kind == "blendshape":
         exp = torch.stack([_sample_blendshapes(gen, tuple(face_model.exp_names), s) for _ in range(batch)])
     else:
@@ -320,6 +323,60 @@ def sample_params_with(face_model: FaceModel, batch: int, gen: torch.Generator, 
     return FaceParams(
         id=ident.to(f32), exp=exp.to(f32), tex=tex.to(f32), angles=angles.to(f32), sh=sh.to(f32), trans=trans.to(f32)
     )
+
+
+#: Skin-tone clusters in units of the albedo prior's std: (skin_brightness, skin_redness, skin_yellowness) means
+#: and draw weights, spanning very light to very dark skin (Fitzpatrick I-VI, roughly) so every population is
+#: common in the data rather than the tails of one Gaussian.
+SKIN_TONES = (
+    (2.0, -0.3, -0.3),
+    (1.0, 0.3, 0.0),
+    (0.0, 0.0, 0.6),
+    (-1.0, 0.2, 0.6),
+    (-2.0, 0.0, 0.3),
+    (-2.8, -0.2, 0.0),
+)
+SKIN_TONE_P = (0.15, 0.2, 0.2, 0.17, 0.15, 0.13)
+
+
+def population_albedo(gen: torch.Generator, names: tuple[str, ...], tex: Tensor, tex_std: Tensor) -> Tensor:
+    """Re-draws the named albedo modes of one sample from population-level distributions (exact coefficients).
+
+    Skin tone from a mixture of :data:`SKIN_TONES` (+- 0.35 std); makeup-like lips (25 %: redder or darker
+    lips, stronger cheek flush); stubble (30 % of samples, up to 3 std). Models without these mode names keep
+    ``tex``. Always draws 8 uniforms and 3 normals (determinism).
+
+    Args:
+        gen: the sample's generator.
+        names: the face model's albedo mode names.
+        tex: (n_tex,) coefficients drawn from the prior.
+        tex_std: (n_tex,) prior std.
+
+    Returns:
+        (n_tex,) coefficients, clipped to +-3.2 std.
+    """
+    u = torch.rand(8, generator=gen, dtype=torch.float64)
+    z = torch.randn(3, generator=gen, dtype=torch.float64)
+    out = tex.clone().double()
+    idx = {n: i for i, n in enumerate(names)}
+    tone_keys = ("skin_brightness", "skin_redness", "skin_yellowness")
+    if all(k in idx for k in tone_keys):
+        k = int(torch.searchsorted(torch.tensor(SKIN_TONE_P, dtype=torch.float64).cumsum(0), u[0].clamp(max=0.9999)))
+        for j, key in enumerate(tone_keys):
+            out[idx[key]] = (SKIN_TONES[k][j] + 0.35 * float(z[j])) * float(tex_std[idx[key]])
+    if "lip_redness" in idx and float(u[1]) < 0.25:
+        out[idx["lip_redness"]] = (1.0 + 2.0 * float(u[2])) * float(tex_std[idx["lip_redness"]])
+        if "lip_darkness" in idx:
+            out[idx["lip_darkness"]] = (float(u[3]) * 4.0 - 2.0) * float(tex_std[idx["lip_darkness"]])
+        if "cheek_flush" in idx:
+            out[idx["cheek_flush"]] = (0.5 + 2.0 * float(u[4])) * float(tex_std[idx["cheek_flush"]])
+    if "stubble" in idx:
+        if float(u[5]) < 0.3:
+            out[idx["stubble"]] = (0.5 + 2.5 * float(u[6])) * float(tex_std[idx["stubble"]])
+        elif float(u[7]) < 0.5:
+            out[idx["stubble"]] = -abs(float(out[idx["stubble"]]))  # clean-shaven half of the rest
+    lim = 3.2 * tex_std.double()
+    return torch.maximum(torch.minimum(out, lim), -lim).to(tex.dtype)
 
 
 def sample_seed(seed: int, index: int) -> int:
