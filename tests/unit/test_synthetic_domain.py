@@ -67,9 +67,16 @@ def test_full_generator_keeps_exact_ground_truth(ict_model) -> None:  # type: ig
 @pytest.mark.parametrize("effect", [e for e in DOMAIN_EFFECTS if e != "jitter"])
 def test_each_effect_changes_pixels_not_labels(ict_model, effect: str) -> None:  # type: ignore[no-untyped-def]
     # (the legacy painted head, drawn where no head mesh is rendered, takes its colour from the lit face)
-    base, fx = _ds(ict_model, (), head_context=False), _ds(ict_model, (effect,), head_context=False)
+    # Clothing and occluders are random draws (occluders: about one sample in two; clothing below the chin, inside
+    # the crop when the face is framed as a detector frames it): enough samples, and the detector-like framing
+    # ("jitter") on both sides for clothing, so that the layer appears. With 8 samples and the sampled placement
+    # none appeared (generator version 4's seeds).
+    n = 24 if effect in ("clothing", "occluders") else N
+    extra: tuple[str, ...] = ("jitter",) if effect == "clothing" else ()
+    base = _ds(ict_model, extra, n=n, head_context=False)
+    fx = _ds(ict_model, (effect, *extra), n=n, head_context=False)
     changed = 0.0
-    for i in range(N):
+    for i in range(n):
         a, b = base[i], fx[i]
         assert torch.equal(a.params, b.params) and torch.equal(a.landmarks, b.landmarks)
         diff = (a.image - b.image).abs().amax(0)
@@ -98,7 +105,7 @@ def test_each_effect_changes_pixels_not_labels(ict_model, effect: str) -> None: 
             hidden = (sa - sb) > 0.5
             if bool(hidden.any()):
                 assert float(diff[hidden].mean()) > 2 / 255  # hidden skin is where pixels changed
-    assert changed / N > (0.001 if effect == "clothing" else 0.01), f"{effect} changed almost no pixels"
+    assert changed / n > (0.001 if effect == "clothing" else 0.01), f"{effect} changed almost no pixels"
 
 
 def test_occluders_are_excluded_from_the_skin_mask(ict_model) -> None:  # type: ignore[no-untyped-def]
