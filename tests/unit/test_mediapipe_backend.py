@@ -89,3 +89,13 @@ def test_no_face_reason_and_box_without_face(backend: MediaPipeLandmarks) -> Non
 
 def test_shared_chain_is_one_per_process() -> None:
     assert shared_chain() is shared_chain()
+
+
+def test_stray_profiling_signal_cannot_end_the_process(backend: MediaPipeLandmarks) -> None:
+    """After MediaPipe has run, a training in the same process once died of SIGPROF ("Profiling timer expired")."""
+    import os
+    import signal
+
+    assert signal.getsignal(signal.SIGPROF) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGPROF)  # ignored: the test goes on
+    assert signal.getsignal(signal.SIGPROF) == signal.SIG_IGN

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,21 @@ class DenseFace:
         return np.ascontiguousarray(self.points[list(MEDIAPIPE_TO_68), :2], dtype=np.float32)
 
 
+def _ignore_stray_sigprof() -> None:
+    """Ignores SIGPROF in this process while nothing handles it.
+
+    Seen here (mediapipe 1.2.3, Linux x86-64): once a ``FaceLandmarker`` has run in a process, a later Lightning
+    training in the same process (a DataLoader worker forked from it) received SIGPROF, whose default action
+    ends the process ("Profiling timer expired"); ``libmediapipe.so`` links a profiler that uses the
+    ``ITIMER_PROF`` timer. msma uses no profiling signal, so a stray one is ignored; a profiler that installs its
+    own SIGPROF handler (before or after this) keeps it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    if signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
+
+
 def _overlap(a: FaceBox, b: FaceBox) -> float:
     iw = max(0.0, min(a.right, b.right) - max(a.left, b.left))
     ih = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top))
@@ -107,6 +123,7 @@ class MediaPipeFaceMesh:
             from msma.data.landmarks import LandmarkBackendUnavailable
 
             raise LandmarkBackendUnavailable(f"the mediapipe package is not installed ({exc})") from exc
+        _ignore_stray_sigprof()
         self.path = find_face_landmarker(task_path)
         self._mp = mp
         opts = vision.FaceLandmarkerOptions(

@@ -17,7 +17,9 @@ from msma.face_model.params import FaceParams
 from msma.face_model.shading import SH_A, SH_DC_OFFSET, sh_basis
 
 #: Bumped whenever the generator's output for the same settings changes (part of the cache key and the seeds).
-SYNTHETIC_VERSION = 4  # 3: domain randomisation (head mesh, hair, clothing, occluders, light, camera, clutter); 4: aligner framing
+SYNTHETIC_VERSION = (
+    4  # 3: domain randomisation (head mesh, hair, clothing, occluders, light, camera, clutter); 4: aligner framing
+)
 
 # Expression semantics for blendshape models with ARKit names (ICT-FaceKit): pairs that cannot both be active,
 # and the gaze shapes that are driven together (conjugate eye movement) instead of independently.
