@@ -8,8 +8,8 @@ index. This script gathers, into a git-ignored folder (default ``.device/``):
   for the device's interpreter (``cp312``, ``manylinux`` x86-64), downloaded with ``pip download --no-deps
   --only-binary=:all:`` at the versions installed here (``constraints.txt``); a pure-Python project published only
   as an sdist is built into a ``py3-none-any`` wheel here (``pip wheel``);
-* ``msma_home/``: the converted ICT-FaceKit face model from ``$MSMA_HOME`` (27 MiB; the 133 MiB upstream archive
-  cannot travel), with its checksum file;
+* ``msma_home/``: the converted ICT-FaceKit face model of this msma version from ``$MSMA_HOME`` (44 MiB with the
+  head context mesh; the 133 MiB upstream archive cannot travel), with its checksum file;
 * ``manifest.json``: what is inside, for which interpreter, and the sizes.
 
 Nothing else. It prints the kit's size and that of the working tree that travels with it, and fails when both
@@ -69,9 +69,20 @@ DEVICE_IMAGE_PACKAGES = frozenset(
 )
 
 #: Requirements of msma the device check does not use, left out of the kit with their own dependencies:
-#: W&B (the check logs to CSV), the optional landmark backends (imported lazily, not used on the device) and
+#: W&B (the check logs to CSV), the landmark backends (imported lazily; the check trains on synthetic faces:
+#: dlib, face-alignment, MediaPipe with its OpenCV-contrib build, together far over the transfer limit) and
 #: ``opencv-python`` (the image's ``opencv-python-headless`` provides the same ``cv2``).
-NOT_NEEDED_ON_DEVICE = frozenset({"wandb", "face-alignment", "opencv-python", "dlib-bin", "face-recognition-models"})
+NOT_NEEDED_ON_DEVICE = frozenset(
+    {
+        "wandb",
+        "face-alignment",
+        "opencv-python",
+        "dlib-bin",
+        "face-recognition-models",
+        "mediapipe",
+        "opencv-contrib-python",
+    }
+)
 
 #: Wheel platforms the device's glibc accepts (newest first), for ``pip download --platform``.
 PLATFORMS = (
@@ -82,10 +93,6 @@ PLATFORMS = (
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
 )
-
-#: The ICT-FaceKit cache file msma converts (face_model/assets.py); copied into the kit's ``msma_home/``.
-ICT_GLOB = "ict_*.npz"
-
 
 def normalise(name: str) -> str:
     """PEP 503 normalised project name (``Hydra_Core`` -> ``hydra-core``)."""
@@ -234,22 +241,22 @@ def folder_size_bytes(folder: Path) -> int:
 
 
 def copy_face_model(dest: Path) -> list[Path]:
-    """Copies the converted ICT model (and its ``.sha256``) from ``$MSMA_HOME`` into ``dest``.
+    """Copies the converted ICT model of this msma version (and its ``.sha256``) from ``$MSMA_HOME`` into ``dest``.
 
     Raises:
         FileNotFoundError: no converted model (run ``make assets`` first).
     """
-    home = Path(os.environ.get("MSMA_HOME", Path.home() / ".cache" / "msma")).expanduser()
-    models = sorted(home.glob(ICT_GLOB))
-    if not models:
-        raise FileNotFoundError(f"no converted ICT model ({ICT_GLOB}) in {home}: run `make assets` first")
+    from msma.face_model.assets import ict_cache_path
+
+    model = ict_cache_path()
+    if not model.is_file():
+        raise FileNotFoundError(f"no converted ICT model at {model}: run `make assets` first")
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for model in models:
-        for src in (model, model.with_name(model.name + ".sha256")):
-            if src.is_file():
-                shutil.copy2(src, dest / src.name)
-                copied.append(dest / src.name)
+    for src in (model, model.with_name(model.name + ".sha256")):
+        if src.is_file():
+            shutil.copy2(src, dest / src.name)
+            copied.append(dest / src.name)
     return copied
 
 

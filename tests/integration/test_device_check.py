@@ -29,7 +29,17 @@ def test_kit_plan_is_the_runtime_closure_minus_the_device_image() -> None:
     # ... and what they need in turn, unless the image has it.
     assert "pydantic" in plan and "pydantic-core" in plan
     # What the image ships, or the check does not use, never travels.
-    for name in ("torch", "numpy", "lightning", "timm", "scipy", "wandb", "face-alignment", "opencv-python"):
+    for name in (
+        "torch",
+        "numpy",
+        "lightning",
+        "timm",
+        "scipy",
+        "wandb",
+        "face-alignment",
+        "opencv-python",
+        "mediapipe",
+    ):
         assert name not in plan
     # Requirements of packages the image provides are the image's business (torch 2.15's CUDA wheels, say).
     assert not any(name.startswith("nvidia-") for name in plan)
