@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import importlib.metadata as md
 import json
-import os
 import re
 import shutil
 import subprocess
