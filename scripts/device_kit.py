@@ -93,6 +93,7 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 
+
 def normalise(name: str) -> str:
     """PEP 503 normalised project name (``Hydra_Core`` -> ``hydra-core``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
