@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 
 from msma.face_model import assets as _assets
-from msma.face_model.assets import AssetError
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +59,12 @@ def find_face_landmarker(path: str | os.PathLike[str] | None = None, allow_downl
         if got != FACE_LANDMARKER_SHA256:
             log.warning("%s is not the pinned face_landmarker.task (sha256 %s); using it anyway", given, got)
         return given
-    tried: list[str] = []
-    candidates = []
-    mirror = os.environ.get(_assets.ENV_MIRROR)
-    if mirror:
-        candidates.append(Path(mirror).expanduser() / FACE_LANDMARKER_NAME)
-    candidates.append(_assets.msma_home() / "downloads" / FACE_LANDMARKER_NAME)
-    for cand in candidates:
-        if cand.is_file():
-            got = _assets.sha256_file(cand)
-            if got == FACE_LANDMARKER_SHA256:
-                return cand
-            tried.append(f"{cand} (sha256 {got} does not match {FACE_LANDMARKER_SHA256})")
-        else:
-            tried.append(f"{cand} (missing)")
-    if allow_download:
-        target = _assets.msma_home() / "downloads" / FACE_LANDMARKER_NAME
-        try:
-            return _assets._download(FACE_LANDMARKER_URL, target, FACE_LANDMARKER_SHA256)
-        except (OSError, AssetError) as exc:
-            tried.append(f"{FACE_LANDMARKER_URL} ({exc})")
-    raise AssetError(
+    return _assets.find_pinned_file(
+        FACE_LANDMARKER_NAME,
+        FACE_LANDMARKER_SHA256,
+        FACE_LANDMARKER_URL,
         f"MediaPipe {FACE_LANDMARKER_NAME} not available. Put the upstream file ({FACE_LANDMARKER_SIZE} bytes, "
         f"sha256 {FACE_LANDMARKER_SHA256}, from {FACE_LANDMARKER_URL}) into a directory and set "
-        f"{_assets.ENV_MIRROR} to it, or pass its path (--landmark-weights / ${ENV_FACE_LANDMARKER}). Tried: "
-        + "; ".join(tried)
+        f"{_assets.ENV_MIRROR} to it, or pass its path (--landmark-weights / ${ENV_FACE_LANDMARKER}).",
+        allow_download,
     )

@@ -91,36 +91,56 @@ def _download(url: str, target: Path, sha256: str) -> Path:
     return target
 
 
+def find_pinned_file(name: str, sha256: str, url: str, unavailable: str, allow_download: bool = True) -> Path:
+    """Locates a checksum-pinned upstream file: ``$MSMA_ASSET_MIRROR/<name>``, then ``$MSMA_HOME/downloads/<name>``,
+    then (``allow_download``) a verified download from ``url`` into the latter.
+
+    Args:
+        name: the file's name in the mirror and the download folder.
+        sha256: its pinned SHA-256.
+        url: the upstream address.
+        unavailable: the start of the error message (what is missing and how to provide it).
+        allow_download: try ``url`` when no verified local copy exists.
+
+    Raises:
+        AssetError: no verified copy; the message is ``unavailable`` followed by every place tried and why.
+    """
+    tried: list[str] = []
+    mirror = os.environ.get(ENV_MIRROR)
+    candidates = []
+    if mirror:
+        candidates.append(Path(mirror).expanduser() / name)
+    candidates.append(msma_home() / "downloads" / name)
+    for cand in candidates:
+        if cand.is_file():
+            got = sha256_file(cand)
+            if got == sha256:
+                return cand
+            tried.append(f"{cand} (sha256 {got} does not match {sha256})")
+        else:
+            tried.append(f"{cand} (missing)")
+    if allow_download:
+        try:
+            return _download(url, msma_home() / "downloads" / name, sha256)
+        except (OSError, AssetError) as exc:
+            tried.append(f"{url} ({exc})")
+    raise AssetError(f"{unavailable} Tried: " + "; ".join(tried))
+
+
 def find_ict_archive(allow_download: bool = True) -> Path:
     """Locates (or downloads) the pinned ICT-FaceKit archive and verifies its checksum.
 
     Raises:
         AssetError: when no verified archive is available, naming ``MSMA_ASSET_MIRROR`` and the upstream URL.
     """
-    tried: list[str] = []
-    mirror = os.environ.get(ENV_MIRROR)
-    candidates = []
-    if mirror:
-        candidates.append(Path(mirror).expanduser() / ICT_ARCHIVE_NAME)
-    candidates.append(msma_home() / "downloads" / ICT_ARCHIVE_NAME)
-    for cand in candidates:
-        if cand.is_file():
-            got = sha256_file(cand)
-            if got == ICT_ARCHIVE_SHA256:
-                return cand
-            tried.append(f"{cand} (sha256 {got} does not match {ICT_ARCHIVE_SHA256})")
-        else:
-            tried.append(f"{cand} (missing)")
-    if allow_download:
-        target = msma_home() / "downloads" / ICT_ARCHIVE_NAME
-        try:
-            return _download(ICT_URL, target, ICT_ARCHIVE_SHA256)
-        except (OSError, AssetError) as exc:
-            tried.append(f"{ICT_URL} ({exc})")
-    raise AssetError(
+    return find_pinned_file(
+        ICT_ARCHIVE_NAME,
+        ICT_ARCHIVE_SHA256,
+        ICT_URL,
         "ICT-FaceKit archive not available. Put the upstream archive "
         f"{ICT_ARCHIVE_NAME} (sha256 {ICT_ARCHIVE_SHA256}, from {ICT_URL}) into a directory and set "
-        f"{ENV_MIRROR} to it, or run `msma assets ict --source <zip or extracted folder>`. Tried: " + "; ".join(tried)
+        f"{ENV_MIRROR} to it, or run `msma assets ict --source <zip or extracted folder>`.",
+        allow_download,
     )
 
 
