@@ -231,3 +231,26 @@ def test_untrained_module_predicts_the_mean_face(parts: tuple[Any, nn.Module]) -
     assert torch.allclose(out.face.vertices, mean.vertices)
     assert out.render is not None and out.render.image.shape == batch.image.shape
     assert module.config["model"]["name"] == "deep3d_r50" and module.config["renderer"]["backend"] == "torch"
+
+
+def test_bf16_autocast_reaches_the_encoder_only(parts: tuple[Any, nn.Module]) -> None:
+    """Under bf16 autocast the geometry, the render and the loss stay float32 and equal the float32 pass on the
+    same coefficients (bfloat16 geometry would move landmarks by pixels)."""
+    fm, renderer = parts
+    module = _module(fm, renderer).eval()
+    batch = _gt_batch(fm, renderer)
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss_out, out = module.compute_loss(batch)
+        raw = module.encoder(batch.image)
+    assert raw.id.dtype == torch.bfloat16  # the encoder did run in mixed precision
+    assert out.params.id.dtype == torch.float32
+    assert out.face.vertices.dtype == torch.float32 and out.face.landmarks_2d.dtype == torch.float32
+    assert out.render is not None and out.render.image.dtype == torch.float32
+    assert loss_out.total.dtype == torch.float32
+    with torch.no_grad():
+        ref = fm(out.params, image_size=SIZE)
+        ref_loss, _ = module.compute_loss(batch)
+    torch.testing.assert_close(out.face.landmarks_2d, ref.landmarks_2d, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out.face.vertices, ref.vertices, rtol=0, atol=1e-5)
+    # The fp32 loss differs only through the encoder's bf16 rounding of the coefficients.
+    assert abs(float(loss_out.total) - float(ref_loss.total)) <= 0.05 * abs(float(ref_loss.total)) + 1e-3

@@ -27,7 +27,7 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.losses.total import FaceReconLoss, LossOutput
 from msma.models.encoder import FaceEncoder
-from msma.pipeline import StepOutput, reconstruct
+from msma.pipeline import StepOutput, full_precision, reconstruct
 from msma.render.renderer import MeshRenderer
 
 
@@ -101,7 +101,8 @@ class FaceReconModule(LightningModule):
         """Forward pass + the loss on one batch -> (LossOutput, StepOutput)."""
         out = self.reconstruct(batch.image)
         assert out.render is not None
-        loss_out = self.loss(batch, out.params, out.face, out.render, self.face_model.skin_mask)
+        with full_precision(batch.image.device):
+            loss_out = self.loss(batch, out.params, out.face, out.render, self.face_model.skin_mask)
         return loss_out, out
 
     # ------------------------------------------------------------------ steps
