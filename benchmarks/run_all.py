@@ -83,15 +83,16 @@ def build_tables() -> str:
         rows = [
             [
                 r["experiment"],
-                r["backbone"],
+                r.get("backbone", "-"),
                 r["batch"],
                 r["size"],
                 r["precision"],
                 r["step_ms_median"],
                 r["img_per_s"],
                 r.get("step_ratio_vs_deep3d_r50") or "-",
-                f"{100 * r['render_share']:.1f} %",
-                r["peak_memory_mib"],
+                # Rows recovered from a log carry the shares rounded as printed.
+                f"{100 * r['render_share']:.1f} %" if "render_share" in r else f"{r['render_share_pct_rounded']} %",
+                r.get("peak_memory_mib", "-"),
             ]
             for r in res["rows"]
         ]
