@@ -23,11 +23,14 @@ Writes benchmarks/results/landmarks_fit-<device>.json and prints tables.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", default="mean", help="network that starts the fit: 'mean' or a checkpoint")
     parser.add_argument("--data", default=None, help="folder of labelled photos (default ../shared/testdata)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats per photo")
-    parser.add_argument("--prepare-images", type=int, default=48, help="photos in the prepare-speed folder")
+    parser.add_argument("--prepare-images", type=int, default=96, help="photos in the prepare-speed folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the network; fitting uses one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from msma.data.io import load_image
     from msma.data.mediapipe_backend import shared_chain
+    from msma.fitting.fitter import FitConfig
     from msma.fitting.photo import fit_photo_face
     from msma.inference import Reconstructor
 
@@ -191,28 +195,43 @@ def main(argv: list[str] | None = None) -> int:
         fit_times.append(median(ts))
 
     # ---- prepare throughput (fresh cache), one worker and two
-    from msma.data.prepare import prepare_folder
 
     prep: dict[str, float] = {}
+    prep_runs: dict[str, Any] = {}
+    # Two folders: "wild" cycles every labelled photo (a third are large photos with small faces, found only by the
+    # tiled detector); "crops" cycles the face-centred 450 px crops of AFLW2000-3D / 300W-LP, the layout of the
+    # training sets `msma prepare` labels (300W-LP, CelebA, FFHQ crops).
+    folders = {
+        "wild": [it["path"] for it in items],
+        "crops": [it["path"] for it in items if it["dataset"] in ("aflw2000_3d", "300w_lp")],
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "photos"
-        folder.mkdir()
-        srcs = [it["path"] for it in items]
         from PIL import Image
 
-        for k in range(args.prepare_images):
-            src = srcs[k % len(srcs)]
-            im = Image.open(src).convert("RGB")
-            if (k // len(srcs)) % 2:
-                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            im.save(folder / f"p{k:03d}.jpg", quality=90 - (k % 7))  # distinct bytes: no shared cache entries
-        for workers in (1, 2):
-            cache = Path(tmp) / f"cache{workers}"
-            t0 = time.perf_counter()
-            run = prepare_folder(folder, landmarks="mediapipe", detector=None, cache_dir=cache, workers=workers)
-            dt = time.perf_counter() - t0
-            prep[f"workers{workers}_images_per_s"] = run.images / dt
-            shutil.rmtree(cache, ignore_errors=True)
+        for kind, srcs in folders.items():
+            if not srcs:
+                continue
+            folder = Path(tmp) / kind
+            folder.mkdir()
+            for k in range(args.prepare_images):
+                src = srcs[k % len(srcs)]
+                im = Image.open(src).convert("RGB")
+                if (k // len(srcs)) % 2:
+                    im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                im.save(folder / f"p{k:03d}.jpg", quality=90 - (k % 7))  # distinct bytes: no shared cache entries
+            for workers in (1, 2):
+                # The command a user runs, in its own process (start-up and model loading included).
+                cache = Path(tmp) / f"cache-{kind}{workers}"
+                report = Path(tmp) / f"prepare-{kind}{workers}.json"
+                cmd = [sys.executable, "-m", "msma.cli", "prepare", "--data", str(folder), "--landmarks", "mediapipe"]
+                cmd += ["--cache", str(cache), "--workers", str(workers), "--no-progress", "--json", str(report)]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                dt = time.perf_counter() - t0
+                done = json.loads(report.read_text())
+                prep[f"prepare_{kind}_workers{workers}_images_per_s"] = args.prepare_images / dt
+                prep_runs[f"{kind}_workers{workers}"] = done
+                shutil.rmtree(cache, ignore_errors=True)
 
     load_after = os.getloadavg()
     speed = {
@@ -226,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     payload = header(
         device,
         "landmarks_fit",
-        {"ckpt": args.ckpt, "data": str(data), "repeats": args.repeats, "threads": args.threads},
+        {
+            "ckpt": args.ckpt,
+            "data": str(data),
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "fit_config": asdict(FitConfig()),
+        },
     )
     payload.update(
         {
@@ -234,9 +259,13 @@ def main(argv: list[str] | None = None) -> int:
             "per_image": rows,
             "summary": summary,
             "speed": speed,
+            "prepare_runs": prep_runs,
         }
     )
-    path = write_json(f"landmarks_fit-{device_slug(device)}", payload)
+    tag = (
+        "" if args.ckpt == "mean" else "-" + Path(args.ckpt).parent.parent.parent.name
+    )  # runs/<exp>/<stamp>/checkpoints
+    path = write_json(f"landmarks_fit{tag}-{device_slug(device)}", payload)
     print()
     print(
         markdown_table(

@@ -52,10 +52,13 @@ SILHOUETTE_STRIDE = 3
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Settings of :func:`fit_face_model` (defaults: about 0.5 s per face on a 2-core CPU).
+    """Settings of :func:`fit_face_model` (defaults: 0.5-0.8 s per face on one core of this 2-core CPU).
 
     Attributes:
-        landmark_steps: Adam steps of stage 2.
+        landmark_steps: most Adam steps of stage 2.
+        landmark_tol: stage 2 stops early once ``landmark_min_steps`` are done and no face's energy fell by more
+            than this fraction over the last ``landmark_check_every`` steps (converged).
+        landmark_min_steps / landmark_check_every: see ``landmark_tol``.
         photo_steps: Adam steps of stage 3 (0: no photometric term).
         photo_size: rendering size of stage 3, pixels.
         lr_pose / lr_shape / lr_color: Adam learning rates (radians and mm / coefficients / coefficients).
@@ -67,11 +70,14 @@ class FitConfig:
     """
 
     landmark_steps: int = 120
-    photo_steps: int = 12
+    landmark_tol: float = 2e-3
+    landmark_min_steps: int = 50
+    landmark_check_every: int = 10
+    photo_steps: int = 8
     photo_size: int = 112
     lr_pose: float = 0.01
     lr_shape: float = 0.05
-    lr_color: float = 0.05
+    lr_color: float = 0.075
     w_photo: float = 20.0
     w_depth: float = 0.05
     w_id: float = 0.02
@@ -115,8 +121,9 @@ class _SubModel:
         remap = {int(v): i for i, v in enumerate(needed.tolist())}
         sel = torch.as_tensor(needed, device=device)
         self.mean = model.mean_shape.to(device)[sel]
-        self.id_basis = model.id_basis.to(device)[sel]
-        self.exp_basis = model.exp_basis.to(device)[sel]
+        # identity and expression bases side by side, one (3N, K_id + K_exp) matrix: one product per step
+        basis = torch.cat([model.id_basis.to(device)[sel], model.exp_basis.to(device)[sel]], dim=-1)
+        self.basis = basis.reshape(-1, basis.shape[-1]).contiguous()
         self.corr_idx = torch.as_tensor(np.searchsorted(needed, corr.vertex_idx), device=device)
         self.bary = torch.as_tensor(corr.bary, device=device)
         self.lmk_idx = torch.as_tensor([remap[int(v)] for v in model.landmark_idx.cpu().numpy()], device=device)
@@ -129,8 +136,9 @@ class _SubModel:
         self.sil_normals = normals[torch.as_tensor(sil, device=device)]
 
     def shape(self, id: Tensor, exp: Tensor) -> Tensor:
-        off = torch.einsum("nck,bk->bnc", self.id_basis, id) + torch.einsum("nck,bk->bnc", self.exp_basis, exp)
-        return self.mean + off
+        """(B, N, 3) unposed sub-model vertices, mm."""
+        coeffs = torch.cat([id, exp], dim=1)
+        return self.mean + (coeffs @ self.basis.T).view(coeffs.shape[0], -1, 3)
 
     def dense(self, verts: Tensor) -> Tensor:
         return (verts[:, self.corr_idx] * self.bary[None, :, :, None]).sum(2)
@@ -240,14 +248,14 @@ def _fit(
 
     oval_idx = torch.as_tensor(FACE_OVAL, device=dev)
 
-    def visibility(angles: Tensor) -> Tensor:
-        nz = rotate(sub.normals[None].expand(b, -1, -1), euler_to_matrix(angles))[..., 2]
+    def visibility(rot: Tensor) -> Tensor:
+        nz = rotate(sub.normals[None].expand(b, -1, -1), rot)[..., 2]
         w_oval = ((nz - OVAL_FIXED_NZ) / OVAL_FADE).clamp(0.0, 1.0)
         return base_w * torch.where(oval, w_oval, torch.ones_like(nz))
 
-    def contour(pp: dict[str, Tensor], posed: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    def contour(rot: Tensor, posed: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """Oval points not held by a fixed vertex pull the nearest projected silhouette vertex (contour ICP)."""
-        nz = rotate(sub.sil_normals[None].expand(b, -1, -1), euler_to_matrix(pp["angles"]))[..., 2]
+        nz = rotate(sub.sil_normals[None].expand(b, -1, -1), rot)[..., 2]
         sil_px = cam.project(posed[:, sub.sil_idx], image_size)  # (B, S, 2)
         t = tgt[:, oval_idx, :2]  # (B, 36, 2)
         d2 = ((t[:, :, None, :] - sil_px[:, None, :, :]) ** 2).sum(-1) / px**2  # (B, 36, S)
@@ -258,18 +266,20 @@ def _fit(
         w_c = (1.0 - w[:, oval_idx] / base_w[oval_idx].clamp_min(1e-6)) * base_w[oval_idx] * ok
         return w_c * nearest / (1.0 + nearest / cfg.robust_px**2), w_c
 
-    def dense_proj(pp: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def dense_proj(pp: dict[str, Tensor], rot: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         shape = sub.shape(pp["id"], pp["exp"])
-        posed = rotate(shape, euler_to_matrix(pp["angles"])) + pp["trans"][:, None]  # sub-model vertices
+        rot = euler_to_matrix(pp["angles"]) if rot is None else rot
+        posed = rotate(shape, rot) + pp["trans"][:, None]  # sub-model vertices
         pts = sub.dense(posed)
         return cam.project(pts, image_size), pts, posed
 
     def landmark_energy(pp: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        proj, pts, posed = dense_proj(pp)
-        w = visibility(pp["angles"])
+        rot = euler_to_matrix(pp["angles"])
+        proj, pts, posed = dense_proj(pp, rot)
+        w = visibility(rot)
         r2 = ((proj - tgt[..., :2]) ** 2).sum(-1) / px**2
         rho = r2 / (1.0 + r2 / cfg.robust_px**2)  # Geman-McClure
-        rho_c, w_c = contour(pp, posed, w)
+        rho_c, w_c = contour(rot, posed, w)
         e_lm = ((w * rho).sum(1) + rho_c.sum(1)) / (w.sum(1) + w_c.sum(1)).clamp_min(1.0)
         # relative depth: model depth in frame pixels (nearer = larger z) vs -MediaPipe z, both centred
         zd = pts[..., 2] * cam.focal(image_size) / cam.distance / px
@@ -277,7 +287,8 @@ def _fit(
         zd = zd - (w * zd).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
         zt = zt - (w * zt).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
         e_z = (w * (zd - zt) ** 2 / (1.0 + (zd - zt) ** 2 / (3 * cfg.robust_px) ** 2)).sum(1) / w.sum(1).clamp_min(1.0)
-        err = (w * ((proj - tgt[..., :2]) ** 2).sum(-1).sqrt()).sum(1) / w.sum(1).clamp_min(1.0)
+        with torch.no_grad():  # reported only
+            err = (w * ((proj - tgt[..., :2]) ** 2).sum(-1).sqrt()).sum(1) / w.sum(1).clamp_min(1.0)
         return e_lm + cfg.w_depth * e_z, err
 
     def priors(pp: dict[str, Tensor]) -> Tensor:
@@ -289,7 +300,7 @@ def _fit(
     with torch.no_grad():
         _, init_err = landmark_energy(p)
         shape0 = sub.dense(sub.shape(p["id"], p["exp"])).cpu().numpy()
-        w0 = visibility(p["angles"]).cpu().numpy()
+        w0 = visibility(euler_to_matrix(p["angles"])).cpu().numpy()
         tgt_np = tgt.cpu().numpy()
         for i in range(b):
             pose = _pnp_pose(
@@ -380,10 +391,19 @@ def _landmark_stage(p: dict[str, Tensor], cfg: FitConfig, landmark_energy, prior
             {"params": [geo["id"], geo["exp"]], "lr": cfg.lr_shape},
         ]
     )
-    for _ in range(cfg.landmark_steps):
+    previous: Tensor | None = None
+    for step in range(cfg.landmark_steps):
         opt.zero_grad(set_to_none=True)
         e, _ = landmark_energy(p)
-        (e + priors(p)).sum().backward()
+        total = e + priors(p)
+        total.sum().backward()
+        if cfg.landmark_check_every > 0 and step % cfg.landmark_check_every == 0:
+            now = total.detach()
+            if previous is not None and step >= cfg.landmark_min_steps:
+                fell = (previous - now) / previous.abs().clamp_min(1e-6)
+                if bool((fell < cfg.landmark_tol).all()):
+                    break
+            previous = now
         opt.step()
         if blendshape:
             with torch.no_grad():
