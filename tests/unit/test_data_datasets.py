@@ -236,6 +236,22 @@ def test_prepare_reports_300w_lp_landmark_sources(testdata: Path, tmp_path: Path
     assert plain.samples == 5 and "pts_3d (3D convention) 0" in plain.detail
 
 
+def test_dense_to_crop() -> None:
+    from msma.data.datasets import dense_to_crop
+
+    # crop -> image: scale 2, shift (10, 20): an image point (x, y) is at ((x - 10) / 2, (y - 20) / 2) in the crop.
+    m = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0], [0.0, 0.0, 1.0]])
+    dense = np.zeros((478, 3), np.float32)
+    dense[:, 0], dense[:, 1], dense[:, 2] = np.arange(478) + 10, 2 * np.arange(478) + 20, -4.0
+    out = dense_to_crop(dense, m, "p.jpg")
+    assert out.shape == (478, 3) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[:, 0].numpy(), np.arange(478) / 2, atol=1e-5)
+    np.testing.assert_allclose(out[:, 1].numpy(), np.arange(478), atol=1e-5)
+    np.testing.assert_allclose(out[:, 2].numpy(), -2.0, atol=1e-6)  # depth scales with the crop
+    with pytest.raises(ValueError, match=r"p\.jpg: cached dense landmarks have shape \(68, 3\)"):
+        dense_to_crop(np.zeros((68, 3)), m, "p.jpg")
+
+
 def test_read_3ddfa_mat_errors(tmp_path: Path) -> None:
     scipy.io.savemat(str(tmp_path / "a.mat"), {"pt2d": np.zeros((2, 21))})
     with pytest.raises(ValueError, match=r"a\.mat.*pt2d"):

@@ -30,6 +30,7 @@ SUPERVISION_NAMES: tuple[str, ...] = (
     "vertices",
     "skin_mask",
     "landmarks_3d",
+    "dense",
 )
 
 
@@ -47,7 +48,8 @@ class SourceConfig:
             none has.
         supervises: the targets this source supervises, among ``landmarks``, ``params`` (every coefficient
             group it has) or single groups ``id``/``exp``/``tex``/``angles``/``sh``/``trans``, ``vertices``,
-            ``skin_mask``, ``landmarks_3d``; None: everything the source provides. A target the source does not
+            ``skin_mask``, ``landmarks_3d``, ``dense`` (MediaPipe's dense landmarks of a photo folder labelled with
+            ``mediapipe``); None: everything the source provides. A target the source does not
             provide is never invented (``supervises: [params]`` on a photo folder without fits supervises nothing).
         landmarks: the pseudo-label backend of a ``folder`` source (None: ``data.landmarks``);
             ``"mediapipe+fit"`` reads the coefficients ``msma prepare --fit`` cached (identity, expression and

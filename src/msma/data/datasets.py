@@ -106,6 +106,33 @@ def _sample(
     )
 
 
+def dense_to_crop(dense: np.ndarray, crop_to_image: np.ndarray, path: Path | str = "") -> torch.Tensor:
+    """Dense MediaPipe points of a cache entry (original pixels) -> crop pixels.
+
+    Args:
+        dense: (K, 3) x, y in original-image pixels, z MediaPipe's relative depth in the same pixels; K = 478 or
+            468.
+        crop_to_image: (3, 3) crop -> image affine of the sample.
+        path: the photo (error messages).
+
+    Returns:
+        (K, 3) float32: x, y through ``inv(crop_to_image)``, z divided by its scale (sqrt |det|).
+
+    Raises:
+        ValueError: a shape other than (468 | 478, 3) (the message names the photo).
+    """
+    from msma.data.mediapipe_mesh import NUM_DENSE, NUM_MESH
+
+    pts = np.asarray(dense, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] not in (NUM_MESH, NUM_DENSE) or pts.shape[1] != 3:
+        raise ValueError(f"{path}: cached dense landmarks have shape {pts.shape}, expected ({NUM_DENSE}, 3)")
+    inv = np.linalg.inv(np.asarray(crop_to_image, dtype=np.float64))
+    out = np.empty_like(pts)
+    out[:, :2] = pts[:, :2] @ inv[:2, :2].T + inv[:2, 2]
+    out[:, 2] = pts[:, 2] * float(np.sqrt(abs(np.linalg.det(inv[:2, :2]))))
+    return torch.from_numpy(out.astype(np.float32))
+
+
 class _RobustDataset(Dataset[FaceSample]):
     """Base: ``__getitem__`` logs a failing item and returns the next good one instead of raising."""
 
@@ -256,6 +283,8 @@ class FolderDataset(_RobustDataset):
         loaded = load_image(path)
         m = alignment_transform(face.landmarks, self.template, self.image_size)
         sample = _sample(_crop_loaded(loaded, m, face.landmarks, self.image_size), str(path))
+        if face.dense is not None:
+            sample = dataclasses.replace(sample, dense=dense_to_crop(face.dense, m, path))
         params = self._fitted_params(face, path)
         if params is None:
             return sample
