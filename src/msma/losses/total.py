@@ -248,7 +248,7 @@ class FaceReconLoss(nn.Module):
             if "dense" in weights:
                 assert self.dense is not None
                 if dense_target is None:  # no row of this batch has the target: 0, still on the graph
-                    out["dense"] = r(face.vertices).sum() * 0.0
+                    out["dense"] = (r(face.vertices).sum() * 0.0).abs()
                 else:
                     out["dense"] = self.dense(r(face.vertices), r(face.normals), r(dense_target), r(dense_valid), size)
             if "reg" in weights:
