@@ -252,6 +252,24 @@ def test_dense_to_crop() -> None:
         dense_to_crop(np.zeros((68, 3)), m, "p.jpg")
 
 
+def test_folder_mediapipe_carries_dense_landmarks(testdata: Path, tmp_path: Path) -> None:
+    """Photos labelled by MediaPipe carry its 478 points in crop pixels: the 68 landmarks are 68 of them, so the
+    dense points that mark them coincide with the sample's landmarks after the same alignment."""
+    from msma.data.mediapipe_mesh import MEDIAPIPE_TO_68, NUM_DENSE
+
+    ds = FolderDataset(testdata / "faces68", landmarks="mediapipe", detector="mediapipe", cache_dir=tmp_path / "cache")
+    assert len(ds) == 3
+    batch = collate_samples([ds[i] for i in range(3)])
+    assert batch.dense is not None and batch.dense.shape == (3, NUM_DENSE, 3) and batch.dense_valid is None
+    assert bool(torch.isfinite(batch.dense).all())
+    # the cache rounds to 0.01 px in the photo; the crop scale is below 1 for these photos
+    torch.testing.assert_close(batch.dense[:, list(MEDIAPIPE_TO_68), :2], batch.landmarks, atol=0.02, rtol=0)
+    # points inside the 224 crop around the face (the oval spans most of it)
+    xy = batch.dense[:, :468, :2]
+    assert float(xy.min()) > -20 and float(xy.max()) < 244
+    assert FolderDataset(testdata / "faces68", landmarks="gt")[0].dense is None  # other backends: no dense target
+
+
 def test_read_3ddfa_mat_errors(tmp_path: Path) -> None:
     scipy.io.savemat(str(tmp_path / "a.mat"), {"pt2d": np.zeros((2, 21))})
     with pytest.raises(ValueError, match=r"a\.mat.*pt2d"):
