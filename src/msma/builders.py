@@ -39,8 +39,22 @@ def build_encoder(cfg: EncoderConfig, layout: CoeffLayout) -> FaceEncoder:
     return build_encoder_from_config(cfg, layout)
 
 
-def build_loss(cfg: LossConfig) -> FaceReconLoss:
-    """:class:`msma.losses.total.FaceReconLoss` of a :class:`msma.losses.config.LossConfig`."""
+def build_loss(cfg: LossConfig, face_model: FaceModel | None = None) -> FaceReconLoss:
+    """:class:`msma.losses.total.FaceReconLoss` of a :class:`msma.losses.config.LossConfig`.
+
+    Args:
+        cfg: the loss configuration.
+        face_model: the training face model; needed when ``cfg.w_dense > 0`` (the dense-landmark term's
+            correspondence, which needs MediaPipe's ``face_landmarker.task``: an ``AssetError`` here, at setup,
+            when it is missing).
+    """
     from msma.losses.total import FaceReconLoss
 
-    return FaceReconLoss(cfg)
+    dense = None
+    if cfg.w_dense > 0:
+        if face_model is None:
+            raise ValueError("loss.w_dense > 0 needs the face model to build the dense-landmark term")
+        from msma.losses.dense import DenseLandmarkLoss
+
+        dense = DenseLandmarkLoss.from_face_model(face_model)
+    return FaceReconLoss(cfg, dense=dense)

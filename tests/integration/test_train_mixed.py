@@ -55,8 +55,12 @@ def test_make_train_embedded_mixed(testdata: Path, tmp_path: Path) -> None:
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]),
         }
     )
+    # The experiment's own labels: MediaPipe (its model from the asset mirror), 68 points + 478 dense points per
+    # photo, labelled once into a fresh cache; the dense-landmark term is on in the experiment.
+    tiny = [a for a in _tiny(tmp_path / "cache", testdata / "faces68") if not a.startswith("data.sources.1.")]
     args = [
-        *[a for a in _tiny(tmp_path / "cache", testdata / "faces68") if not a.startswith("data.sources.1.root")],
+        *tiny,
+        f"data.cache_dir={tmp_path / 'labels'}",
         "trainer.max_epochs=1",
         "trainer.grid_every_n=0",
         "final_eval=false",
@@ -69,10 +73,17 @@ def test_make_train_embedded_mixed(testdata: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     csv_text = (run / "csv" / "metrics.csv").read_text()
     header = csv_text.splitlines()[0].split(",")
-    # Each term per source: landmarks from both, coefficients from the synthetic faces only.
-    for key in ("train/lm/synthetic", "train/lm/photos", "train/param/synthetic", "train/color/photos", "train/n_lm"):
+    # Each term per source: landmarks from both, coefficients from the synthetic faces only, dense landmarks from
+    # the photos only.
+    keys = ("train/lm/synthetic", "train/lm/photos", "train/param/synthetic", "train/color/photos", "train/n_lm",
+            "train/dense", "train/dense/photos", "train/n_dense")  # fmt: skip
+    for key in keys:
         assert key in header, key
-    assert "train/param/photos" not in header
+    assert "train/param/photos" not in header and "train/dense/synthetic" not in header
+    rows = [dict(zip(header, line.split(","))) for line in csv_text.splitlines()[1:]]
+    dense_rows = [float(r["train/dense/photos"]) for r in rows if r.get("train/dense/photos")]
+    assert dense_rows and all(v > 0 and v == v for v in dense_rows)  # finite, positive: the term is active
+    assert max(float(r["train/n_dense"]) for r in rows if r.get("train/n_dense")) >= 1
     # 4 synthetic + 2 training photos (one of 3 held out), half of the epoch from each: 6 samples, 3 steps.
     assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 3
 

@@ -12,7 +12,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from msma.data.align import apply_affine, template_positions
+from msma.data.align import alignment_transform, apply_affine, template_positions
 from msma.data.batch import collate_samples
 from msma.data.datasets import (
     AFLW2000Dataset,
@@ -20,9 +20,10 @@ from msma.data.datasets import (
     ThreeDDFAParams,
     W300LPDataset,
     read_3ddfa_mat,
+    read_300wlp_landmarks,
     stable_split,
 )
-from msma.data.landmark_index import five_points_np
+from msma.data.landmark_index import five_points_np, flip_landmarks
 from msma.data.landmarks import read_pts
 
 
@@ -129,6 +130,144 @@ def test_300w_lp(testdata: Path) -> None:
     back = apply_affine(sample.crop_to_image.double().numpy(), sample.landmarks.double().numpy())
     np.testing.assert_allclose(back, mat["pt2d"].T, atol=1e-3)
     assert W300LPDataset(testdata / "300w_lp")[0].params is None  # no mapping without a mapper
+
+
+def _lp_tree(testdata: Path, root: Path) -> dict[str, np.ndarray]:
+    """A 300W-LP layout from the real test image: IBUG/ + IBUG_Flip/ + landmarks/IBUG/*_pts.mat (synthetic
+    ``pts_3d``: ``pt2d`` with the jaw and nose tip moved, so the two conventions differ where they matter).
+
+    Returns the expected ``landmarks`` (original pixels) per image name.
+    """
+    src_jpg, src_mat = testdata / "300w_lp" / "IBUG_image_008_1_0.jpg", testdata / "300w_lp" / "IBUG_image_008_1_0.mat"
+    mat = {k: v for k, v in scipy.io.loadmat(str(src_mat)).items() if not k.startswith("__")}
+    pt2d = mat["pt2d"].T.astype(np.float32)  # (68, 2)
+    pts3d = pt2d.copy()
+    pts3d[:17] += np.array([25.0, -4.0], np.float32)  # hidden-side jaw behind the visible contour
+    pts3d[30] += np.array([3.0, 2.0], np.float32)  # the nose tip (an alignment point)
+    (root / "IBUG").mkdir(parents=True)
+    (root / "IBUG_Flip").mkdir()
+    (root / "landmarks" / "IBUG").mkdir(parents=True)
+    width = Image.open(src_jpg).size[0]
+    expected: dict[str, np.ndarray] = {}
+    for stem, lm_file in (("a_0", "good"), ("a_1", None), ("a_2", "corrupt"), ("a_3", "transposed")):
+        shutil.copy(src_jpg, root / "IBUG" / f"{stem}.jpg")
+        scipy.io.savemat(str(root / "IBUG" / f"{stem}.mat"), mat)
+        lm_path = root / "landmarks" / "IBUG" / f"{stem}_pts.mat"
+        if lm_file == "good":
+            scipy.io.savemat(str(lm_path), {"pts_2d": pt2d.astype(np.float64), "pts_3d": pts3d.astype(np.float64)})
+            expected[f"IBUG/{stem}.jpg"] = pts3d
+        elif lm_file == "corrupt":
+            lm_path.write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+        elif lm_file == "transposed":
+            scipy.io.savemat(str(lm_path), {"pts_2d": pt2d.T, "pts_3d": pts3d.T.astype(np.float64)})
+        else:
+            expected[f"IBUG/{stem}.jpg"] = pt2d
+    # The flipped twin of a_0: mirrored pixels, its own .mat, no landmarks/IBUG_Flip/ (as distributed).
+    Image.open(src_jpg).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "IBUG_Flip" / "a_0.jpg", quality=95)
+    flip_mat = dict(mat, pt2d=flip_landmarks(torch.from_numpy(pt2d), width).numpy().T)
+    scipy.io.savemat(str(root / "IBUG_Flip" / "a_0.mat"), flip_mat)
+    expected["IBUG_Flip/a_0.jpg"] = flip_landmarks(torch.from_numpy(pts3d), width).numpy()
+    return expected
+
+
+def test_300w_lp_prefers_3d_landmarks_files(testdata: Path, tmp_path: Path) -> None:
+    root = tmp_path / "300W_LP"
+    expected = _lp_tree(testdata, root)
+    ds = W300LPDataset(root)
+    assert len(ds) == 3
+    assert dict(ds.landmark_counts) == {"pts_3d": 2, "pt2d": 1}
+    assert dict(ds.skip_counts) == {"bad_annotation": 2}
+    details = {s.path.name: s.detail for s in ds.skipped}
+    assert "a_2_pts.mat" in details["a_2.jpg"] and "unreadable 300W-LP landmarks file" in details["a_2.jpg"]
+    assert "a_3_pts.mat" in details["a_3.jpg"] and "pts_3d has shape (2, 68)" in details["a_3.jpg"]
+    sources = {r.image.relative_to(root).as_posix(): r.landmark_source for r in ds.records}
+    assert sources == {"IBUG/a_0.jpg": "pts_3d", "IBUG/a_1.jpg": "pt2d", "IBUG_Flip/a_0.jpg": "pts_3d"}
+    for i, rec in enumerate(ds.records):
+        want = expected[rec.image.relative_to(root).as_posix()]
+        np.testing.assert_allclose(rec.landmarks, want, atol=1e-4)
+        sample = ds[i]
+        assert sample.landmarks.shape == (68, 2) and sample.landmarks.dtype == torch.float32
+        # The target is those landmarks in crop pixels, and the crop is aligned on them (not on pt2d).
+        back = apply_affine(sample.crop_to_image.double().numpy(), sample.landmarks.double().numpy())
+        np.testing.assert_allclose(back, want, atol=1e-3)
+        np.testing.assert_allclose(
+            sample.crop_to_image.numpy(), alignment_transform(want, ds.template, 224), rtol=1e-5, atol=1e-3
+        )
+    # The flipped image's landmarks describe the mirrored face: point 36 (outer corner of the eye on the viewer's
+    # left) is again on the left of point 45.
+    flip_rec = next(r for r in ds.records if r.image.parent.name == "IBUG_Flip")
+    assert flip_rec.landmarks[36, 0] < flip_rec.landmarks[45, 0]
+    # Switched off: pt2d everywhere, no landmarks file read (the corrupt ones are not skipped then).
+    plain = W300LPDataset(root, landmarks_dir=None)
+    assert len(plain) == 5 and dict(plain.landmark_counts) == {"pt2d": 5} and plain.skipped == []
+    mat = scipy.io.loadmat(str(root / "IBUG" / "a_0.mat"))
+    np.testing.assert_allclose(plain.records[0].landmarks, mat["pt2d"].T, atol=1e-4)
+    # An absolute landmarks folder works too; one that does not exist means pt2d everywhere.
+    assert W300LPDataset(root, landmarks_dir=root / "landmarks").landmark_counts["pts_3d"] == 2
+    assert dict(W300LPDataset(root, landmarks_dir="nowhere").landmark_counts) == {"pt2d": 5}
+
+
+def test_read_300wlp_landmarks_errors(tmp_path: Path) -> None:
+    scipy.io.savemat(str(tmp_path / "x_pts.mat"), {"pts_2d": np.zeros((68, 2))})
+    with pytest.raises(ValueError, match=r"x_pts\.mat: no pts_3d.*pts_2d"):
+        read_300wlp_landmarks(tmp_path / "x_pts.mat")
+    bad = np.zeros((68, 2))
+    bad[3, 1] = np.nan
+    scipy.io.savemat(str(tmp_path / "y_pts.mat"), {"pts_3d": bad})
+    with pytest.raises(ValueError, match=r"y_pts\.mat: pts_3d .*finite"):
+        read_300wlp_landmarks(tmp_path / "y_pts.mat")
+    good = np.arange(136, dtype=np.float64).reshape(68, 2)
+    scipy.io.savemat(str(tmp_path / "z_pts.mat"), {"pts_3d": good})
+    out = read_300wlp_landmarks(tmp_path / "z_pts.mat")
+    assert out.shape == (68, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, good.astype(np.float32))
+
+
+def test_prepare_reports_300w_lp_landmark_sources(testdata: Path, tmp_path: Path) -> None:
+    from msma.data.config import SourceConfig
+    from msma.data.prepare import prepare_sources
+
+    root = tmp_path / "300W_LP"
+    _lp_tree(testdata, root)
+    (report,) = prepare_sources([SourceConfig(kind="300w_lp", root=str(root))], ["lp"])
+    assert report.samples == 3 and report.skipped == {"bad_annotation": 2}
+    assert "pts_3d (3D convention) 2, pt2d (2D contour) 1" in report.detail
+    (plain,) = prepare_sources([SourceConfig(kind="300w_lp", root=str(root))], ["lp"], w300lp_landmarks=None)
+    assert plain.samples == 5 and "pts_3d (3D convention) 0" in plain.detail
+
+
+def test_dense_to_crop() -> None:
+    from msma.data.datasets import dense_to_crop
+
+    # crop -> image: scale 2, shift (10, 20): an image point (x, y) is at ((x - 10) / 2, (y - 20) / 2) in the crop.
+    m = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0], [0.0, 0.0, 1.0]])
+    dense = np.zeros((478, 3), np.float32)
+    dense[:, 0], dense[:, 1], dense[:, 2] = np.arange(478) + 10, 2 * np.arange(478) + 20, -4.0
+    out = dense_to_crop(dense, m, "p.jpg")
+    assert out.shape == (478, 3) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[:, 0].numpy(), np.arange(478) / 2, atol=1e-5)
+    np.testing.assert_allclose(out[:, 1].numpy(), np.arange(478), atol=1e-5)
+    np.testing.assert_allclose(out[:, 2].numpy(), -2.0, atol=1e-6)  # depth scales with the crop
+    with pytest.raises(ValueError, match=r"p\.jpg: cached dense landmarks have shape \(68, 3\)"):
+        dense_to_crop(np.zeros((68, 3)), m, "p.jpg")
+
+
+def test_folder_mediapipe_carries_dense_landmarks(testdata: Path, tmp_path: Path) -> None:
+    """Photos labelled by MediaPipe carry its 478 points in crop pixels: the 68 landmarks are 68 of them, so the
+    dense points that mark them coincide with the sample's landmarks after the same alignment."""
+    from msma.data.mediapipe_mesh import MEDIAPIPE_TO_68, NUM_DENSE
+
+    ds = FolderDataset(testdata / "faces68", landmarks="mediapipe", detector="mediapipe", cache_dir=tmp_path / "cache")
+    assert len(ds) == 3
+    batch = collate_samples([ds[i] for i in range(3)])
+    assert batch.dense is not None and batch.dense.shape == (3, NUM_DENSE, 3) and batch.dense_valid is None
+    assert bool(torch.isfinite(batch.dense).all())
+    # the cache rounds to 0.01 px in the photo; the crop scale is below 1 for these photos
+    torch.testing.assert_close(batch.dense[:, list(MEDIAPIPE_TO_68), :2], batch.landmarks, atol=0.02, rtol=0)
+    # points inside the 224 crop around the face (the oval spans most of it)
+    xy = batch.dense[:, :468, :2]
+    assert float(xy.min()) > -20 and float(xy.max()) < 244
+    assert FolderDataset(testdata / "faces68", landmarks="gt")[0].dense is None  # other backends: no dense target
 
 
 def test_read_3ddfa_mat_errors(tmp_path: Path) -> None:

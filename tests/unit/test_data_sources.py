@@ -86,6 +86,40 @@ def test_restrict_targets() -> None:
         MixedDataset([[s]], ["a"], [["landmark"]])  # type: ignore[list-item]
 
 
+def test_dense_target_collate_masks_and_restriction() -> None:
+    from msma.data.batch import TARGETS, collate_samples
+
+    assert "dense" in TARGETS
+    g = torch.Generator().manual_seed(0)
+    with_dense = [dataclasses.replace(_sample(), dense=torch.rand(478, 3, generator=g)) for _ in range(2)]
+    plain = _sample(params=False)
+    # Every sample has it: stacked, no flags (all rows valid).
+    both = collate_samples(with_dense)
+    assert both.dense is not None and both.dense.shape == (2, 478, 3) and both.dense_valid is None
+    assert both.target_valid("dense").tolist() == [True, True]
+    # Mixed: zero rows and per-sample flags; select() keeps them aligned.
+    batch = collate_samples([with_dense[0], plain, with_dense[1]])
+    assert batch.dense is not None and batch.dense_valid is not None
+    assert batch.target_valid("dense").tolist() == [True, False, True]
+    torch.testing.assert_close(batch.dense[2], with_dense[1].dense)
+    assert float(batch.dense[1].abs().sum()) == 0.0
+    sub = batch.select([1, 2])
+    assert sub.target_valid("dense").tolist() == [False, True]
+    torch.testing.assert_close(sub.dense[1], with_dense[1].dense)  # type: ignore[index]
+    # None has it.
+    none = collate_samples([plain, plain])
+    assert none.dense is None and none.target_valid("dense").tolist() == [False, False]
+    # 478 and 468 points do not collate.
+    with pytest.raises(ValueError, match="dense of different shapes"):
+        collate_samples([with_dense[0], dataclasses.replace(plain, dense=torch.zeros(468, 3))])
+    # supervises: kept when listed (or None), dropped otherwise.
+    assert restrict_targets(with_dense[0], ["landmarks", "dense"]).dense is not None
+    assert restrict_targets(with_dense[0], None).dense is not None
+    assert restrict_targets(with_dense[0], ["landmarks", "params"]).dense is None
+    mixed = MixedDataset([[with_dense[0]], [with_dense[1]]], ["a", "b"], [["dense"], ["landmarks"]])  # type: ignore[list-item]
+    assert mixed[0].dense is not None and mixed[1].dense is None and mixed[1].source_index == 1
+
+
 def _photos(testdata: Path, tmp: Path) -> Path:
     """The real photos with their ground-truth 68 points, plus a corrupt photo that must be skipped."""
     root = tmp / "photos"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,29 @@ def test_unseeded_calls_follow_torch_global_generator(face_landmarks: torch.Tens
     torch.manual_seed(5)
     c = aug(sample)
     assert torch.equal(a.image, c.image) and not torch.equal(a.image, b.image)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_augment_moves_dense_landmarks_with_the_68(face_landmarks: torch.Tensor, flip: bool) -> None:
+    """MediaPipe's dense points go through the same transform as the 68 landmarks: the dense points that mark the
+    68 (MEDIAPIPE_TO_68) stay on them, after a flip too (MIRROR_468 re-indexing); z scales with the crop; a flip
+    drops the iris points."""
+    from msma.data.mediapipe_mesh import MEDIAPIPE_TO_68, MIRROR_468, NUM_DENSE, NUM_MESH
+
+    g = torch.Generator().manual_seed(5)
+    dense = torch.rand(NUM_DENSE, 3, generator=g) * torch.tensor([S - 1.0, S - 1.0, 20.0])
+    dense[list(MEDIAPIPE_TO_68), :2] = face_landmarks
+    sample = dataclasses.replace(_dot_sample(face_landmarks), dense=dense)
+    aug = FaceAugment(image_size=S, color_jitter=False, blur=False, flip=flip, p_flip=1.0, scale=0.2)
+    out = aug(sample, seed=7)
+    assert (out.yaw < 0) == flip
+    assert out.dense is not None and out.dense.shape == (NUM_DENSE, 3) and out.dense.dtype == torch.float32
+    torch.testing.assert_close(out.dense[list(MEDIAPIPE_TO_68), :2], out.landmarks, atol=1e-3, rtol=0)
+    scale = float(torch.sqrt(sample.crop_to_image[:2, :2].det().abs() / out.crop_to_image[:2, :2].det().abs()))
+    assert abs(scale - 1.0) > 1e-3  # the crop was rescaled
+    order = list(MIRROR_468) if flip else list(range(NUM_MESH))
+    torch.testing.assert_close(out.dense[:NUM_MESH, 2], dense[order, 2] * scale, atol=1e-3, rtol=1e-5)
+    assert bool(torch.isnan(out.dense[NUM_MESH:]).all()) == flip
+    # Every dense point maps back through the new crop_to_image onto the original's place (its mirror's after a flip).
+    back = apply_affine_to_points(torch.linalg.inv(sample.crop_to_image) @ out.crop_to_image, out.dense[:NUM_MESH, :2])
+    torch.testing.assert_close(back, dense[order, :2], atol=2e-3, rtol=0)

@@ -15,7 +15,10 @@ from msma.data import mediapipe_asset as MA
 from msma.data.mediapipe_mesh import (
     FACE_OVAL,
     MEDIAPIPE_TO_68,
+    MIRROR_468,
+    NUM_DENSE,
     NUM_MESH,
+    mirror_dense,
     parse_canonical_mesh,
     read_canonical_mesh,
 )
@@ -124,6 +127,34 @@ def test_index_maps() -> None:
     from mediapipe.tasks.python.vision import FaceLandmarksConnections
 
     assert tuple(c.start for c in FaceLandmarksConnections.FACE_LANDMARKS_FACE_OVAL) == FACE_OVAL
+
+
+def test_mirror_468_is_the_canonical_mesh_symmetry(shared_dir: Path) -> None:
+    from scipy.spatial import cKDTree
+
+    from msma.data.landmark_index import MIRROR_68
+
+    mesh = read_canonical_mesh(shared_dir / "assets" / MA.FACE_LANDMARKER_NAME)
+    v = mesh.vertices
+    dist, nearest = cKDTree(v).query(v * [-1.0, 1.0, 1.0])
+    perm = np.asarray(MIRROR_468)
+    assert perm.shape == (NUM_MESH,) and dist.max() < 1e-6  # the canonical face is exactly symmetric
+    np.testing.assert_array_equal(perm, nearest)
+    np.testing.assert_array_equal(perm[perm], np.arange(NUM_MESH))  # an involution
+    assert (perm == np.arange(NUM_MESH)).sum() == 28 and np.abs(v[perm == np.arange(NUM_MESH), 0]).max() < 1e-6
+    triangles = {tuple(sorted(t)) for t in mesh.triangles.tolist()}
+    assert {tuple(sorted(t)) for t in perm[mesh.triangles].tolist()} == triangles
+    assert set(perm[list(FACE_OVAL)].tolist()) == set(FACE_OVAL)
+    assert all(perm[MEDIAPIPE_TO_68[i]] == MEDIAPIPE_TO_68[MIRROR_68[i]] for i in range(68))
+    # mirror_dense: x mirrored in the image, re-indexed, iris dropped; twice is the identity on the mesh.
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, (NUM_DENSE, 3)).astype(np.float32)
+    once = mirror_dense(pts, 120)
+    assert once.shape == pts.shape and np.isnan(once[NUM_MESH:]).all()
+    np.testing.assert_allclose(once[33], [119 - pts[263, 0], pts[263, 1], pts[263, 2]])
+    np.testing.assert_allclose(mirror_dense(once, 120)[:NUM_MESH], pts[:NUM_MESH], atol=1e-4)
+    with pytest.raises(ValueError, match="dense points"):
+        mirror_dense(pts[:100], 120)
 
 
 def test_parse_rejects_garbage(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor
 from msma.face_model.params import GROUPS, CoeffLayout, FaceParams
 
 #: Supervision target names a sample can carry (``FaceBatch.target_valid``; loss terms and ``supervises``).
-TARGETS: tuple[str, ...] = ("landmarks", "params", "vertices", "skin_mask", "landmarks_3d")
+TARGETS: tuple[str, ...] = ("landmarks", "params", "vertices", "skin_mask", "landmarks_3d", "dense")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class FaceSample:
             fitted on a photo, for instance, carry ``("id", "exp", "tex")`` only.
         source_index: index of the configured data source this sample came from (``data.sources``; 0 for a
             single-source run).
+        dense: (K, 3) float32 dense MediaPipe landmarks (K = 478: 468 mesh vertices + 10 iris points, or 468) in
+            crop pixels: x, y through the same transform as ``landmarks`` (alignment, augmentation), z
+            MediaPipe's relative depth scaled with the crop; NaN rows where a point is unknown (the iris after a
+            flip). None: the sample has no dense target.
     """
 
     image: Tensor
@@ -50,6 +54,7 @@ class FaceSample:
     source: str = ""
     param_groups: tuple[str, ...] | None = None
     source_index: int = 0
+    dense: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.param_groups is not None:
@@ -89,6 +94,9 @@ class FaceBatch:
         skin_valid: (B,) bool or None (None: all rows when ``skin_mask`` is set).
         landmarks_3d_valid: (B,) bool or None (None: all rows when ``landmarks_3d`` is set).
         source_index: (B,) int64 index of each sample's configured data source, or None (all source 0).
+        dense: (B, K, 3) dense MediaPipe landmarks in crop pixels, or None when no sample has them; zero rows where
+            ``dense_valid`` is False.
+        dense_valid: (B,) bool or None (None: all rows when ``dense`` is set).
     """
 
     image: Tensor
@@ -107,6 +115,8 @@ class FaceBatch:
     skin_valid: Tensor | None = None
     landmarks_3d_valid: Tensor | None = None
     source_index: Tensor | None = None
+    dense: Tensor | None = None
+    dense_valid: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -131,6 +141,8 @@ class FaceBatch:
             return self._rows(self.skin_valid, self.skin_mask)
         if target == "landmarks_3d":
             return self._rows(self.landmarks_3d_valid, self.landmarks_3d)
+        if target == "dense":
+            return self._rows(self.dense_valid, self.dense)
         raise ValueError(f"unknown target {target!r}; known: {TARGETS}")
 
     def group_valid(self) -> Tensor:
@@ -212,6 +224,7 @@ def collate_samples(samples: Sequence[FaceSample]) -> FaceBatch:
     vertices, vertices_valid = _stack_optional([s.vertices for s in samples], "vertices")
     landmarks_3d, landmarks_3d_valid = _stack_optional([s.landmarks_3d for s in samples], "landmarks_3d")
     skin_mask, skin_valid = _stack_optional([s.skin_mask for s in samples], "skin_mask")
+    dense, dense_valid = _stack_optional([s.dense for s in samples], "dense")
     partial_groups = any(s.param_groups is not None for s in samples)
     return FaceBatch(
         image=torch.stack([s.image for s in samples]),
@@ -230,4 +243,6 @@ def collate_samples(samples: Sequence[FaceSample]) -> FaceBatch:
         skin_valid=skin_valid,
         landmarks_3d_valid=landmarks_3d_valid,
         source_index=torch.tensor([s.source_index for s in samples], dtype=torch.int64),
+        dense=dense,
+        dense_valid=dense_valid,
     )

@@ -30,6 +30,7 @@ SUPERVISION_NAMES: tuple[str, ...] = (
     "vertices",
     "skin_mask",
     "landmarks_3d",
+    "dense",
 )
 
 
@@ -47,7 +48,8 @@ class SourceConfig:
             none has.
         supervises: the targets this source supervises, among ``landmarks``, ``params`` (every coefficient
             group it has) or single groups ``id``/``exp``/``tex``/``angles``/``sh``/``trans``, ``vertices``,
-            ``skin_mask``, ``landmarks_3d``; None: everything the source provides. A target the source does not
+            ``skin_mask``, ``landmarks_3d``, ``dense`` (MediaPipe's dense landmarks of a photo folder labelled with
+            ``mediapipe``); None: everything the source provides. A target the source does not
             provide is never invented (``supervises: [params]`` on a photo folder without fits supervises nothing).
         landmarks: the pseudo-label backend of a ``folder`` source (None: ``data.landmarks``);
             ``"mediapipe+fit"`` reads the coefficients ``msma prepare --fit`` cached (identity, expression and
@@ -97,6 +99,9 @@ class DataConfig:
         test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
         test_root: its folder.
         aflw_crop: AFLW2000-3D crop: ``"gt_box"`` (benchmark protocol) or ``"detect"``.
+        w300lp_landmarks: 300W-LP's folder of 3D-convention landmark files (``<SUBSET>/<name>_pts.mat``, key
+            ``pts_3d``), relative to the 300W-LP root or absolute; an image with such a file uses them as its
+            landmark target and alignment input, others ``pt2d``. None: always ``pt2d`` (docs/data.md).
         sources: a mixed-source run (:class:`SourceConfig` per source; ``kind``/``root`` are then unused). Empty:
             the single source ``kind``/``root`` (today's runs, unchanged).
         epoch_samples: training samples per epoch of a mixed run (None: the sum of the sources' sizes).
@@ -127,6 +132,7 @@ class DataConfig:
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
     aflw_crop: str = "gt_box"
+    w300lp_landmarks: Optional[str] = "landmarks"
     sources: list[SourceConfig] = field(default_factory=list)
     epoch_samples: Optional[int] = None
 

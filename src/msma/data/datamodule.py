@@ -282,7 +282,13 @@ class FaceDataModule(L.LightningDataModule):
             mapper = self.param_mapper
             if mapper is None and self.face_model is not None:
                 mapper = PoseParamMapper(self.face_model.layout)  # the pose carries over into any face model
-            return W300LPDataset(root, image_size=c.image_size, template=self.template, param_mapper=mapper)
+            return W300LPDataset(
+                root,
+                image_size=c.image_size,
+                template=self.template,
+                param_mapper=mapper,
+                landmarks_dir=c.w300lp_landmarks,
+            )
         raise ValueError(f"{kind!r} is not a real-photo dataset kind")
 
     def setup(self, stage: str | None = None) -> None:

@@ -106,6 +106,33 @@ def _sample(
     )
 
 
+def dense_to_crop(dense: np.ndarray, crop_to_image: np.ndarray, path: Path | str = "") -> torch.Tensor:
+    """Dense MediaPipe points of a cache entry (original pixels) -> crop pixels.
+
+    Args:
+        dense: (K, 3) x, y in original-image pixels, z MediaPipe's relative depth in the same pixels; K = 478 or
+            468.
+        crop_to_image: (3, 3) crop -> image affine of the sample.
+        path: the photo (error messages).
+
+    Returns:
+        (K, 3) float32: x, y through ``inv(crop_to_image)``, z divided by its scale (sqrt |det|).
+
+    Raises:
+        ValueError: a shape other than (468 | 478, 3) (the message names the photo).
+    """
+    from msma.data.mediapipe_mesh import NUM_DENSE, NUM_MESH
+
+    pts = np.asarray(dense, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] not in (NUM_MESH, NUM_DENSE) or pts.shape[1] != 3:
+        raise ValueError(f"{path}: cached dense landmarks have shape {pts.shape}, expected ({NUM_DENSE}, 3)")
+    inv = np.linalg.inv(np.asarray(crop_to_image, dtype=np.float64))
+    out = np.empty_like(pts)
+    out[:, :2] = pts[:, :2] @ inv[:2, :2].T + inv[:2, 2]
+    out[:, 2] = pts[:, 2] * float(np.sqrt(abs(np.linalg.det(inv[:2, :2]))))
+    return torch.from_numpy(out.astype(np.float32))
+
+
 class _RobustDataset(Dataset[FaceSample]):
     """Base: ``__getitem__`` logs a failing item and returns the next good one instead of raising."""
 
@@ -256,6 +283,8 @@ class FolderDataset(_RobustDataset):
         loaded = load_image(path)
         m = alignment_transform(face.landmarks, self.template, self.image_size)
         sample = _sample(_crop_loaded(loaded, m, face.landmarks, self.image_size), str(path))
+        if face.dense is not None:
+            sample = dataclasses.replace(sample, dense=dense_to_crop(face.dense, m, path))
         params = self._fitted_params(face, path)
         if params is None:
             return sample
@@ -311,15 +340,18 @@ class MatRecord:
     Attributes:
         image: the ``.jpg``.
         landmarks: (68, 2) float32 ground-truth 2D landmarks, original-image pixels (``pt3d_68[:2].T`` for
-            AFLW2000-3D, ``pt2d.T`` for 300W-LP).
+            AFLW2000-3D; for 300W-LP ``pts_3d`` of its ``landmarks/`` files where present, else ``pt2d.T``).
         landmarks_3d: (68, 3) float32 ``pt3d_68.T`` (AFLW2000-3D) or None.
         params: 3DDFA parameters.
+        landmark_source: where ``landmarks`` came from: ``"pt3d_68"``, ``"pt2d"`` (2D contour convention) or
+            ``"pts_3d"`` (300W-LP's 3D-convention landmarks file, see :func:`read_300wlp_landmarks`).
     """
 
     image: Path
     landmarks: np.ndarray
     landmarks_3d: np.ndarray | None
     params: ThreeDDFAParams
+    landmark_source: str = "pt2d"
 
     @property
     def yaw(self) -> float:
@@ -357,11 +389,13 @@ def read_3ddfa_mat(image: Path, mat_path: Path) -> MatRecord:
             raise ValueError(f"{mat_path}: pt3d_68 has shape {pt3d.shape}, expected finite (3, 68)")
         lm3d = np.ascontiguousarray(pt3d.T)
         lm2d = np.ascontiguousarray(lm3d[:, :2])
+        source = "pt3d_68"
     elif "pt2d" in mat:
         pt2d = np.asarray(mat["pt2d"], dtype=np.float32)
         if pt2d.shape != (2, 68) or not np.isfinite(pt2d).all():
             raise ValueError(f"{mat_path}: pt2d has shape {pt2d.shape}, expected finite (2, 68)")
         lm2d = np.ascontiguousarray(pt2d.T)
+        source = "pt2d"
     else:
         raise ValueError(f"{mat_path}: no 68-point landmarks (pt3d_68 or pt2d)")
     pose = _vector(mat, "Pose_Para", 7, mat_path)
@@ -369,7 +403,66 @@ def read_3ddfa_mat(image: Path, mat_path: Path) -> MatRecord:
     exp = _vector(mat, "Exp_Para", 29, mat_path)
     tex = _vector(mat, "Tex_Para", 199, mat_path, required=False)
     assert pose is not None and shape is not None and exp is not None
-    return MatRecord(image, lm2d, lm3d, ThreeDDFAParams(pose=pose, shape=shape, exp=exp, tex=tex))
+    return MatRecord(image, lm2d, lm3d, ThreeDDFAParams(pose=pose, shape=shape, exp=exp, tex=tex), source)
+
+
+#: Key of the 3D-convention landmarks in 300W-LP's ``landmarks/<SUBSET>/<name>_pts.mat`` files.
+W300LP_LANDMARKS_KEY = "pts_3d"
+
+
+def read_300wlp_landmarks(path: Path) -> np.ndarray:
+    """The 68 3D-convention landmarks of a 300W-LP ``landmarks/<SUBSET>/<name>_pts.mat`` file.
+
+    The 300W-LP distribution ships, beside the image folders, ``landmarks/{AFW,HELEN,IBUG,LFPW}/<name>_pts.mat``
+    (no ``_Flip`` subsets) with two (68, 2) arrays in original-image pixels: ``pts_2d``, the 2D convention (jaw
+    points on the visible contour, as ``pt2d`` of the image's own ``.mat``), and ``pts_3d``, the 2D projection of
+    the 68 3D landmarks of 3DDFA's fitted face (jaw points where the 3D jaw vertices project, hidden side
+    included) - the convention of the face model's landmark vertices. Layout as read by public loaders:
+    Chenxu-nmsu/Face_AI_Application ``02_face_landmarks/read_300wlp_data.py`` (``loadmat(".../300W_LP/landmarks/
+    AFW/AFW_134212_1_0_pts.mat")["pts_2d"]``, 68 rows of x, y drawn on ``300W_LP/AFW/AFW_134212_1_0.jpg``) and the
+    ``W300LP`` loaders derived from hzh8311/pyhowfar (``main_pts['pts_2d'] if pointType == '2D' else
+    main_pts['pts_3d']``, indexed ``pts[i, 0]`` for i < 68); a head-pose loader reads ``pts_3d`` of
+    ``landmarks/<SUBSET without _Flip>/`` and mirrors it for the ``_Flip`` images.
+
+    Args:
+        path: the ``_pts.mat`` file.
+
+    Returns:
+        (68, 2) float32 x, y, original-image pixels (the convention of ``pt2d``: no offset applied).
+
+    Raises:
+        ValueError: unreadable file, no ``pts_3d``, wrong shape or non-finite values (the message names the file).
+    """
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable 300W-LP landmarks file ({exc})") from exc
+    if W300LP_LANDMARKS_KEY not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path}: no {W300LP_LANDMARKS_KEY} in the 300W-LP landmarks file (keys: {keys})")
+    pts = np.asarray(mat[W300LP_LANDMARKS_KEY], dtype=np.float32)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise ValueError(f"{path}: {W300LP_LANDMARKS_KEY} has shape {pts.shape}, expected finite (68, 2)")
+    return np.ascontiguousarray(pts)
+
+
+def w300lp_landmarks_file(root: Path, image: Path, landmarks_dir: Path) -> tuple[Path, bool]:
+    """Where the 3D-convention landmarks of a 300W-LP image are: (file, mirrored?).
+
+    ``<root>/<SUBSET>/<name>.jpg`` -> ``<landmarks_dir>/<SUBSET>/<name>_pts.mat``. For a ``<SUBSET>_Flip`` image
+    without a file of its own under ``<landmarks_dir>/<SUBSET>_Flip/`` (the distribution has none), the file of
+    the unflipped twin ``<landmarks_dir>/<SUBSET>/<name>_pts.mat`` is returned with ``mirrored=True``: its
+    points must be mirrored (:func:`~msma.data.landmark_index.flip_landmarks`) to describe the flipped image.
+    """
+    rel = image.relative_to(root)
+    name = f"{image.stem}_pts.mat"
+    direct = landmarks_dir / rel.parent / name
+    subset = rel.parent.name
+    if direct.is_file() or not subset.endswith("_Flip"):
+        return direct, False
+    return landmarks_dir / rel.parent.parent / subset[: -len("_Flip")] / name, True
 
 
 class _MatDataset(_RobustDataset):
@@ -534,9 +627,18 @@ class PoseParamMapper:
 class W300LPDataset(_MatDataset):
     """300W-LP (Zhu et al. 2016): 61k (flipped: 122k) synthesised large-pose photos with 3DDFA fits.
 
-    Crops are Deep3D-aligned on the dataset's own 68 landmarks (``pt2d``; training data, so ground-truth
-    alignment is legitimate). ``params`` is filled by ``param_mapper`` (3DDFA parameters -> the training face
-    model's flat coefficients) or None; see the module docstring for why no mapping is built in.
+    **Landmarks.** The image's ``.mat`` holds ``pt2d``, the 2D convention: at large yaw the hidden-side jaw points
+    lie on the visible contour, which disagrees with the face model's fixed 3D landmark vertices. The
+    distribution's ``landmarks/<SUBSET>/<name>_pts.mat`` files hold ``pts_3d``, the projection of the 68 3D
+    landmarks (:func:`read_300wlp_landmarks`): where that file exists it is the ``landmarks`` target (and the
+    alignment input), mirrored for the ``_Flip`` images (:func:`w300lp_landmarks_file`); elsewhere ``pt2d`` is.
+    ``landmark_counts`` counts each (``{"pts_3d": n, "pt2d": m}``, logged once); ``MatRecord.landmark_source``
+    says it per image. A landmarks file that exists but cannot be read skips its image (``bad_annotation``,
+    the message names the file), as a broken image ``.mat`` does.
+
+    Crops are Deep3D-aligned on those same 68 landmarks (training data, so ground-truth alignment is
+    legitimate). ``params`` is filled by ``param_mapper`` (3DDFA parameters -> the training face model's flat
+    coefficients) or None; see the module docstring for why no mapping is built in.
 
     Args:
         root: 300W-LP folder (searched recursively: AFW/, HELEN/, IBUG/, LFPW/ and their _Flip twins).
@@ -544,6 +646,11 @@ class W300LPDataset(_MatDataset):
         template: alignment template.
         param_mapper: optional mapping of :class:`ThreeDDFAParams` to a flat coefficient tensor.
         transform: applied to each sample.
+        landmarks_dir: the folder of the 3D-convention ``_pts.mat`` files, relative to ``root`` (or absolute);
+            None: always ``pt2d``.
+
+    Attributes:
+        landmark_counts: images per landmark source (``"pts_3d"``, ``"pt2d"``).
     """
 
     def __init__(
@@ -553,12 +660,57 @@ class W300LPDataset(_MatDataset):
         template: np.ndarray = ICT_TEMPLATE_5P_MM,
         param_mapper: ParamMapper | None = None,
         transform: Transform | None = None,
+        landmarks_dir: str | os.PathLike[str] | None = "landmarks",
     ) -> None:
         super().__init__(root, recursive=True)
         self.image_size = int(image_size)
         self.template = np.asarray(template, dtype=np.float64)
         self.param_mapper = param_mapper
         self.transform = transform
+        self.landmarks_dir = None if landmarks_dir is None else self.root / Path(landmarks_dir)
+        if self.landmarks_dir is not None:
+            self._use_3d_landmarks(self.landmarks_dir)
+        self.landmark_counts: Counter[str] = Counter(r.landmark_source for r in self.records)
+        if self.records:
+            log.log(
+                logging.WARNING if self.landmarks_dir is not None and self.landmark_counts["pt2d"] else logging.INFO,
+                "%s: 68 landmarks from %s/*_pts.mat pts_3d (3D convention) for %d images, from pt2d (2D contour "
+                "convention, no landmarks file) for %d",
+                self.root,
+                self.landmarks_dir,
+                self.landmark_counts["pts_3d"],
+                self.landmark_counts["pt2d"],
+            )
+
+    def _use_3d_landmarks(self, landmarks_dir: Path) -> None:
+        """Replaces each record's ``pt2d`` by its landmarks file's ``pts_3d`` where one exists."""
+        from PIL import Image
+
+        from msma.data.landmark_index import flip_landmarks
+
+        kept: list[MatRecord] = []
+        for rec in self.records:
+            path, mirrored = w300lp_landmarks_file(self.root, rec.image, landmarks_dir)
+            if not path.is_file():
+                kept.append(rec)
+                continue
+            try:
+                pts = read_300wlp_landmarks(path)
+                if mirrored:
+                    try:
+                        with Image.open(rec.image) as im:
+                            width = int(im.size[0])
+                    except Exception as exc:  # the image's size is needed to mirror the twin's points
+                        raise ValueError(f"{rec.image}: unreadable image header ({exc})") from exc
+                    pts = flip_landmarks(torch.from_numpy(pts), width).numpy()
+            except ValueError as exc:
+                skip = SkipRecord(rec.image, "bad_annotation", str(exc))
+                self.skipped.append(skip)
+                log.warning("%s: skipped (%s: %s)", skip.path, skip.reason, skip.detail)
+                continue
+            kept.append(dataclasses.replace(rec, landmarks=pts.astype(np.float32), landmark_source="pts_3d"))
+        self.records = kept
+        self.skip_counts = Counter(s.reason for s in self.skipped)
 
     def parameters(self, index: int) -> ThreeDDFAParams:
         """3DDFA's parameters of item ``index``."""

@@ -325,6 +325,7 @@ def prepare_sources(
     num_samples: int = 0,
     progress: bool = False,
     workers: int = 1,
+    w300lp_landmarks: str | None = "landmarks",
 ) -> list[SourceReport]:
     """Labels every photo-folder source once (one pass per folder and backend) and counts every source.
 
@@ -339,6 +340,7 @@ def prepare_sources(
         num_samples: synthetic samples of sources without their own ``num_samples``.
         progress: progress bars.
         workers: labelling processes.
+        w300lp_landmarks: 300W-LP's 3D-convention landmarks folder (``data.w300lp_landmarks``).
 
     Returns:
         One :class:`SourceReport` per source, in order.
@@ -378,8 +380,14 @@ def prepare_sources(
             detail = run.summary() if first else "same folder and backend as an earlier source: labelled once"
             reports.append(SourceReport(name, kind, root, run.faces, dict(run.skipped), detail))
         elif kind in ("300w_lp", "aflw2000_3d"):
-            mat = W300LPDataset(root) if kind == "300w_lp" else AFLW2000Dataset(root)
-            reports.append(SourceReport(name, kind, root, len(mat), dict(mat.skip_counts)))
+            if kind == "300w_lp":
+                lp = W300LPDataset(root, landmarks_dir=w300lp_landmarks)
+                counts = lp.landmark_counts
+                detail = f"landmarks: pts_3d (3D convention) {counts['pts_3d']}, pt2d (2D contour) {counts['pt2d']}"
+                reports.append(SourceReport(name, kind, root, len(lp), dict(lp.skip_counts), detail))
+            else:
+                mat = AFLW2000Dataset(root)
+                reports.append(SourceReport(name, kind, root, len(mat), dict(mat.skip_counts)))
         else:
             raise ValueError(f"source {name!r}: unknown kind {kind!r}")
     return reports
@@ -474,6 +482,7 @@ def _prepare_experiment(args: argparse.Namespace) -> int:
             num_samples=data.num_samples,
             progress=not args.no_progress,
             workers=args.workers,
+            w300lp_landmarks=data.w300lp_landmarks,
         )
     except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
         print(f"msma prepare: {exc}", file=sys.stderr)

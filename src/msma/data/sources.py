@@ -42,7 +42,7 @@ def restrict_targets(sample: FaceSample, supervises: Sequence[str] | None) -> Fa
     changes: dict[str, object] = {}
     if "landmarks" not in keep:
         changes["landmarks"] = torch.full_like(sample.landmarks, math.nan)
-    for name in ("vertices", "skin_mask", "landmarks_3d"):
+    for name in ("vertices", "skin_mask", "landmarks_3d", "dense"):
         if name not in keep and getattr(sample, name) is not None:
             changes[name] = None
     if sample.params is not None:

@@ -17,6 +17,8 @@ label                  after a geometric transform (shift/scale/rotate)   | afte
 ``yaw``                kept (in-plane rotation does not change yaw)        | negated
 ``vertices``           dropped (None): they no longer project onto the crop | dropped
 ``landmarks_3d``       kept (it lives in the original image's frame)       | dropped
+``dense``              transformed (x, y; z scaled)                        | transformed + re-indexed (MIRROR_468),
+                                                                           | iris points NaN
 ``params``             **kept**, pose groups masked (see below)            | dropped (None)
 =====================  ===============================================================================
 
@@ -237,6 +239,8 @@ class FaceAugment:
                 if not groups:
                     changes["params"] = None
                     changes["param_groups"] = None
+        if sample.dense is not None:
+            changes["dense"] = _transform_dense(sample.dense, m, flipped)
         if flipped:
             changes["landmarks"] = landmarks.index_select(0, mirror_permutation(landmarks.shape[0]))
             changes["params"] = None
@@ -244,6 +248,20 @@ class FaceAugment:
             changes["landmarks_3d"] = None
             changes["yaw"] = -sample.yaw
         return dataclasses.replace(sample, **changes)  # type: ignore[arg-type]
+
+
+def _transform_dense(dense: Tensor, m: np.ndarray, flipped: bool) -> Tensor:
+    """(K, 3) dense MediaPipe points through the crop affine ``m`` (x, y mapped; z scaled by its scale); after a
+    flip re-indexed with :data:`~msma.data.mediapipe_mesh.MIRROR_468` (iris rows NaN)."""
+    from msma.data.mediapipe_mesh import mirror_dense_order
+
+    pts = dense.detach().cpu().numpy().astype(np.float64)
+    out = pts.copy()
+    out[:, :2] = pts[:, :2] @ m[:2, :2].T + m[:2, 2]
+    out[:, 2:] = pts[:, 2:] * float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    if flipped:
+        out = mirror_dense_order(out)
+    return torch.from_numpy(out).to(dense.dtype)
 
 
 def _affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -39,6 +39,30 @@ log = logging.getLogger(__name__)
 CORRESPONDENCE_VERSION = 2
 #: Vertices with a skin weight below this are not skin (eyeballs, mouth interior) and receive no point.
 SKIN_THRESHOLD = 0.05
+#: A face-oval point is held by its fixed surface point when that point faces the camera (normal z above this) ...
+OVAL_FIXED_NZ = 0.3
+#: ... fading to 0 over this range of normal z (below: the oval point is on the silhouette, not that skin point).
+OVAL_FADE = 0.3
+
+
+def oval_visibility(normal_z: Tensor, oval: Tensor) -> Tensor:
+    """Weight of each dense point as a fixed-surface-point target: 1 off MediaPipe's face oval; on it
+    ``clamp((n_z - OVAL_FIXED_NZ) / OVAL_FADE, 0, 1)``.
+
+    MediaPipe's face-oval points follow the visible silhouette, not fixed skin points: one marks the model's
+    surface point only while that point faces the camera (the fitter gives the rest of its weight to a contour
+    term; the training loss leaves it out).
+
+    Args:
+        normal_z: (..., 468) z of each dense point's unit surface normal in the camera-aligned model frame (z
+            towards the camera).
+        oval: (468,) bool, the face-oval points (:data:`~msma.data.mediapipe_mesh.FACE_OVAL`).
+
+    Returns:
+        (..., 468) weights in [0, 1].
+    """
+    w_oval = ((normal_z - OVAL_FIXED_NZ) / OVAL_FADE).clamp(0.0, 1.0)
+    return torch.where(oval.to(normal_z.device), w_oval, torch.ones_like(normal_z))
 
 
 @dataclass(frozen=True)

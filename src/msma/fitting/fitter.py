@@ -37,13 +37,11 @@ from msma.data.mediapipe_mesh import FACE_OVAL, NUM_MESH
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix, matrix_to_euler, rotate
-from msma.fitting.correspondence import SKIN_THRESHOLD, DenseCorrespondence
+from msma.fitting.correspondence import SKIN_THRESHOLD, DenseCorrespondence, oval_visibility
 from msma.render.renderer import MeshRenderer
 
-#: An oval point is held by its fixed surface point when that point faces the camera (normal z above this) ...
-OVAL_FIXED_NZ = 0.3
-#: ... fading over this range of normal z; the rest of its weight goes to the contour term.
-OVAL_FADE = 0.3
+# An oval point is held by its fixed surface point as far as that point faces the camera (oval_visibility, shared
+# with the training loss's dense term); the rest of its weight goes to the contour term.
 #: Vertices whose posed normal has |z| below this are silhouette candidates of the contour term.
 SILHOUETTE_NZ = 0.2
 #: Subsampling of the silhouette candidates.
@@ -250,8 +248,7 @@ def _fit(
 
     def visibility(rot: Tensor) -> Tensor:
         nz = rotate(sub.normals[None].expand(b, -1, -1), rot)[..., 2]
-        w_oval = ((nz - OVAL_FIXED_NZ) / OVAL_FADE).clamp(0.0, 1.0)
-        return base_w * torch.where(oval, w_oval, torch.ones_like(nz))
+        return base_w * oval_visibility(nz, oval)
 
     def contour(rot: Tensor, posed: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """Oval points not held by a fixed vertex pull the nearest projected silhouette vertex (contour ICP)."""

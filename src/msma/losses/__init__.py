@@ -1,6 +1,7 @@
 """Loss terms of the face-reconstruction objective (Deep3DFaceRecon's, with MSMA's weights) and their combiner."""
 
 from msma.losses.config import LossConfig, deep3d_loss_config, loss_preset, msma_loss_config
+from msma.losses.dense import DenseLandmarkLoss
 from msma.losses.identity import IdentityLoss, IResNet, build_iresnet, load_iresnet
 from msma.losses.landmark import LandmarkLoss, deep3d_landmark_weights, landmark_loss
 from msma.losses.photometric import PhotometricLoss, photometric_loss
@@ -18,6 +19,7 @@ from msma.losses.total import FaceReconLoss, LossOutput, is_finite
 
 __all__ = [
     "CoefficientRegularization",
+    "DenseLandmarkLoss",
     "FaceReconLoss",
     "GammaLoss",
     "IResNet",

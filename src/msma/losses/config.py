@@ -28,6 +28,9 @@ class LossConfig:
         w_tex: albedo-coefficient weight inside the regulariser.
         w_gamma: SH lighting colour-variance (monochromatic light) weight.
         w_lm: 68-landmark loss weight.
+        w_dense: dense-landmark loss weight (MediaPipe's 468 points of photo sources labelled with ``mediapipe``,
+            :mod:`msma.losses.dense`; rows with ``dense_valid`` only). 0 (off) by default: it needs MediaPipe's
+            ``face_landmarker.task`` for the correspondence, and it is not part of Deep3D/MSMA.
         w_reflc: albedo-variance-on-skin (reflectance) weight.
         w_param: ground-truth coefficient supervision weight (rows with ``params_valid`` only). Not part of
             Deep3D/MSMA's public code; 1.0 is our choice: the supervision term is a per-coefficient *mean*
@@ -55,6 +58,7 @@ class LossConfig:
     w_tex: float = 0.06
     w_gamma: float = 5.0
     w_lm: float = 0.01
+    w_dense: float = 0.0
     w_reflc: float = 3.0
     w_param: float = 1.0
     param_w_id: float = 1.0

@@ -5,10 +5,11 @@ Deep3DFaceRecon_pytorch ``models/facerecon_model.py`` ``compute_losses``::
     total = w_feat feat + w_color color + w_reg reg + w_gamma gamma + w_lm lm + w_reflc reflc
 
 plus, here, ``w_param param`` (ground-truth coefficient supervision where the batch has it; MSMA / MLANet's
-semi-supervised term).
+semi-supervised term) and ``w_dense dense`` (MediaPipe's dense landmarks of photos, :mod:`msma.losses.dense`).
 
 Mixed-source batches (``data.sources``): every term is applied only to the samples that carry its target and
-normalised by their count (``lm``: rows with landmarks; ``param``: per coefficient group, rows with that group;
+normalised by their count (``lm``: rows with landmarks; ``dense``: rows with dense landmarks; ``param``: per
+coefficient group, rows with that group;
 ``color``: every sample, its attention mask the sample's own skin mask where it has one, else the skin model's
 probability of the image; the priors ``reg``/``gamma``/``reflc`` and ``feat`` act on every prediction).
 :attr:`LossOutput.by_source` holds the raw terms of each source's rows (the same functions on the sub-batch)
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import GROUPS, CoeffLayout, FaceParams
 from msma.losses.config import LossConfig
+from msma.losses.dense import DenseLandmarkLoss
 from msma.losses.identity import IdentityLoss
 from msma.losses.landmark import LandmarkLoss
 from msma.losses.photometric import PhotometricLoss
@@ -35,7 +37,7 @@ from msma.losses.supervision import param_supervision_loss
 from msma.render.base import RenderOutput
 
 #: Term names, in logging order.
-TERM_NAMES: tuple[str, ...] = ("color", "lm", "reg", "gamma", "reflc", "param", "feat")
+TERM_NAMES: tuple[str, ...] = ("color", "lm", "dense", "reg", "gamma", "reflc", "param", "feat")
 
 
 class LossTargets(Protocol):
@@ -48,6 +50,7 @@ class LossTargets(Protocol):
         params: (B, P) flat ground-truth coefficients, or None.
         params_valid: (B,) bool, True where ``params`` holds ground truth.
         skin_mask: (B, 1, S, S) skin probability in [0, 1], or None (computed from the image).
+        dense: (B, K, 3) dense MediaPipe landmarks in crop pixels, or None (``target_valid("dense")`` the rows).
     """
 
     @property
@@ -62,6 +65,8 @@ class LossTargets(Protocol):
     def params_valid(self) -> Tensor: ...
     @property
     def skin_mask(self) -> Tensor | None: ...
+    @property
+    def dense(self) -> Tensor | None: ...
 
     def target_valid(self, target: str) -> Tensor:
         """(B,) bool: the samples that carry ``target``."""
@@ -123,13 +128,21 @@ class FaceReconLoss(nn.Module):
 
     Args:
         config: weights and switches; None for the MSMA defaults.
+        dense: the dense-landmark term of the training face model (:meth:`DenseLandmarkLoss.from_face_model`);
+            required when ``config.w_dense > 0`` (``msma.builders.build_loss(cfg, face_model)`` builds it).
     """
 
-    def __init__(self, config: LossConfig | None = None) -> None:
+    def __init__(self, config: LossConfig | None = None, dense: DenseLandmarkLoss | None = None) -> None:
         super().__init__()
         self.config = LossConfig() if config is None else config
         self.photometric = PhotometricLoss()
         self.landmark = LandmarkLoss()
+        if self.config.w_dense > 0 and dense is None:
+            raise ValueError(
+                "loss.w_dense > 0 needs the dense-landmark term of the face model: build the loss with "
+                "msma.builders.build_loss(cfg, face_model) (or pass DenseLandmarkLoss.from_face_model(face_model))"
+            )
+        self.dense: DenseLandmarkLoss | None = dense if self.config.w_dense > 0 else None
         self.identity: IdentityLoss | None = None
         if self.config.use_identity and self.config.w_feat > 0:
             if not self.config.identity_weights:
@@ -211,6 +224,10 @@ class FaceReconLoss(nn.Module):
         group_weights = cfg.param_group_weights()
         skin = self.skin_mask(batch) if "color" in weights else None
         lm_valid = batch.target_valid("landmarks")
+        dense_valid = batch.target_valid("dense")
+        dense_target = getattr(batch, "dense", None)
+        if self.dense is not None:
+            weights["dense"] = cfg.w_dense
         group_valid = batch.group_valid()
         skin_vertices = skin_vertex_mask.to(face.albedo.device)
 
@@ -228,6 +245,12 @@ class FaceReconLoss(nn.Module):
                 )
             if "lm" in weights:
                 out["lm"] = self.landmark(r(face.landmarks_2d), r(batch.landmarks), r(lm_valid), size)
+            if "dense" in weights:
+                assert self.dense is not None
+                if dense_target is None:  # no row of this batch has the target: 0, still on the graph
+                    out["dense"] = (r(face.vertices).sum() * 0.0).abs()
+                else:
+                    out["dense"] = self.dense(r(face.vertices), r(face.normals), r(dense_target), r(dense_valid), size)
             if "reg" in weights:
                 out["reg"] = coefficient_regularization(p, cfg.w_id, cfg.w_exp, cfg.w_tex)
             if "gamma" in weights:
@@ -249,6 +272,8 @@ class FaceReconLoss(nn.Module):
         counts = {name: b for name in raw}
         if "lm" in raw:
             counts["lm"] = int(lm_valid.sum())
+        if "dense" in raw:
+            counts["dense"] = int(dense_valid.sum())
         if "param" in raw:
             counts["param"] = int((group_valid & weighted_groups).any(dim=1).sum())
         by_source: dict[int, dict[str, Tensor]] = {}
@@ -260,6 +285,7 @@ class FaceReconLoss(nn.Module):
                     rows = source_index == src
                     supervised = {
                         "lm": bool(lm_valid[rows].any()),
+                        "dense": bool(dense_valid[rows].any()),
                         "param": bool((group_valid[rows] & weighted_groups).any()),
                     }
                     by_source[src] = {k: v.detach() for k, v in terms(rows).items() if supervised.get(k, True)}

@@ -24,7 +24,7 @@ def build_module(cfg: ExperimentConfig, face_model: FaceModel | None = None) -> 
         encoder=build_encoder(cfg.model, fm.layout),
         face_model=fm,
         renderer=build_renderer(cfg.renderer.backend, cfg.renderer.antialias),
-        loss=build_loss(cfg.loss),
+        loss=build_loss(cfg.loss, fm),
         optim=cfg.optim,
         config=to_plain_dict(cfg),
     )
