@@ -138,10 +138,11 @@ class FaceReconModule(LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         for name, value in loss_out.terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=bs)
-        # Mixed-source batches: each term's raw value over each source's rows, and the supervised counts.
+        # Mixed-source batches: each term's raw value over each source's rows (averaged over the epoch: a source
+        # absent from a batch must not repeat its last value at that step), and the supervised counts.
         for src, values in loss_out.by_source.items():
             for name, value in values.items():
-                self.log(f"train/{name}/{self._source_name(src)}", value, batch_size=bs)
+                self.log(f"train/{name}/{self._source_name(src)}", value, batch_size=bs, on_step=False, on_epoch=True)
         if loss_out.by_source:
             for name, count in loss_out.counts.items():
                 self.log(f"train/n_{name}", float(count), batch_size=bs)
