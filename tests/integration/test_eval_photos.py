@@ -67,3 +67,36 @@ def test_eval_photos_rejects_bad_inputs(testdata: Path, tmp_path: Path, capsys) 
     assert "a.pts" in capsys.readouterr().err
     assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(testdata), "--landmarks", "gt"]) == 2
     assert "ground truth" in capsys.readouterr().err
+
+
+def test_eval_photos_fit_on_aflw_folders_bins_by_yaw(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--fit` scores `msma reconstruct --fit` against the mean face on the same MediaPipe detections; AFLW-style
+    .mat files give the yaw bins (3DDFA protocol) and their mean."""
+    import scipy.io
+
+    root = tmp_path / "aflw"
+    shutil.copytree(testdata / "aflw2000_3d", root)
+    out = tmp_path / "fit.json"
+    assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(root), "--fit", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NME |yaw| 0-30 (%)" in printed and "mean over the yaw bins present" in printed
+    report = json.loads(out.read_text())["result"]
+    rows = {Path(r["image"]).name: r for r in report["images"]}
+    assert set(rows) == {"image00050.jpg", "image00251.jpg"} and all("nme" in r for r in rows.values())
+    for name, r in rows.items():
+        yaw = float(np.degrees(scipy.io.loadmat(str(root / name.replace(".jpg", ".mat")))["Pose_Para"].reshape(-1)[1]))
+        assert r["yaw"] == pytest.approx(yaw)
+        # Fitting to the dense landmarks beats the mean face placed by the 5-point alignment.
+        assert r["nme"] < r["nme_mean_face"]
+    assert rows["image00050.jpg"]["yaw_bin"] == "0-30" and rows["image00251.jpg"]["yaw_bin"] == "30-60"
+    bins = report["yaw_bins"]["checkpoint"]
+    assert bins["counts"] == {"0-30": 1, "30-60": 1, "60-90": 0} and bins["bins"]["60-90"] is None
+    assert not bins["all_bins_present"]
+    assert bins["balanced"] == pytest.approx((rows["image00050.jpg"]["nme"] + rows["image00251.jpg"]["nme"]) / 2)
+    assert report["yaw_bins"]["mean_face"]["bins"]["0-30"] == pytest.approx(rows["image00050.jpg"]["nme_mean_face"])
+    assert report["protocol"]["fit"].startswith("checkpoint column: 3DMM fitting")
+
+
+def test_eval_fit_needs_photos(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = cli_main(["--ckpt", "mean", "--data", "aflw2000_3d", "--root", str(testdata / "aflw2000_3d"), "--fit"])
+    assert code == 2 and "--fit applies to --data photos" in capsys.readouterr().err

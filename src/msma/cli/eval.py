@@ -61,8 +61,22 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic: held-out samples before --limit (default: the checkpoint's data.val_samples; mean: 256)",
     )
     p.add_argument("--seed", type=int, default=None, help="synthetic: base seed (default: the checkpoint's)")
-    p.add_argument("--landmarks", default="dlib", help="landmark backend for detect crops / scan benchmarks")
-    p.add_argument("--detector", default="dlib", help="face detector for detect crops / scan benchmarks")
+    p.add_argument(
+        "--landmarks",
+        default=None,
+        help="landmark backend for detect crops / photos / scan benchmarks (default: mediapipe with --fit, else dlib)",
+    )
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="face detector for detect crops / photos / scan benchmarks (default: mediapipe with --landmarks "
+        "mediapipe, else dlib)",
+    )
+    p.add_argument(
+        "--fit",
+        action="store_true",
+        help="photos: score `msma reconstruct --fit` (3DMM fitting to MediaPipe's dense landmarks) for the checkpoint",
+    )
     p.add_argument(
         "--crop-radius", type=float, default=95.0, help="micc/now: scan crop radius around the nose tip (mm)"
     )
@@ -73,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """``msma eval``; returns 0 on success, 2 on bad usage or unreadable inputs."""
     args = _parser().parse_args(argv)
+    args.landmarks = args.landmarks or ("mediapipe" if args.fit else "dlib")
+    args.detector = args.detector or ("mediapipe" if args.landmarks == "mediapipe" else "dlib")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -80,6 +96,9 @@ def cli_main(argv: list[str]) -> int:
         return 2
     if args.data != "synthetic" and not args.root:
         print(f"msma eval: --data {args.data} needs --root DIR", file=sys.stderr)
+        return 2
+    if args.fit and args.data != "photos":
+        print("msma eval: --fit applies to --data photos (AFLW2000-3D folders included)", file=sys.stderr)
         return 2
     if args.limit is not None and args.limit < 1:
         print("msma eval: --limit must be >= 1", file=sys.stderr)
@@ -125,6 +144,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             landmarks=args.landmarks,
             image_size=args.image_size,
             limit=args.limit,
+            fit=args.fit,
         )
     if args.data in ("micc", "now"):
         from msma.data.scans import micc_items, now_items

@@ -10,7 +10,13 @@ not detected. The untrained network
 (the mean face) is run on the same detections and crops, so the comparison isolates what the network learned.
 
 NME: mean point-to-point distance over the 68 points in original-image pixels divided by ``sqrt(w * h)`` of the
-ground-truth landmark box (AFLW2000-3D's 2D protocol, :func:`msma.metrics.nme.nme`).
+ground-truth landmark box (AFLW2000-3D's 2D protocol, :func:`msma.metrics.nme.nme`). Photos whose ``.mat`` holds
+``Pose_Para`` (AFLW2000-3D, 300W-LP) are also binned by absolute yaw (0-30, 30-60, 60-90 degrees) and the mean
+over the bins present is reported (3DDFA's balanced NME when all three are present).
+
+With ``fit=True`` the checkpoint's column is ``msma reconstruct --fit`` (MediaPipe's detection chain and dense
+landmarks, then 3DMM fitting started from the checkpoint's prediction); the mean-face column stays the untrained
+network on the same detections and crops.
 """
 
 from __future__ import annotations
@@ -26,13 +32,62 @@ from msma.data.io import list_images
 from msma.data.landmarks import LandmarkError, sibling_annotation
 from msma.metrics.nme import nme
 
+#: Absolute-yaw bins of the 3DDFA protocol (degrees; the last includes 90).
+YAW_BINS: tuple[tuple[float, float, str], ...] = ((0.0, 30.0, "0-30"), (30.0, 60.0, "30-60"), (60.0, 90.01, "60-90"))
+
 
 @dataclass(frozen=True)
 class PhotoItem:
-    """One labelled photo: its path and (68, 2) ground-truth landmarks (0-based pixels, x right, y down)."""
+    """One labelled photo: its path, (68, 2) ground-truth landmarks (0-based pixels, x right, y down) and the
+    ground-truth yaw in degrees (``Pose_Para[1]`` of an AFLW-style ``.mat``; None for ``.pts``)."""
 
     path: Path
     landmarks: np.ndarray
+    yaw: float | None = None
+
+
+def _mat_yaw(path: Path) -> float | None:
+    """``Pose_Para[1]`` in degrees of an AFLW-style ``.mat`` next to ``path``, or None."""
+    mat = path.with_suffix(".mat")
+    if path.with_suffix(".pts").is_file() or not mat.is_file():
+        return None
+    import scipy.io
+
+    try:
+        pose = np.asarray(scipy.io.loadmat(str(mat)).get("Pose_Para", []), dtype=np.float64).reshape(-1)
+    except (ValueError, OSError, TypeError):
+        return None
+    return float(np.degrees(pose[1])) if pose.size >= 2 and np.isfinite(pose[1]) else None
+
+
+def yaw_bin(yaw: float | None) -> str | None:
+    """The :data:`YAW_BINS` label of ``|yaw|`` (degrees), None when unknown or beyond 90."""
+    if yaw is None:
+        return None
+    a = abs(yaw)
+    return next((name for lo, hi, name in YAW_BINS if lo <= a < hi), None)
+
+
+def binned_nme(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Mean ``key`` per yaw bin over the scored rows that have a ``yaw_bin``, and their mean over the bins present.
+
+    Returns:
+        ``{"bins": {label: mean or None}, "counts": {label: n}, "balanced": mean over present bins or None,
+        "all_bins_present": bool}``.
+    """
+    bins: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for _, _, name in YAW_BINS:
+        vals = [r[key] for r in rows if r.get("yaw_bin") == name and key in r]
+        bins[name] = float(np.mean(vals)) if vals else None
+        counts[name] = len(vals)
+    present = [v for v in bins.values() if v is not None]
+    return {
+        "bins": bins,
+        "counts": counts,
+        "balanced": float(np.mean(present)) if present else None,
+        "all_bins_present": len(present) == len(YAW_BINS),
+    }
 
 
 def photo_items(root: str | Path) -> list[PhotoItem]:
@@ -50,7 +105,7 @@ def photo_items(root: str | Path) -> list[PhotoItem]:
         if not (path.with_suffix(".pts").is_file() or path.with_suffix(".mat").is_file()):
             continue
         try:
-            items.append(PhotoItem(path, sibling_annotation(path)))
+            items.append(PhotoItem(path, sibling_annotation(path), _mat_yaw(path)))
         except LandmarkError as exc:
             raise ValueError(str(exc)) from exc
     if not items:
@@ -79,6 +134,7 @@ def evaluate_photos(
     landmarks: str = "dlib",
     image_size: int | None = None,
     limit: int | None = None,
+    fit: bool = False,
 ) -> dict[str, Any]:
     """Per-photo and mean NME of a checkpoint and of the mean face (same detections and crops).
 
@@ -90,19 +146,29 @@ def evaluate_photos(
         landmarks: 68-point backend for the alignment (``"dlib"`` or ``"fan"``; never the ground truth).
         image_size: crop size (default: the checkpoint's).
         limit: evaluate the first N photos only.
+        fit: score ``msma reconstruct --fit`` for the checkpoint (needs ``landmarks="mediapipe"``).
 
     Returns:
-        ``{"images": [{"image", "nme", "nme_mean_face", "faces_detected"} | {"image", "skipped"}], "mean",
-        "mean_mean_face", "ratio", "better_than_mean_face", "count", "skipped", "protocol"}`` (NME in percent).
+        ``{"images": [{"image", "nme", "nme_mean_face", "faces_detected", "yaw", "yaw_bin"} | {"image",
+        "skipped"}], "mean", "mean_mean_face", "ratio", "better_than_mean_face", "count", "skipped", "yaw_bins"
+        ({"checkpoint": binned, "mean_face": binned}, see :func:`binned_nme`), "protocol"}`` (NME in percent).
     """
     from msma.inference import NoFaceError, Reconstructor
 
     if landmarks == "gt":
         raise ValueError("photos: the alignment must not use the ground truth; use landmarks 'dlib' or 'fan'")
+    if fit and landmarks != "mediapipe":
+        raise ValueError("photos: fitting needs MediaPipe's dense landmarks: use landmarks 'mediapipe' with fit")
     items = photo_items(root)[:limit]
     backend = "torch" if torch.device(device).type == "cpu" else "auto"
     trained = Reconstructor(
-        ckpt, device=device, detector=detector, landmarks=landmarks, image_size=image_size, renderer_backend=backend
+        ckpt,
+        device=device,
+        detector=detector,
+        landmarks=landmarks,
+        image_size=image_size,
+        renderer_backend=backend,
+        fit=fit,
     )
     mean = Reconstructor(
         None,
@@ -147,6 +213,8 @@ def evaluate_photos(
                 "nme_mean_face": 100.0 * photo_nme(base[k].landmarks, item.landmarks),
                 "faces_detected": len(recs) if all_faces else "largest",
                 "face_index": k,
+                "yaw": item.yaw,
+                "yaw_bin": yaw_bin(item.yaw),
             }
         )
     scored = [r for r in rows if "nme" in r]
@@ -160,9 +228,13 @@ def evaluate_photos(
         "better_than_mean_face": int(sum(r["nme"] < r["nme_mean_face"] for r in scored)),
         "count": len(scored),
         "skipped": [r for r in rows if "skipped" in r],
+        "yaw_bins": {"checkpoint": binned_nme(scored, "nme"), "mean_face": binned_nme(scored, "nme_mean_face")},
         "protocol": {
             "nme": "68 points, original-image pixels, / sqrt(w*h) of the ground-truth landmark box, percent",
             "alignment": f"detector {detector}, landmarks {landmarks}, 5-point similarity (no ground truth)",
+            "fit": "checkpoint column: 3DMM fitting to MediaPipe's dense landmarks" if fit else "none",
+            "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files: 0-30, 30-60, 60-90 degrees; balanced = "
+            "mean over the bins present",
             "face_choice": "the largest detection (as msma reconstruct); if its box centre is farther than half the "
             "annotated box size from the annotated face's, the nearest of all detections",
             "pts": "1-based pixel coordinates (iBUG/menpo), converted to 0-based",

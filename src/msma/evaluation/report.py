@@ -43,6 +43,18 @@ def format_table(data: str, result: dict[str, Any]) -> str:
             ("ratio to the mean face", _fmt(result["ratio"])),
             ("photos better than the mean face", f"{result['better_than_mean_face']} / {result['count']}"),
         ]
+        bins = result.get("yaw_bins") or {}
+        ck, mf = bins.get("checkpoint"), bins.get("mean_face")
+        if ck and mf and ck["balanced"] is not None:
+            for name in ck["bins"]:
+                rows.append(
+                    (
+                        f"NME |yaw| {name} (%)",
+                        f"{_fmt(ck['bins'][name])}  vs mean face {_fmt(mf['bins'][name])}  (n={ck['counts'][name]})",
+                    )
+                )
+            label = "balanced" if ck["all_bins_present"] else "mean over the yaw bins present"
+            rows.append((f"NME {label} (%)", f"{_fmt(ck['balanced'])}  vs mean face {_fmt(mf['balanced'])}"))
     elif data == "synthetic":
         rows += [
             ("landmark NME 2D (%) [nme x 100]", _fmt(100.0 * result["nme"])),
