@@ -222,6 +222,8 @@ class FaceDataModule(L.LightningDataModule):
             "geometric": geometric,
             "color_jitter": c.color_jitter,
             "blur": c.blur,
+            # The mirrored pose of a flipped sample stays ground truth (msma.data.transforms).
+            "layout": None if self.face_model is None else self.face_model.layout,
         }
         kwargs.update(self.augment_kwargs)
         return FaceAugment(**kwargs)

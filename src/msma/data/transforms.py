@@ -19,7 +19,8 @@ label                  after a geometric transform (shift/scale/rotate)   | afte
 ``landmarks_3d``       kept (it lives in the original image's frame)       | dropped
 ``dense``              transformed (x, y; z scaled)                        | transformed + re-indexed (MIRROR_468),
                                                                            | iris points NaN
-``params``             **kept**, pose groups masked (see below)            | dropped (None)
+``params``             **kept**, pose groups masked (see below)            | mirrored pose kept, the rest masked
+                                                                           | (with ``layout``; else dropped)
 =====================  ===============================================================================
 
 Params after a geometric transform: the identity, expression and albedo coefficients still describe the face in
@@ -29,6 +30,15 @@ supervises only the groups a sample has), and the convention of the package is t
 augmented samples uses the ``id``/``exp``/``tex`` groups only (see ``docs/synthetic.md``); :data:`POSE_INVALIDATED_GROUPS`
 and :data:`PHOTOMETRIC_INVALIDATED_GROUPS` name the stale groups. Synthetic data already randomises pose,
 translation and scale, so ``FaceAugment(geometric=False)`` keeps every coefficient exact there.
+
+Params after a flip (given the coefficient ``layout``): mirroring the crop about its vertical centre line is
+mirroring the model frame in x (the camera's principal point is the crop centre), ``M = diag(-1, 1, 1)``. With
+``R = Rz(roll) Ry(yaw) Rx(pitch)``, ``M R M = Rz(-roll) Ry(-yaw) Rx(pitch)``, so the pose of the mirrored face is
+``(pitch, -yaw, -roll)`` and ``(-tx, ty, tz)``: exact for the mirror image of the posed face. The identity,
+expression and albedo of a mirrored face are not, in general, coefficients of the same model, and the lighting is
+left out too, so a flipped sample supervises ``angles`` and ``trans`` only (when no geometric transform moved it;
+then nothing). This makes flips usable on synthetic data: the network sees each face and its mirror image with
+mirrored poses, which asks for a mirror-equivariant pose estimate.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from torch import Tensor
 
 from msma.data.batch import FaceSample
 from msma.data.landmark_index import mirror_permutation
-from msma.face_model.params import GROUPS
+from msma.face_model.params import GROUPS, CoeffLayout
 
 #: Coefficient groups whose ground truth refers to the un-augmented image after a geometric transform.
 POSE_INVALIDATED_GROUPS: tuple[str, ...] = ("angles", "trans")
@@ -85,6 +95,8 @@ class FaceAugment:
         hue: hue jitter amplitude (fraction of the hue circle, at most 0.5).
         border_mode: how pixels outside the source crop are filled: ``"constant"`` (black, as Deep3D's PIL affine),
             ``"reflect"`` or ``"replicate"``.
+        layout: the coefficient layout of the samples' ``params``; with it a flipped sample keeps its mirrored
+            pose as ground truth (module docstring), without it a flip drops ``params``.
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class FaceAugment:
         saturation: float = 0.3,
         hue: float = 0.03,
         border_mode: str = "constant",
+        layout: CoeffLayout | None = None,
     ) -> None:
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
@@ -121,6 +134,7 @@ class FaceAugment:
         self.image_size = image_size
         self.geometric = geometric and (shift_px > 0 or scale > 0 or rotate_deg > 0)
         self.flip = flip
+        self.layout = layout
         transforms: list[A.BasicTransform | A.BaseCompose] = []
         if self.geometric:
             frac = shift_px / image_size
@@ -243,11 +257,28 @@ class FaceAugment:
             changes["dense"] = _transform_dense(sample.dense, m, flipped)
         if flipped:
             changes["landmarks"] = landmarks.index_select(0, mirror_permutation(landmarks.shape[0]))
-            changes["params"] = None
+            changes["params"], changes["param_groups"] = self._mirrored_pose(sample, moved)
             changes["vertices"] = None
             changes["landmarks_3d"] = None
             changes["yaw"] = -sample.yaw
         return dataclasses.replace(sample, **changes)  # type: ignore[arg-type]
+
+    def _mirrored_pose(self, sample: FaceSample, moved: bool) -> tuple[Tensor | None, tuple[str, ...] | None]:
+        """(params, param_groups) of a flipped sample: the mirrored pose where it is still exact, else (None, None)."""
+        groups = tuple(g for g in ("angles", "trans") if g in (sample.param_groups or GROUPS))
+        if self.layout is None or sample.params is None or moved or not groups:
+            return None, None
+        if sample.params.shape[-1] != self.layout.total:
+            raise ValueError(
+                f"{sample.source}: {sample.params.shape[-1]} coefficients, the augmentation's layout has "
+                f"{self.layout.total}"
+            )
+        flat = sample.params.clone()
+        sl = self.layout.slices
+        angles, trans = flat[sl["angles"]], flat[sl["trans"]]
+        angles[1:] = -angles[1:]  # (pitch, -yaw, -roll)
+        trans[0] = -trans[0]  # (-tx, ty, tz)
+        return flat, groups
 
 
 def _transform_dense(dense: Tensor, m: np.ndarray, flipped: bool) -> Tensor:
