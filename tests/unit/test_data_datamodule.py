@@ -164,7 +164,12 @@ def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-u
     sampler.set_epoch(4)
     assert list(sampler) != first or len(first) < 3
     sampler.set_epoch(3)
-    assert list(sampler) == first and sorted(first) == list(range(4))
+    # The augmented synthetic train set seeds each sample's augmentation by epoch: the sampler yields epoch keys
+    # (epoch * 4 + index), and the same key gives the same augmented sample.
+    assert list(sampler) == first and sorted(first) == list(range(12, 16))
+    assert sampler.epoch_keys and dm.train_set.seed is not None
+    a, b = dm.train_set[first[0]], dm.train_set[first[0]]
+    assert torch.equal(a.image, b.image) and torch.equal(a.landmarks, b.landmarks)
 
 
 def test_heldout_split_is_the_test_split_else_validation(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -54,26 +54,53 @@ TEST_SEED_OFFSET = 2_000_003
 Transform = Callable[[FaceSample], FaceSample]
 
 
+#: Added to the data seed for the augmentation seeds (so they differ from the sampler's order seeds).
+AUGMENT_SEED_OFFSET = 7919
+
+
 class TransformedSubset(Dataset[FaceSample]):
     """A subset of a dataset with its own sample transform (train augmentation vs. plain validation).
+
+    With ``seed`` the transform is called as ``transform(sample, seed=k)`` with ``k`` a function of ``(seed, epoch,
+    index)``, and the subset also accepts *epoch keys* ``epoch * len(self) + index`` (what
+    :class:`~msma.data.sampler.EpochSeededSampler` yields with ``epoch_keys=True``): the augmentation of every
+    sample is then a function of the run's seed, the epoch and the sample, so a run resumed mid-epoch repeats the
+    uninterrupted run's augmentations exactly. A plain index is epoch 0 (under DDP, whose sampler yields plain
+    indices, each sample keeps one augmentation for the whole run).
 
     Args:
         dataset: the base dataset (its own ``transform`` should be None).
         indices: the subset's indices into ``dataset``.
         transform: applied to each sample, or None.
+        seed: the augmentation seed (None: the transform draws from torch's global generator).
     """
 
-    def __init__(self, dataset: Dataset[FaceSample], indices: Sequence[int], transform: Transform | None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset[FaceSample],
+        indices: Sequence[int],
+        transform: Transform | None,
+        seed: int | None = None,
+    ) -> None:
         self.dataset = dataset
         self.indices = list(indices)
         self.transform = transform
+        self.seed = None if seed is None or transform is None else int(seed)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> FaceSample:
-        sample = self.dataset[self.indices[index]]
-        return self.transform(sample) if self.transform is not None else sample
+        if self.seed is None:
+            sample = self.dataset[self.indices[index]]
+            return self.transform(sample) if self.transform is not None else sample
+        if index < 0:
+            raise IndexError(f"TransformedSubset: negative key {index}")
+        epoch, i = divmod(int(index), len(self.indices))
+        sample = self.dataset[self.indices[i]]
+        assert self.transform is not None
+        key = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
+        return self.transform(sample, seed=key % (2**31 - 1))  # type: ignore[call-arg]
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -244,7 +271,9 @@ class FaceDataModule(L.LightningDataModule):
 
     def _synthetic(self, num_samples: int, seed: int, transform: Transform | None) -> Dataset[FaceSample]:
         dataset = self._synthetic_dataset(num_samples, seed)
-        return TransformedSubset(dataset, range(len(dataset)), transform) if transform is not None else dataset
+        if transform is None:
+            return dataset
+        return TransformedSubset(dataset, range(len(dataset)), transform, seed=self.cfg.seed + AUGMENT_SEED_OFFSET)
 
     def _real(
         self, kind: str, root: str, landmarks: str | None = None
@@ -311,7 +340,9 @@ class FaceDataModule(L.LightningDataModule):
                     skipped = getattr(full, "skip_counts", {})
                     raise ValueError(f"{c.root}: no usable training samples (skipped: {dict(skipped) or 'none'})")
                 train_idx, val_idx = stable_split(len(full), c.val_fraction, c.seed)
-                self.train_set = TransformedSubset(full, train_idx, self._augmentation())
+                aug = self._augmentation()
+                seed = None if aug is None else c.seed + AUGMENT_SEED_OFFSET
+                self.train_set = TransformedSubset(full, train_idx, aug, seed=seed)
                 self.val_set = TransformedSubset(full, val_idx, None)
                 log.info("%s: %d training / %d validation samples", c.root, len(train_idx), len(val_idx))
         if stage in (None, "test", "predict") and self.test_set is None and c.test_kind is not None:
@@ -360,7 +391,8 @@ class FaceDataModule(L.LightningDataModule):
         c = self.cfg
         if not isinstance(dataset, MixedDataset):
             assert isinstance(dataset, Sized)
-            return EpochSeededSampler(dataset, c.seed)
+            keys = isinstance(dataset, TransformedSubset) and dataset.seed is not None
+            return EpochSeededSampler(dataset, c.seed, epoch_keys=keys)
         weights = [s.weight for s in c.sources]
         world, rank = _world()
         return MixedSourceSampler(

@@ -22,19 +22,24 @@ class EpochSeededSampler(RandomSampler):
     Args:
         data_source: the dataset.
         seed: the data seed.
+        epoch_keys: yield ``epoch * len + index`` instead of ``index`` (for a dataset that seeds its augmentation
+            by epoch and sample, :class:`~msma.data.datamodule.TransformedSubset`).
     """
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
+    def __init__(self, data_source: Sized, seed: int, epoch_keys: bool = False) -> None:
         super().__init__(data_source)
         self.seed = int(seed)
         self.epoch = 0
+        self.epoch_keys = bool(epoch_keys)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=gen).tolist()
+        order = torch.randperm(len(self.data_source), generator=gen).tolist()
+        offset = self.epoch * len(self.data_source) if self.epoch_keys else 0
+        yield from (offset + i for i in order)
 
     def __len__(self) -> int:
         return len(self.data_source)
