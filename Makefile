@@ -40,8 +40,9 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 setup: $(STAMP) assets ## create .venv with the pinned environment and convert the embedded face model
 
-assets: $(STAMP) ## convert the embedded ICT-FaceKit model into $MSMA_HOME (mirror: $MSMA_ASSET_MIRROR)
+assets: $(STAMP) ## convert the embedded ICT-FaceKit model and fetch MediaPipe's face_landmarker.task into $MSMA_HOME (mirror: $MSMA_ASSET_MIRROR)
 	$(VENV)/bin/msma assets ict
+	$(VENV)/bin/msma assets mediapipe
 
 train: $(STAMP) ## train an experiment: make train EXP=msma_lka [ARGS="key=value ..."] [RESUME=path/to.ckpt]
 	$(VENV)/bin/msma train --config-name $(EXP) $(if $(RESUME),resume=$(RESUME),) $(ARGS)

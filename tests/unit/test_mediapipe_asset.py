@@ -164,3 +164,30 @@ def test_parse_rejects_garbage(tmp_path: Path) -> None:
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="x.task"):
         read_canonical_mesh(bad)
+
+
+def test_assets_command_verifies_the_bundle_and_builds_the_correspondence(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`msma assets mediapipe` (run by `make setup`): finds the mirror's bundle, says it is verified, caches the
+    correspondence to ICT under $MSMA_HOME; offline without a mirror it fails with exit 1 naming the mirror."""
+    from msma.cli.assets import cli_main
+
+    monkeypatch.setenv("MSMA_ASSET_MIRROR", str(shared_dir / "assets"))
+    monkeypatch.delenv(MA.ENV_FACE_LANDMARKER, raising=False)
+    assert cli_main(["mediapipe"]) == 0
+    out = capsys.readouterr().out
+    assert str(shared_dir / "assets" / MA.FACE_LANDMARKER_NAME) in out and "sha256 verified" in out
+    assert "correspondence to ICT: 468 points" in out
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("MSMA_ASSET_MIRROR", str(empty))
+    monkeypatch.setenv("MSMA_HOME", str(tmp_path / "home"))
+
+    def no_network(*_a: object, **_k: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert cli_main(["mediapipe"]) == 1
+    assert "MSMA_ASSET_MIRROR" in capsys.readouterr().err
