@@ -11,7 +11,8 @@ not detected. The untrained network
 
 NME: mean point-to-point distance over the 68 points in original-image pixels divided by ``sqrt(w * h)`` of the
 ground-truth landmark box (AFLW2000-3D's 2D protocol, :func:`msma.metrics.nme.nme`). Photos whose ``.mat`` holds
-``Pose_Para`` (AFLW2000-3D, 300W-LP) are also binned by absolute yaw (0-30, 30-60, 60-90 degrees) and the mean
+``Pose_Para`` (AFLW2000-3D, 300W-LP) are also binned by absolute yaw as the AFLW2000-3D evaluation bins them
+(:func:`msma.metrics.nme.yaw_bin`: <= 30, <= 60, above) and the mean
 over the bins present is reported (3DDFA's balanced NME when all three are present).
 
 With ``fit=True`` the checkpoint's column is ``msma reconstruct --fit`` (MediaPipe's detection chain and dense
@@ -30,10 +31,7 @@ import torch
 
 from msma.data.io import list_images
 from msma.data.landmarks import LandmarkError, sibling_annotation
-from msma.metrics.nme import nme
-
-#: Absolute-yaw bins of the 3DDFA protocol (degrees; the last includes 90).
-YAW_BINS: tuple[tuple[float, float, str], ...] = ((0.0, 30.0, "0-30"), (30.0, 60.0, "30-60"), (60.0, 90.01, "60-90"))
+from msma.metrics.nme import YAW_BIN_NAMES, nme, yaw_bin
 
 
 @dataclass(frozen=True)
@@ -60,12 +58,13 @@ def _mat_yaw(path: Path) -> float | None:
     return float(np.degrees(pose[1])) if pose.size >= 2 and np.isfinite(pose[1]) else None
 
 
-def yaw_bin(yaw: float | None) -> str | None:
-    """The :data:`YAW_BINS` label of ``|yaw|`` (degrees), None when unknown or beyond 90."""
+def yaw_bin_name(yaw: float | None) -> str | None:
+    """The AFLW2000-3D yaw bin (:data:`~msma.metrics.nme.YAW_BIN_NAMES`, :func:`~msma.metrics.nme.yaw_bin`) of a yaw
+    in degrees; None when unknown."""
     if yaw is None:
         return None
-    a = abs(yaw)
-    return next((name for lo, hi, name in YAW_BINS if lo <= a < hi), None)
+    k = int(yaw_bin(yaw))
+    return YAW_BIN_NAMES[k] if k >= 0 else None
 
 
 def binned_nme(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -77,7 +76,7 @@ def binned_nme(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """
     bins: dict[str, float | None] = {}
     counts: dict[str, int] = {}
-    for _, _, name in YAW_BINS:
+    for name in YAW_BIN_NAMES:
         vals = [r[key] for r in rows if r.get("yaw_bin") == name and key in r]
         bins[name] = float(np.mean(vals)) if vals else None
         counts[name] = len(vals)
@@ -86,7 +85,7 @@ def binned_nme(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
         "bins": bins,
         "counts": counts,
         "balanced": float(np.mean(present)) if present else None,
-        "all_bins_present": len(present) == len(YAW_BINS),
+        "all_bins_present": len(present) == len(YAW_BIN_NAMES),
     }
 
 
@@ -214,7 +213,7 @@ def evaluate_photos(
                 "faces_detected": len(recs) if all_faces else "largest",
                 "face_index": k,
                 "yaw": item.yaw,
-                "yaw_bin": yaw_bin(item.yaw),
+                "yaw_bin": yaw_bin_name(item.yaw),
             }
         )
     scored = [r for r in rows if "nme" in r]
@@ -233,8 +232,8 @@ def evaluate_photos(
             "nme": "68 points, original-image pixels, / sqrt(w*h) of the ground-truth landmark box, percent",
             "alignment": f"detector {detector}, landmarks {landmarks}, 5-point similarity (no ground truth)",
             "fit": "checkpoint column: 3DMM fitting to MediaPipe's dense landmarks" if fit else "none",
-            "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files: 0-30, 30-60, 60-90 degrees; balanced = "
-            "mean over the bins present",
+            "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files, binned as msma eval --data aflw2000_3d "
+            "(<= 30, <= 60, above, degrees); balanced = mean over the bins present",
             "face_choice": "the largest detection (as msma reconstruct); if its box centre is farther than half the "
             "annotated box size from the annotated face's, the nearest of all detections",
             "pts": "1-based pixel coordinates (iBUG/menpo), converted to 0-based",
