@@ -40,13 +40,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_slug, header, markdown_table, median, write_json
 
+from msma.evaluation.photos import photo_nme, yaw_bin_name
+from msma.metrics.nme import YAW_BIN_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
-BINS = ((0.0, 30.0, "0-30"), (30.0, 60.0, "30-60"), (60.0, 90.01, "60-90"))
 
 
 def nme(pred: np.ndarray, gt: np.ndarray) -> float:
-    w, h = gt.max(0) - gt.min(0)
-    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.sqrt(w * h) * 100.0)
+    """68-point NME in percent of ``sqrt(w * h)`` of the ground-truth box (``msma eval --data photos``'s)."""
+    return 100.0 * photo_nme(pred, gt)
 
 
 def photos(root: Path) -> list[dict[str, Any]]:
@@ -81,7 +83,10 @@ def pick(recs: list[Any], gt: np.ndarray) -> Any:
 
 
 def bin_of(yaw: float) -> str:
-    return next(name for lo, hi, name in BINS if lo <= abs(yaw) < hi)
+    """The AFLW2000-3D yaw bin of ``yaw`` (degrees), as ``msma eval`` bins it."""
+    name = yaw_bin_name(yaw)
+    assert name is not None
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
     for name in methods:
         per_bin = {}
-        for _, _, b in BINS:
+        for b in YAW_BIN_NAMES:
             vals = [r[name] for r in rows if r["dataset"] == "aflw2000_3d" and r["bin"] == b and r[name] is not None]
             per_bin[b] = float(np.mean(vals)) if vals else None
         present = [v for v in per_bin.values() if v is not None]
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 [
                     m,
-                    *("-" if s["aflw_bins"][b] is None else s["aflw_bins"][b] for _, _, b in BINS),
+                    *("-" if s["aflw_bins"][b] is None else s["aflw_bins"][b] for b in YAW_BIN_NAMES),
                     "-" if s["aflw_balanced_over_present_bins"] is None else s["aflw_balanced_over_present_bins"],
                     "-" if s["all_photos_mean"] is None else s["all_photos_mean"],
                     s["missed"],
