@@ -8,8 +8,6 @@ encoder, face model and renderer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +20,7 @@ from msma.face_model.params import CoeffLayout, FaceParams
 from msma.models.encoder import FaceEncoder
 from msma.render.base import RenderOutput
 from msma.render.renderer import MeshRenderer
+from msma.utils.precision import full_precision
 
 
 @dataclass(frozen=True)
@@ -45,23 +44,11 @@ class StepOutput:
         )
 
 
-@contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Turns autocast off on ``device``: geometry, rendering and losses need float32.
-
-    Under bf16 autocast the face model's basis products and the perspective division would run in bfloat16
-    (8 significant bits: about 0.4 % of a 10-unit camera distance, several pixels of landmark error at 224),
-    so only the encoder runs in mixed precision.
-    """
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
-
-
 def reconstruct(encoder: nn.Module, face_model: FaceModel, renderer: MeshRenderer | None, image: Tensor) -> StepOutput:
     """Runs encoder, face model and (when ``renderer`` is given) the renderer on square crops.
 
     The encoder runs under the caller's autocast (if any); its coefficients are cast to float32 and the face
-    model and renderer run in float32 (:func:`full_precision`).
+    model and renderer run in float32 (:func:`msma.utils.precision.full_precision`).
 
     Args:
         encoder: image (B, 3, S, S) float RGB in [0, 1] -> :class:`FaceParams` in ``face_model.layout``.

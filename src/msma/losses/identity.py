@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msma.losses.config import IRESNET_ARCHS
+from msma.utils.precision import full_precision
 
 #: Blocks per stage of insightface's iresnet variants (``backbones/iresnet.py``, ``iresnet2060.py``).
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -288,7 +289,7 @@ class IdentityLoss(nn.Module):
         """
         # Alignment in full precision even inside a mixed-precision step (bf16 would move pixels by ~0.5 px).
         dtype = torch.promote_types(image.dtype, torch.float32)
-        with torch.autocast(device_type=image.device.type, enabled=False):
+        with full_precision(image.device):
             lm5 = five_point_landmarks(landmarks.detach().to(dtype))
             matrix = similarity_transform(lm5, self.template.to(dtype))
             crop = warp_affine(image.to(dtype), matrix, ARCFACE_SIZE)

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from msma.utils.precision import full_precision
+
 # BT.601 RGB([0, 1]) -> YCbCr (8-bit studio range), as Deep3D's ``_rgb2ycbcr`` (its matrix / 255 applied to
 # 0..255 RGB equals this matrix applied to 0..1 RGB).
 _RGB_TO_YCBCR = (
@@ -151,7 +153,7 @@ def skin_probability(image: Tensor, prior: float = SKIN_PRIOR) -> Tensor:
     # float32 at least (half precision cannot hold the quadratic forms); autocast off so that no matmul drops
     # to bf16/fp16 inside a mixed-precision step.
     dtype = torch.promote_types(image.dtype, torch.float32)
-    with torch.autocast(device_type=dev.type, enabled=False):
+    with full_precision(dev):
         centre = torch.tensor(_CENTRE, dtype=dtype, device=dev).view(1, 3, 1, 1)
         d = rgb_to_ycbcr(image.detach().to(dtype)) - centre  # (B, 3, H, W)
         d0, d1, d2 = d.unbind(dim=1)

@@ -27,8 +27,9 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.losses.total import FaceReconLoss, LossOutput
 from msma.models.encoder import FaceEncoder
-from msma.pipeline import StepOutput, full_precision, reconstruct
+from msma.pipeline import StepOutput, reconstruct
 from msma.render.renderer import MeshRenderer
+from msma.utils.precision import full_precision
 
 
 def check_optim(optim: OptimConfig) -> None:
