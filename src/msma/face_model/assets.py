@@ -31,7 +31,7 @@ from msma.utils.home import msma_home
 ENV_MIRROR = "MSMA_ASSET_MIRROR"
 ENV_BFM_DIR = "MSMA_BFM_DIR"
 #: Version of the ICT conversion recipe; bump when :func:`convert_ict` changes its output.
-ICT_RECIPE_VERSION = 3  # 3: the context mesh (head, ears, neck, teeth, gums, tongue)
+ICT_RECIPE_VERSION = 4  # 3: the context mesh (head, ears, neck, teeth, gums, tongue); 4: jaw sides re-selected
 DOWNLOAD_TIMEOUT_S = 20.0
 
 

@@ -19,6 +19,9 @@ Conversions:
   coefficients are ~N(0, 1) and ``id_std`` is 1.
 * Expressions: ``expression - neutral``; coefficients are blendshape weights (0 = neutral, 1 = full shape).
 * Quads -> two triangles ``(a, b, c), (a, c, d)``; triangles stay.
+* Landmarks: the README's 68 vertices, except the jaw sides (points 0-5 and 11-16), re-selected on the face's
+  outline at the pose photos show faces in (:mod:`msma.face_model.landmark_convention`; the README's lie 6-15 %
+  of the face size above the annotated jaw there). The albedo regions and the context head use the README's.
 
 Regions kept (vertex ranges of the upstream README, half-open here):
 
@@ -56,6 +59,7 @@ import numpy as np
 
 from msma.face_model.albedo import build_albedo_prior
 from msma.face_model.context import PART_GUMS, PART_SKIN, PART_TEETH, ContextMesh
+from msma.face_model.landmark_convention import reselect_jaw
 from msma.face_model.model import FaceModelArrays
 from msma.face_model.params import CoeffLayout
 
@@ -357,11 +361,20 @@ def convert_ict(
     uv = uv_full[kept]
     uv = None if np.isnan(uv).any() else uv.astype(np.float32)
 
-    landmark_idx = remap[landmarks]
-    if (landmark_idx < 0).any():
+    readme_idx = remap[landmarks]
+    if (readme_idx < 0).any():
         raise ValueError("ICT landmark vertices fall outside the kept region")
     eyeballs = [remap[np.arange(*SCLERA_LEFT)], remap[np.arange(*SCLERA_RIGHT)]]
-    prior = build_albedo_prior(mean_shape, mesh_tri, landmark_idx, eyeballs, remap[np.arange(*MOUTH_SOCKET)])
+    # The albedo regions are placed with the README's landmarks; the model's own jaw sides are re-selected
+    # where photos' annotations put them (msma.face_model.landmark_convention).
+    prior = build_albedo_prior(mean_shape, mesh_tri, readme_idx, eyeballs, remap[np.arange(*MOUTH_SOCKET)])
+    narrow_kept = np.zeros(n, dtype=bool)
+    narrow_kept[remap[np.arange(*NARROW_FACE_AREA)]] = True
+    jaw = reselect_jaw(mean_shape, mesh_tri, narrow_kept & (prior.skin_mask > 0.5), readme_idx)
+    landmark_idx = jaw.landmark_idx
+    say(
+        f"jaw sides re-selected at {jaw.pitch_deg:.1f} deg pitch (mean jaw offset {jaw.jaw_residual_before.mean():.3f} -> {jaw.jaw_residual_after.mean():.3f} face sizes)"
+    )
     say(f"built albedo prior ({len(prior.names)} modes) in {time.perf_counter() - t0:.1f} s total")
     ctx = None
     if context:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from msma.data.mediapipe_mesh import MEDIAPIPE_TO_68, NUM_MESH, CanonicalMesh, read_canonical_mesh
 from msma.face_model.model import FaceModel
+from msma.utils.geometry import umeyama
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +85,6 @@ class DenseCorrespondence:
         idx = torch.as_tensor(self.vertex_idx, device=vertices.device)
         w = torch.as_tensor(self.bary, device=vertices.device, dtype=vertices.dtype)
         return (vertices[:, idx] * w[None, :, :, None]).sum(dim=2)
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity ``dst ~ s R src + t`` (Umeyama 1991), a proper rotation (det R = +1).
-
-    Args:
-        src, dst: (K, 3) corresponding points.
-
-    Returns:
-        scale s, rotation R (3, 3), translation t (3,).
-    """
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.eye(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2, 2] = -1.0
-    rot = u @ d @ vt
-    scale = float(np.trace(np.diag(sig) @ d) / a.var(0).sum())
-    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def closest_points_on_triangles(

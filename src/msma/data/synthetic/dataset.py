@@ -152,6 +152,13 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         if jitter_std < 0:
             raise ValueError(f"jitter_std must be >= 0, got {jitter_std}")
         self.jitter_std = float(jitter_std)
+        if "pitch_mean_deg" not in sampling:
+            # Centre the pitch on the pose photos show faces in, in this model's frame (ICT: about 12 degrees).
+            from msma.face_model.landmark_convention import photo_pitch
+
+            sampling["pitch_mean_deg"] = photo_pitch(
+                self.face_model.mean_shape.numpy(), self.face_model.landmark_idx.numpy()
+            )[0]
         self.settings = SamplingSettings(
             max_yaw_deg=max_yaw_deg,
             extreme_yaw_fraction=extreme_yaw_fraction,

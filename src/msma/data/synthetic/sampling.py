@@ -17,9 +17,9 @@ from msma.face_model.params import FaceParams
 from msma.face_model.shading import SH_A, SH_DC_OFFSET, sh_basis
 
 #: Bumped whenever the generator's output for the same settings changes (part of the cache key and the seeds).
-SYNTHETIC_VERSION = (
-    4  # 3: domain randomisation (head mesh, hair, clothing, occluders, light, camera, clutter); 4: aligner framing
-)
+#: 3: domain randomisation (head mesh, hair, clothing, occluders, light, camera, clutter); 4: aligner framing;
+#: 5: pitch centred on the pose photos show faces in (``pitch_mean_deg``), ICT jaw landmarks re-selected.
+SYNTHETIC_VERSION = 5
 
 # Expression semantics for blendshape models with ARKit names (ICT-FaceKit): pairs that cannot both be active,
 # and the gaze shapes that are driven together (conjugate eye movement) instead of independently.
@@ -57,6 +57,7 @@ class SamplingSettings:
     max_shift_mm: float = 20.0
     depth_range_mm: float = 80.0
     skin_tone_mixture: bool = True
+    pitch_mean_deg: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_yaw_deg <= self.extreme_yaw_limit_deg <= 90.0:
@@ -98,8 +99,8 @@ def sample_pose(gen: torch.Generator, batch: int, settings: SamplingSettings) ->
     """Head pose: (B, 3) pitch, yaw, roll in radians (float64).
 
     Yaw is uniform in ``[-max_yaw, max_yaw]`` except for a fraction ``extreme_yaw_fraction`` of the samples whose
-    ``|yaw|`` is uniform in ``(max_yaw, extreme_yaw_limit]`` with a random sign; pitch and roll are zero-mean
-    normals truncated at ``max_pitch`` / ``max_roll``.
+    ``|yaw|`` is uniform in ``(max_yaw, extreme_yaw_limit]`` with a random sign; pitch is ``pitch_mean`` plus a
+    zero-mean normal truncated at ``max_pitch``, roll a zero-mean normal truncated at ``max_roll``.
     """
     s = settings
     extreme = torch.rand(batch, generator=gen, dtype=torch.float64) < s.extreme_yaw_fraction
@@ -107,7 +108,7 @@ def sample_pose(gen: torch.Generator, batch: int, settings: SamplingSettings) ->
     sign = torch.where(torch.rand(batch, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0).to(torch.float64)
     yaw_extreme = sign * _uniform(gen, batch, s.max_yaw_deg, s.extreme_yaw_limit_deg)
     yaw = torch.where(extreme, yaw_extreme, yaw_normal)
-    pitch = _truncated_normal(gen, batch, s.pitch_std_deg, s.max_pitch_deg)
+    pitch = s.pitch_mean_deg + _truncated_normal(gen, batch, s.pitch_std_deg, s.max_pitch_deg)
     roll = _truncated_normal(gen, batch, s.roll_std_deg, s.max_roll_deg)
     return torch.deg2rad(torch.stack([pitch, yaw, roll], dim=1))
 
@@ -243,6 +244,7 @@ def sample_params(
     extreme_yaw_limit_deg: float = 90.0,
     pitch_std_deg: float = 10.0,
     max_pitch_deg: float = 30.0,
+    pitch_mean_deg: float = 0.0,
     roll_std_deg: float = 6.0,
     max_roll_deg: float = 20.0,
     id_scale: float = 1.0,
@@ -264,7 +266,8 @@ def sample_params(
         max_yaw_deg: yaw is uniform in ``[-max_yaw, max_yaw]`` for most samples.
         extreme_yaw_fraction: fraction of samples with ``max_yaw < |yaw| <= extreme_yaw_limit_deg``.
         extreme_yaw_limit_deg: largest |yaw| (at most 90, a full profile).
-        pitch_std_deg, max_pitch_deg: pitch ~ N(0, std) truncated at +-max.
+        pitch_std_deg, max_pitch_deg, pitch_mean_deg: pitch ~ mean + N(0, std) truncated at +-max (the synthetic
+            dataset sets the mean to :func:`msma.face_model.landmark_convention.photo_pitch` of its model).
         roll_std_deg, max_roll_deg: roll ~ N(0, std) truncated at +-max.
         id_scale: identity ``~ N(0, (id_scale * id_std)^2)`` per coefficient, truncated at 3 sigma.
         exp_scale: PCA expressions ``~ N(0, exp_scale^2)`` (truncated at 3); blendshape weights are multiplied
@@ -286,6 +289,7 @@ def sample_params(
         extreme_yaw_limit_deg=extreme_yaw_limit_deg,
         pitch_std_deg=pitch_std_deg,
         max_pitch_deg=max_pitch_deg,
+        pitch_mean_deg=pitch_mean_deg,
         roll_std_deg=roll_std_deg,
         max_roll_deg=max_roll_deg,
         id_scale=id_scale,
