@@ -156,6 +156,19 @@ def _pixel_rescale(src: int, dst: int) -> np.ndarray:
     return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5], [0.0, 0.0, 1.0]])
 
 
+def _detect(detector: Any, u8: np.ndarray, all_faces: bool) -> list[Any]:
+    """Face boxes of ``detector`` on ``u8``: every face (largest first) or the largest one."""
+    from msma.data.detect import select_faces
+
+    if hasattr(detector, "exhaustive"):  # the MediaPipe chain: all faces = every stage, not the first
+        detector.exhaustive = all_faces
+    found = detector.detect(u8, largest_only=not all_faces)
+    # the MediaPipe chain lists faces with landmarks before box-only ones: "largest" prefers a landmarked face
+    if getattr(detector, "remembered", None) is not None and not all_faces and found:
+        return list(found[:1])
+    return sorted(select_faces(found, "all" if all_faces else "largest"), key=lambda b: -b.area)
+
+
 class Reconstructor:
     """Single-image 3D face reconstruction with a trained (or the untrained, mean-face) network.
 
@@ -173,6 +186,8 @@ class Reconstructor:
             model's own 68 landmark vertices, projected.
         fit_config: fitting settings (:class:`msma.fitting.fitter.FitConfig`).
         texture: also bake a UV texture from the photo per face (:mod:`msma.texture`; needs a model with UVs).
+        fallback: when the dlib / OpenCV detector finds no face (profiles beyond ~45 degrees), try MediaPipe's
+            detection chain and its 68 points for the alignment (if MediaPipe and its bundle are available).
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
@@ -191,6 +206,7 @@ class Reconstructor:
         fit: bool = False,
         fit_config: Any = None,
         texture: bool = False,
+        fallback: bool = True,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.align import template_from_face_model
@@ -220,6 +236,8 @@ class Reconstructor:
         if detector is None:
             detector = "mediapipe" if landmarks == "mediapipe" else "dlib"
         self.detector = make_detector(detector)
+        self.fallback = bool(fallback) and detector != "mediapipe" and landmarks != "mediapipe"
+        self._fallback_pair: tuple[Any, Any] | None = None
         self.fit = bool(fit)
         self.texture = bool(texture)
         if self.texture and self.face_model.uv is None:
@@ -306,26 +324,24 @@ class Reconstructor:
 
     def _faces(self, inp: _Input, image_index: int, all_faces: bool) -> tuple[list[_Face], str]:
         from msma.data.align import alignment_transform, warp_crop
-        from msma.data.detect import select_faces
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        if hasattr(self.detector, "exhaustive"):  # the MediaPipe chain: all faces = every stage, not the first
-            self.detector.exhaustive = all_faces
-        found = self.detector.detect(u8, largest_only=not all_faces)
-        # the MediaPipe chain lists faces with landmarks before box-only ones: "largest" prefers a landmarked face
-        dense_first = getattr(self.detector, "remembered", None) is not None
-        if dense_first and not all_faces and found:
-            boxes = found[:1]
-        else:
-            boxes = select_faces(found, "all" if all_faces else "largest")
-            boxes = sorted(boxes, key=lambda b: -b.area)
+        boxes = _detect(self.detector, u8, all_faces)
+        backend = self.landmark_backend
         if not boxes:
             why = getattr(self.detector, "last_reason", "") or "the face detector found no face"
-            return [], f"{SKIP_NO_FACE}: {why} in {inp.source}"
+            pair = self._mediapipe_fallback() if self.fallback else None
+            if pair is not None:
+                boxes = _detect(pair[0], u8, all_faces)
+                backend = pair[1]
+                if not boxes:
+                    why += "; MediaPipe's detection chain found none either"
+            if not boxes:
+                return [], f"{SKIP_NO_FACE}: {why} in {inp.source}"
         faces: list[_Face] = []
         errors: list[str] = []
-        dense_fn = getattr(self.landmark_backend, "dense", None)
+        dense_fn = getattr(backend, "dense", None)
         for box in boxes:
             dense = None
             try:
@@ -334,7 +350,7 @@ class Reconstructor:
                     dense = np.asarray(dense_face.points, dtype=np.float64)
                     lm = np.asarray(dense_face.landmarks68, dtype=np.float64)
                 else:
-                    lm = np.asarray(self.landmark_backend.detect(u8, box), dtype=np.float64)
+                    lm = np.asarray(backend.detect(u8, box), dtype=np.float64)
             except LandmarkError as exc:
                 if dense_fn is None:
                     errors.append(str(exc))
@@ -356,6 +372,20 @@ class Reconstructor:
         if not faces:
             return [], f"{SKIP_LANDMARKS}: {inp.source}: {'; '.join(errors)}"
         return faces, ""
+
+    def _mediapipe_fallback(self) -> tuple[Any, Any] | None:
+        """MediaPipe's detection chain and landmark backend, built on first use; None when unavailable."""
+        if self._fallback_pair is None:
+            from msma.data.detect import make_detector
+            from msma.data.landmarks import make_landmark_backend
+
+            try:
+                self._fallback_pair = (make_detector("mediapipe"), make_landmark_backend("mediapipe"))
+            except (ImportError, OSError, RuntimeError, ValueError) as exc:  # no mediapipe or no bundle
+                log.info("no MediaPipe fallback for faces the detector misses: %s", exc)
+                self.fallback = False
+                return None
+        return self._fallback_pair
 
     def _run(self, inputs: list[_Input], faces: list[_Face], batch_size: int = 8) -> list[Reconstruction]:
         out: list[Reconstruction] = []

@@ -39,10 +39,11 @@ def test_eval_photos_mean_face_against_a_hand_computation(testdata: Path, tmp_pa
         "image00251.jpg",
         "IBUG_image_008_1_0.jpg",
     }
-    assert [n for n, r in rows.items() if "skipped" in r] == ["image00251.jpg"]  # -55 deg yaw: no detection
+    # every face found: dlib misses the -55 deg profile image00251, MediaPipe's chain (the fallback) finds it
+    assert [n for n, r in rows.items() if "skipped" in r] == []
     assert rows["breakingbad.jpg"]["faces_detected"] == 2  # the annotated (not the largest) face is scored
     assert rows["takeo.ppm"]["faces_detected"] == "largest"  # what msma reconstruct takes
-    assert result["count"] == 5
+    assert result["count"] == 6
     # For the mean face both columns are the same network.
     for r in result["images"]:
         if "nme" in r:

@@ -28,8 +28,11 @@ PHOTOS = (
     ("aflw2000_3d/image00251.jpg", "aflw2000_3d/image00251.mat"),
     ("300w_lp/IBUG_image_008_1_0.jpg", "300w_lp/IBUG_image_008_1_0.mat"),
 )
-#: Stated bound of the fitted 68 landmarks' NME against AFLW2000-3D's original pt3d_68 (%); measured 3.8 / 4.9.
+#: Stated bound of the fitted 68 landmarks' NME against AFLW2000-3D's original pt3d_68 (%); measured 2.6 / 4.9.
 MAX_AFLW_FIT_NME = 5.5
+#: The same for the frontal AFLW2000-3D photo (image00050): measured 2.6 (3.6 with ICT's README jaw vertices,
+#: which sit above the annotated jaw at the pitch the fit finds; msma.face_model.landmark_convention).
+MAX_FRONTAL_FIT_NME = 3.2
 
 
 def nme_box(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -97,6 +100,8 @@ def test_fit_lowers_error_of_the_mean_face(
     assert nme_box(fit.landmarks_68, gt) < nme_box(fit.initial_landmarks_68, gt)
     if image.startswith("aflw2000_3d"):
         assert nme_box(fit.landmarks_68, gt) < MAX_AFLW_FIT_NME, image
+    if image.endswith("image00050.jpg"):
+        assert nme_box(fit.landmarks_68, gt) < MAX_FRONTAL_FIT_NME
 
 
 def test_fit_lowers_error_of_a_poor_start(ict_model, corr, testdata: Path) -> None:  # type: ignore[no-untyped-def]

@@ -133,3 +133,23 @@ def test_reconstructor_cuda_matches_cpu(reconstructor, astronaut: np.ndarray) ->
     np.testing.assert_allclose(gpu.landmarks, cpu.landmarks, atol=0.05)
     # Renderers differ only along silhouettes (nvdiffrast antialiases).
     assert np.abs(gpu.render_mask - cpu.render_mask).mean() < 0.01
+
+
+def test_profile_missed_by_dlib_found_through_the_mediapipe_fallback(reconstructor, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    """dlib's HOG misses the -55 degree AFLW2000-3D profile; the default reconstructor retries MediaPipe's chain
+    (its 68 points align the crop), ``fallback=False`` reports the miss."""
+    import msma
+    from msma.data.landmarks import read_mat_landmarks
+    from msma.inference import NoFaceError
+
+    path = testdata / "aflw2000_3d" / "image00251.jpg"
+    gt = read_mat_landmarks(path.with_suffix(".mat"))
+    rec = reconstructor.reconstruct(str(path))
+    left, top, right, bottom = rec.box
+    centre = gt.mean(0)
+    assert left < centre[0] < right and top < centre[1] < bottom  # the annotated face
+    size = float(np.sqrt(np.prod(gt.max(0) - gt.min(0))))
+    assert float(np.linalg.norm(rec.landmarks - gt, axis=1).mean()) / size < 0.25  # the mean face, roughly placed
+    strict = msma.Reconstructor(None, device="cpu", renderer_backend="torch", fallback=False)
+    with pytest.raises(NoFaceError, match="no_face"):
+        strict.reconstruct(str(path))

@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--texture", action="store_true", help="OBJ + MTL + PNG texture in the face model's UV space (ICT)")
     p.add_argument("--landmark-weights", default=None, help="model file of the landmark backend")
     p.add_argument("--renderer", default="auto", help="renderer backend: auto, torch or nvdiffrast")
+    p.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="do not retry MediaPipe's detection chain where dlib / OpenCV find no face (profiles)",
+    )
     return p
 
 
@@ -92,6 +97,7 @@ def cli_main(argv: list[str]) -> int:
             renderer_backend=args.renderer,
             fit=args.fit,
             texture=args.texture,
+            fallback=not args.no_fallback,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)
