@@ -10,8 +10,8 @@ scored (selection only). Yaw bins (|yaw| <= 30, <= 60, > 60 degrees) use the gro
 has one; faces68 has none, its photos are binned by the fitted model's yaw (marked ``est``). "Balanced" is the
 mean of the bins' means over AFLW2000-3D photos (the benchmark's definition); with few photos a bin may be empty.
 
-Methods: ``dlib``: ``msma reconstruct`` as before this release (dlib HOG + dlib 68 points, network, the
-network's projected landmarks); ``mediapipe-68``: MediaPipe's points through the 478 -> 68 map (the landmarker
+Methods: ``dlib``: ``msma reconstruct`` without ``--fit`` (dlib HOG + dlib 68 points, network, the network's
+projected landmarks; where dlib finds no face, MediaPipe's chain and 68 points: the reconstructor's fallback); ``mediapipe-68``: MediaPipe's points through the 478 -> 68 map (the landmarker
 alone, contour jaw); ``fit``: ``msma reconstruct --fit`` starting from ``--ckpt`` (default ``mean``: the
 untrained network = mean face); its landmarks are the fitted model's own 68 vertices.
 
