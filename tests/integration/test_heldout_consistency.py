@@ -58,7 +58,7 @@ def test_metrics_json_scores_the_labelled_photos(tiny_run: Path, capsys: pytest.
     from msma.cli.eval import cli_main
 
     photos = json.loads((tiny_run / "metrics.json").read_text())["photos"]
-    assert photos["count"] == 5 and photos["protocol"]["image_size"] == 32
+    assert photos["count"] == 6 and photos["protocol"]["image_size"] == 32  # image00251 through the fallback
     scored = [r for r in photos["images"] if "nme" in r]
     assert all(np.isfinite(r["nme"]) and np.isfinite(r["nme_mean_face"]) for r in scored)
     out = tiny_run / "photos.json"

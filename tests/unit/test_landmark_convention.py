@@ -17,6 +17,7 @@ from msma.face_model.landmark_convention import (
     _project,
     _rot_x,
     _to_reference,
+    mirror_vertices,
     photo_pitch,
     reselect_jaw,
     vertex_normals_np,
@@ -87,6 +88,10 @@ def test_ict_jaw_sides_reselected_and_rest_kept(ict_model: FaceModel) -> None:
     err_new = np.linalg.norm(mapped[sides] - MEAN_LANDMARKS_2D[sides], axis=1) / size
     err_old = np.linalg.norm(before[sides] - MEAN_LANDMARKS_2D[sides], axis=1) / size
     assert err_new.max() < 0.05 and err_old.mean() > 2 * err_new.mean(), (err_new, err_old)
+    # the sides stay mirror pairs (j, 16 - j), as the README's are: a mirrored face has mirrored landmarks
+    mirror = mirror_vertices(mean)
+    assert mirror is not None
+    assert all(mirror[lm[j]] == lm[16 - j] for j in range(8))
     # reselect_jaw on the README set reproduces the model's landmarks (the conversion's step).
     skin = ict_model.skin_mask.numpy() > 0.5
     narrow = np.zeros(len(mean), dtype=bool)

@@ -40,7 +40,7 @@ def _face_only(model, params: torch.Tensor):  # type: ignore[no-untyped-def]
 
 
 def test_version_bumped_and_effects_in_the_cache_key(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert SYNTHETIC_VERSION == 4
+    assert SYNTHETIC_VERSION == 5
     keys = {_ds(ict_model, e, cache_dir=tmp_path).cache_key() for e in (None, (), ("camera",))}
     assert len(keys) == 3
     assert _ds(ict_model, None).effects == DOMAIN_EFFECTS
@@ -220,7 +220,7 @@ def test_context_mesh_survives_the_npz_cache_and_old_files_still_load(ict_model,
     from msma.face_model.assets import ict_cache_path
     from msma.face_model.model import NPZ_FORMAT_VERSION, FaceModel
 
-    assert NPZ_FORMAT_VERSION == 2 and ict_cache_path(tmp_path).name.endswith("_v2.3.npz")
+    assert NPZ_FORMAT_VERSION == 2 and ict_cache_path(tmp_path).name.endswith("_v2.4.npz")
     path = tmp_path / "m.npz"
     ict_model.save(path)
     back = FaceModel.load(path)

@@ -15,7 +15,9 @@ poses it is fitted at, so the jaw sides are re-selected:
 2. map the reference jaw points into that projection with the same similarity;
 3. for jaw points 0-5 and 11-16 take the vertex nearest to the mapped reference point among the *candidates*:
    rendered skin vertices on the outline of that view (unit normal ``|n_z| <`` :data:`OUTLINE_NZ`) within
-   :data:`CANDIDATE_RADIUS_MM` of the README vertex. The chin points 6-10 keep the README's vertices: the mean
+   :data:`CANDIDATE_RADIUS_MM` of the README vertex; on a mirror-symmetric mesh the two sides are chosen as one
+   mirror pair (``j`` and ``16 - j``, summed distance), so a mirrored face has mirrored landmarks exactly (the
+   horizontal-flip augmentation relies on it). The chin points 6-10 keep the README's vertices: the mean
    face's chin ends above the reference chin (a difference of face length that identity fitting resolves; no
    rendered vertex reaches the reference there).
 
@@ -121,6 +123,18 @@ def vertex_normals_np(vertices: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
 
 
+def mirror_vertices(vertices: np.ndarray, tol_mm: float = 0.01) -> np.ndarray | None:
+    """(N,) index of each vertex's mirror image across x = 0 (-1 where there is none within ``tol_mm``), or None
+    when most vertices have none (not a mirror-symmetric mesh)."""
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(vertices).query(vertices * np.array([-1.0, 1.0, 1.0]))
+    found = dist < tol_mm
+    if found.mean() < 0.9:
+        return None
+    return np.where(found, idx, -1).astype(np.int64)
+
+
 def _rot_x(deg: float) -> np.ndarray:
     t = np.radians(deg)
     c, s = np.cos(t), np.sin(t)
@@ -192,12 +206,28 @@ def reselect_jaw(
     normals = vertex_normals_np(verts, np.asarray(mesh_tri)) @ _rot_x(pitch).T
     outline = np.where(np.asarray(candidates, dtype=bool) & (np.abs(normals[:, 2]) < OUTLINE_NZ))[0]
     size = _reference_size()
+    mirror = mirror_vertices(verts)
     new = idx.copy()
     for j in JAW_SIDES:
         near = outline[np.linalg.norm(verts[outline] - verts[idx[j]], axis=1) < CANDIDATE_RADIUS_MM]
         if near.size == 0:
             raise ValueError(f"jaw landmark {j}: no outline vertex within {CANDIDATE_RADIUS_MM} mm of vertex {idx[j]}")
-        new[j] = near[np.argmin(np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1))]
+        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
+        pair = mirror is not None and j < 8 and mirror[idx[j]] == idx[16 - j]
+        if pair:
+            assert mirror is not None
+            near = near[mirror[near] >= 0]
+            if near.size == 0:
+                raise ValueError(f"jaw landmark {j}: no outline vertex with a mirror vertex near vertex {idx[j]}")
+            cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
+            cost = cost + np.linalg.norm(mapped[mirror[near]] - MEAN_LANDMARKS_2D[16 - j], axis=1)
+        elif mirror is not None and j > 8 and mirror[idx[j]] == idx[16 - j]:
+            continue  # chosen with its partner 16 - j
+        k = near[np.argmin(cost)]
+        new[j] = k
+        if pair:
+            assert mirror is not None
+            new[16 - j] = mirror[k]
     before = np.linalg.norm(mapped[idx[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     after = np.linalg.norm(mapped[new[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     return JawSelection(new, pitch, inner_res, before, after)
