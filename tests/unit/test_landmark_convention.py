@@ -20,7 +20,6 @@ from msma.face_model.landmark_convention import (
     mirror_vertices,
     photo_pitch,
     reselect_jaw,
-    vertex_normals_np,
 )
 from msma.face_model.model import FaceModel
 from msma.utils.geometry import umeyama
@@ -79,7 +78,7 @@ def test_ict_jaw_sides_reselected_and_rest_kept(ict_model: FaceModel) -> None:
     pitch, inner = photo_pitch(mean, lm)
     assert 8.0 < pitch < 16.0 and inner < 0.03  # the inner points fit the reference at ~12 degrees
     # At that pitch the new side points lie on the outline, near the README's, and close to the reference jaw.
-    normals = vertex_normals_np(mean, ict_model.mesh_tri.numpy()) @ _rot_x(pitch).T
+    normals = ict_model.vertex_normals(ict_model.mean_shape[None].double())[0].numpy() @ _rot_x(pitch).T
     assert (np.abs(normals[lm[sides], 2]) < OUTLINE_NZ).all()
     assert (np.linalg.norm(mean[lm[sides]] - mean[readme[sides]], axis=1) < CANDIDATE_RADIUS_MM).all()
     mapped, _, _, _ = _to_reference(_project(mean[lm], pitch))

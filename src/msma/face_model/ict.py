@@ -373,7 +373,8 @@ def convert_ict(
     jaw = reselect_jaw(mean_shape, mesh_tri, narrow_kept & (prior.skin_mask > 0.5), readme_idx)
     landmark_idx = jaw.landmark_idx
     say(
-        f"jaw sides re-selected at {jaw.pitch_deg:.1f} deg pitch (mean jaw offset {jaw.jaw_residual_before.mean():.3f} -> {jaw.jaw_residual_after.mean():.3f} face sizes)"
+        f"jaw sides re-selected at {jaw.pitch_deg:.1f} deg pitch (mean jaw offset "
+        f"{jaw.jaw_residual_before.mean():.3f} -> {jaw.jaw_residual_after.mean():.3f} face sizes)"
     )
     say(f"built albedo prior ({len(prior.names)} modes) in {time.perf_counter() - t0:.1f} s total")
     ctx = None

@@ -16,7 +16,7 @@ poses it is fitted at, so the jaw sides are re-selected:
 3. for jaw points 0-5 and 11-16 take the vertex nearest to the mapped reference point among the *candidates*:
    rendered skin vertices on the outline of that view (unit normal ``|n_z| <`` :data:`OUTLINE_NZ`) within
    :data:`CANDIDATE_RADIUS_MM` of the README vertex; on a mirror-symmetric mesh the two sides are chosen as one
-   mirror pair (``j`` and ``16 - j``, summed distance), so a mirrored face has mirrored landmarks exactly (the
+   mirror pair (``j`` and its :data:`~msma.data.landmark_index.MIRROR_68` partner ``16 - j``, summed distance), so a mirrored face has mirrored landmarks exactly (the
    horizontal-flip augmentation relies on it). The chin points 6-10 keep the README's vertices: the mean
    face's chin ends above the reference chin (a difference of face length that identity fitting resolves; no
    rendered vertex reaches the reference there).
@@ -34,7 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from msma.data.landmark_index import MIRROR_68
+from msma.face_model.model import mesh_vertex_normals
+from msma.face_model.rotation import rotation_x
 from msma.utils.geometry import umeyama
 
 #: OpenFace's mean 68-point layout (see the module docstring), (x, y) with y down, iBUG order.
@@ -112,17 +116,6 @@ class JawSelection:
     jaw_residual_after: np.ndarray
 
 
-def vertex_normals_np(vertices: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """(N, 3) unit vertex normals (sum of adjacent unit face normals; Deep3D's definition) of (N, 3) ``vertices``."""
-    v0, v1, v2 = vertices[tri[:, 0]], vertices[tri[:, 1]], vertices[tri[:, 2]]
-    fn = np.cross(v1 - v0, v2 - v0)
-    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
-    acc = np.zeros_like(vertices, dtype=np.float64)
-    for k in range(3):
-        np.add.at(acc, tri[:, k], fn)
-    return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
-
-
 def mirror_vertices(vertices: np.ndarray, tol_mm: float = 0.01) -> np.ndarray | None:
     """(N,) index of each vertex's mirror image across x = 0 (-1 where there is none within ``tol_mm``), or None
     when most vertices have none (not a mirror-symmetric mesh)."""
@@ -136,9 +129,8 @@ def mirror_vertices(vertices: np.ndarray, tol_mm: float = 0.01) -> np.ndarray | 
 
 
 def _rot_x(deg: float) -> np.ndarray:
-    t = np.radians(deg)
-    c, s = np.cos(t), np.sin(t)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    """(3, 3) :func:`~msma.face_model.rotation.rotation_x` of ``deg`` degrees, float64 numpy."""
+    return rotation_x(torch.tensor([np.radians(deg)], dtype=torch.float64))[0].numpy()
 
 
 def _project(points: np.ndarray, deg: float) -> np.ndarray:
@@ -203,31 +195,32 @@ def reselect_jaw(
     proj = _project(verts, pitch)
     _, s, rot, t = _to_reference(proj[idx])
     mapped = proj @ (s * rot).T + t  # every vertex in reference coordinates
-    normals = vertex_normals_np(verts, np.asarray(mesh_tri)) @ _rot_x(pitch).T
+    normals = mesh_vertex_normals(torch.from_numpy(verts)[None], torch.as_tensor(mesh_tri))[0].numpy()
+    normals = normals @ _rot_x(pitch).T
     outline = np.where(np.asarray(candidates, dtype=bool) & (np.abs(normals[:, 2]) < OUTLINE_NZ))[0]
     size = _reference_size()
     mirror = mirror_vertices(verts)
     new = idx.copy()
     for j in JAW_SIDES:
+        partner = MIRROR_68[j]
+        paired = mirror is not None and mirror[idx[j]] == idx[partner]
+        if paired and j > partner:
+            continue  # chosen with its partner
         near = outline[np.linalg.norm(verts[outline] - verts[idx[j]], axis=1) < CANDIDATE_RADIUS_MM]
-        if near.size == 0:
-            raise ValueError(f"jaw landmark {j}: no outline vertex within {CANDIDATE_RADIUS_MM} mm of vertex {idx[j]}")
-        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
-        pair = mirror is not None and j < 8 and mirror[idx[j]] == idx[16 - j]
-        if pair:
+        if paired:
             assert mirror is not None
             near = near[mirror[near] >= 0]
-            if near.size == 0:
-                raise ValueError(f"jaw landmark {j}: no outline vertex with a mirror vertex near vertex {idx[j]}")
-            cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
-            cost = cost + np.linalg.norm(mapped[mirror[near]] - MEAN_LANDMARKS_2D[16 - j], axis=1)
-        elif mirror is not None and j > 8 and mirror[idx[j]] == idx[16 - j]:
-            continue  # chosen with its partner 16 - j
-        k = near[np.argmin(cost)]
-        new[j] = k
-        if pair:
+        if near.size == 0:
+            what = "outline vertex with a mirror vertex" if paired else "outline vertex"
+            raise ValueError(f"jaw landmark {j}: no {what} within {CANDIDATE_RADIUS_MM} mm of vertex {idx[j]}")
+        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
+        if paired:
             assert mirror is not None
-            new[16 - j] = mirror[k]
+            cost = cost + np.linalg.norm(mapped[mirror[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
+        new[j] = near[np.argmin(cost)]
+        if paired:
+            assert mirror is not None
+            new[partner] = mirror[new[j]]
     before = np.linalg.norm(mapped[idx[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     after = np.linalg.norm(mapped[new[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     return JawSelection(new, pitch, inner_res, before, after)
