@@ -27,6 +27,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from msma.data.align import apply_affine
+from msma.data.detect import detect_faces
+from msma.data.io import array_to_float_rgb
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.pipeline import FacePipeline
@@ -127,46 +130,10 @@ class _Face:
     dense: np.ndarray | None = None  # (478, 3) MediaPipe points, loaded pixels (z: relative depth, pixels)
 
 
-def _to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"{source}: expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    out = arr.astype(np.float32)
-    if out.size and (out.min() < 0.0 or out.max() > 1.0):
-        raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
-    return out
-
-
-def _affine_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return np.asarray(pts, dtype=np.float64) @ m[:2, :2].T + m[:2, 2]
-
-
 def _pixel_rescale(src: int, dst: int) -> np.ndarray:
     """Affine from pixel-index coordinates of a ``dst``-px square image to those of a ``src``-px one."""
     k = src / dst
     return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5], [0.0, 0.0, 1.0]])
-
-
-def _detect(detector: Any, u8: np.ndarray, all_faces: bool) -> list[Any]:
-    """Face boxes of ``detector`` on ``u8``: every face (largest first) or the largest one."""
-    from msma.data.detect import select_faces
-
-    if hasattr(detector, "exhaustive"):  # the MediaPipe chain: all faces = every stage, not the first
-        detector.exhaustive = all_faces
-    found = detector.detect(u8, largest_only=not all_faces)
-    # the MediaPipe chain lists faces with landmarks before box-only ones: "largest" prefers a landmarked face
-    if getattr(detector, "remembered", None) is not None and not all_faces and found:
-        return list(found[:1])
-    return sorted(select_faces(found, "all" if all_faces else "largest"), key=lambda b: -b.area)
 
 
 class Reconstructor:
@@ -320,20 +287,20 @@ class Reconstructor:
         if isinstance(image, (str, os.PathLike)):
             loaded = load_image(image)
             return _Input(loaded.image, loaded.loaded_to_original(), str(image))
-        return _Input(_to_float_rgb(image, "<array>"), np.eye(3), "<array>")
+        return _Input(array_to_float_rgb(image, "<array>"), np.eye(3), "<array>")
 
     def _faces(self, inp: _Input, image_index: int, all_faces: bool) -> tuple[list[_Face], str]:
         from msma.data.align import alignment_transform, warp_crop
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        boxes = _detect(self.detector, u8, all_faces)
+        boxes = detect_faces(self.detector, u8, all_faces)
         backend = self.landmark_backend
         if not boxes:
             why = getattr(self.detector, "last_reason", "") or "the face detector found no face"
             pair = self._mediapipe_fallback() if self.fallback else None
             if pair is not None:
-                boxes = _detect(pair[0], u8, all_faces)
+                boxes = detect_faces(pair[0], u8, all_faces)
                 backend = pair[1]
                 if not boxes:
                     why += "; MediaPipe's detection chain found none either"
@@ -414,7 +381,7 @@ class Reconstructor:
             f = group[i]
             m = np.linalg.inv(f.crop_to_loaded)
             assert f.dense is not None
-            xy = _affine_points(m, f.dense[:, :2])
+            xy = apply_affine(m, f.dense[:, :2])
             z = f.dense[:, 2:] * math.sqrt(abs(np.linalg.det(m[:2, :2])))
             targets.append(np.concatenate([xy, z], axis=1))
         tgt = torch.as_tensor(np.stack(targets), dtype=torch.float32, device=self.device)
@@ -439,9 +406,9 @@ class Reconstructor:
         to_orig = inp.loaded_to_original
         crop_to_image = to_orig @ f.crop_to_loaded
         lm_crop = face.landmarks_2d[i].detach().cpu().double().numpy()
-        landmarks = _affine_points(crop_to_image, lm_crop)
-        overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, _affine_points(f.crop_to_loaded, lm_crop))
-        box = tuple(float(v) for v in _affine_points(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
+        landmarks = apply_affine(crop_to_image, lm_crop)
+        overlay, mask = self._overlay(inp.image, f.crop_to_loaded, params, apply_affine(f.crop_to_loaded, lm_crop))
+        box = tuple(float(v) for v in apply_affine(to_orig, np.array([f.box[:2], f.box[2:]])).reshape(-1))
         texture = None
         if self.texture:
             from msma.texture import bake_face_texture
@@ -455,7 +422,7 @@ class Reconstructor:
             albedo=face.albedo[i].detach().clamp(0.0, 1.0).cpu(),
             triangles=self.face_model.tri.detach().cpu().long(),
             landmarks=landmarks,
-            detected_landmarks=_affine_points(to_orig, f.detected),
+            detected_landmarks=apply_affine(to_orig, f.detected),
             box=(box[0], box[1], box[2], box[3]),
             crop=torch.from_numpy(f.crop.transpose(2, 0, 1).copy()),
             crop_to_image=crop_to_image,

@@ -217,3 +217,22 @@ def test_exif_rotated_tiny_rejected_before_decoding(tmp_path: Path) -> None:
     exif[0x0112] = 8
     img.save(tmp_path / "r.jpg", exif=exif.tobytes())
     assert _reason(tmp_path / "r.jpg") == "too_small"
+
+
+def test_array_to_float_rgb_dtypes_shapes_and_errors() -> None:
+    from msma.data.io import array_to_float_rgb
+
+    u8 = np.array([[[0, 128, 255]]], np.uint8)
+    np.testing.assert_allclose(array_to_float_rgb(u8, "a"), [[[0.0, 128 / 255, 1.0]]], atol=1e-7)
+    u16 = np.array([[65535, 0]], np.uint16)  # grey -> RGB
+    out = array_to_float_rgb(u16, "a")
+    assert out.shape == (1, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :, 0], [1.0, 0.0])
+    rgba = np.full((2, 2, 4), 0.25, np.float32)
+    assert array_to_float_rgb(rgba, "a").shape == (2, 2, 3)
+    pil = Image.fromarray(np.full((3, 4), 51, np.uint8), mode="L")
+    np.testing.assert_allclose(array_to_float_rgb(pil, "a"), np.full((3, 4, 3), 0.2), atol=1e-6)
+    with pytest.raises(ValueError, match="shot.png: float images must lie in"):
+        array_to_float_rgb(np.full((2, 2, 3), 2.0), "shot.png")
+    with pytest.raises(ValueError, match="shot.png: expected an"):
+        array_to_float_rgb(np.zeros((2, 2, 2), np.uint8), "shot.png")

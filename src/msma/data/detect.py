@@ -240,3 +240,18 @@ def select_faces(boxes: list[FaceBox], mode: FaceSelection = "largest") -> list[
     if mode == "largest":
         return [max(boxes, key=lambda b: b.area)] if boxes else []
     raise ValueError(f"face selection must be 'all' or 'largest', got {mode!r}")
+
+
+def detect_faces(detector: FaceDetector, image: np.ndarray, all_faces: bool) -> list[FaceBox]:
+    """Face boxes of ``detector`` on an (H, W, 3) uint8 RGB image: every face (largest first) or the largest one.
+
+    The MediaPipe chain (:mod:`msma.data.mediapipe_backend`) is asked for every stage's faces when ``all_faces``
+    and for its first stage's otherwise; it lists faces with landmarks before box-only ones, so its "largest" is
+    its first face (a landmarked face is preferred over a larger box-only one).
+    """
+    if hasattr(detector, "exhaustive"):
+        detector.exhaustive = all_faces
+    found = detector.detect(image, largest_only=not all_faces)
+    if getattr(detector, "remembered", None) is not None and not all_faces and found:
+        return list(found[:1])
+    return sorted(select_faces(found, "all" if all_faces else "largest"), key=lambda b: -b.area)
