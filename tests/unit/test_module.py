@@ -254,3 +254,36 @@ def test_bf16_autocast_reaches_the_encoder_only(parts: tuple[Any, nn.Module]) ->
     torch.testing.assert_close(out.face.vertices, ref.vertices, rtol=0, atol=1e-5)
     # The fp32 loss differs only through the encoder's bf16 rounding of the coefficients.
     assert abs(float(loss_out.total) - float(ref_loss.total)) <= 0.05 * abs(float(ref_loss.total)) + 1e-3
+
+
+def test_randconv_reaches_the_encoder_input_only_and_follows_the_step(parts: tuple[Any, nn.Module]) -> None:
+    """The training step's encoder input is the randomly convolved image (a function of seed and global step);
+    without the augmentation it is the batch's image; the loss compares with the clean batch either way."""
+    from msma.data.randconv import RandomConvolution
+
+    fm, renderer = parts
+    batch = _gt_batch(fm, renderer, n=3)
+    plain = _module(fm, renderer)
+    assert plain.encoder_input(batch) is batch.image
+    module = _module(fm, renderer)
+    module.input_augment = RandomConvolution(p=1.0)
+    module.augment_seed = 4
+    first = module.encoder_input(batch)
+    assert first.shape == batch.image.shape and not torch.allclose(first, batch.image, atol=1e-3)
+    assert torch.equal(module.encoder_input(batch), first)  # same step, same draw
+    module.augment_seed = 5
+    assert not torch.equal(module.encoder_input(batch), first)
+    # The encoder receives the augmented image; the losses compare with the clean batch: the untrained heads
+    # predict the mean face from any input, so every loss term is the clean run's (a photometric term against the
+    # augmented image would differ).
+    seen: list[torch.Tensor] = []
+    hook = module.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    module.eval()
+    with torch.no_grad():
+        clean, _ = module.compute_loss(batch)
+        aug, _ = module.compute_loss(batch, first)
+    hook.remove()
+    assert seen[0] is batch.image and seen[1] is first
+    assert set(aug.terms) == set(clean.terms)
+    for name, value in clean.terms.items():
+        torch.testing.assert_close(aug.terms[name], value, msg=name)

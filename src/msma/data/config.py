@@ -86,6 +86,8 @@ class DataConfig:
         flip: allow horizontal flips in the augmentation.
         color_jitter: colour jitter in the augmentation (msma's addition; Deep3D's augmentation has none).
         blur: Gaussian / motion blur in the augmentation (msma's addition; not in Deep3D).
+        randconv: probability that a training image reaches the encoder through a random convolution
+            (:mod:`msma.data.randconv`, RandConv with mixing; the losses use the clean image); 0 = off.
         landmarks: pseudo-label backend of ``folder``: ``"dlib"``, ``"fan"`` or ``"gt"``.
         landmark_weights: model file of that backend (None: located automatically, offline).
         detector: face detector: ``"dlib"``, ``"opencv"`` or ``"dlib+opencv"``.
@@ -120,6 +122,7 @@ class DataConfig:
     flip: bool = True
     color_jitter: bool = True
     blur: bool = True
+    randconv: float = 0.0
     landmarks: str = "dlib"
     landmark_weights: Optional[str] = None
     detector: str = "dlib"

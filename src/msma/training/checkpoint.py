@@ -11,6 +11,7 @@ import torch
 
 from msma.checkpoint import MISMATCH_HELP, checkpoint_config, load_checkpoint_file
 from msma.config import ExperimentConfig, to_plain_dict
+from msma.data.randconv import RandomConvolution
 from msma.face_model.model import FaceModel
 from msma.training.module import FaceReconModule
 
@@ -20,6 +21,7 @@ def build_module(cfg: ExperimentConfig, face_model: FaceModel | None = None) -> 
     from msma.builders import build_encoder, build_face_model, build_loss, build_renderer
 
     fm = face_model if face_model is not None else build_face_model(cfg.face_model.name, cfg.face_model.path)
+    randconv = cfg.data.randconv
     return FaceReconModule(
         encoder=build_encoder(cfg.model, fm.layout),
         face_model=fm,
@@ -27,6 +29,8 @@ def build_module(cfg: ExperimentConfig, face_model: FaceModel | None = None) -> 
         loss=build_loss(cfg.loss, fm),
         optim=cfg.optim,
         config=to_plain_dict(cfg),
+        input_augment=RandomConvolution(randconv) if randconv != 0 else None,
+        augment_seed=cfg.data.seed,
     )
 
 

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from msma.checkpoint import CONFIG_KEY, NON_PERSISTENT_PREFIXES
 from msma.config import OptimConfig
 from msma.data.batch import FaceBatch
+from msma.data.randconv import RandomConvolution
 from msma.evaluation.heldout import HeldOutMetrics, face_region_mask
 from msma.face_model.model import FaceModel
 from msma.face_model.params import CoeffLayout, FaceParams
@@ -52,6 +53,9 @@ class FaceReconModule(LightningModule):
         loss: the training loss (``forward(batch, params, face, render, skin_vertex_mask) -> LossOutput``).
         optim: optimiser / schedule settings (Adam + StepLR).
         config: the resolved experiment configuration (plain dict), stored in every checkpoint.
+        input_augment: random convolutions of the encoder's input in training steps
+            (:class:`msma.data.randconv.RandomConvolution`; the losses still see the clean image), or None.
+        augment_seed: seeds the input augmentation's draws with the global step (resumes draw the same).
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class FaceReconModule(LightningModule):
         loss: FaceReconLoss,
         optim: OptimConfig | None = None,
         config: dict[str, Any] | None = None,
+        input_augment: RandomConvolution | None = None,
+        augment_seed: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -71,6 +77,8 @@ class FaceReconModule(LightningModule):
         self.optim = optim or OptimConfig()
         check_optim(self.optim)
         self.config: dict[str, Any] = dict(config or {})
+        self.input_augment = input_augment
+        self.augment_seed = int(augment_seed)
         # Frozen parts: no gradients, no optimiser state.
         for part in (self.face_model, self.renderer, self.loss):
             for p in part.parameters():
@@ -98,9 +106,13 @@ class FaceReconModule(LightningModule):
         """:func:`msma.pipeline.reconstruct` with this module's encoder, face model and renderer."""
         return reconstruct(self.encoder, self.face_model, self.renderer if render else None, image)
 
-    def compute_loss(self, batch: FaceBatch) -> tuple[LossOutput, StepOutput]:
-        """Forward pass + the loss on one batch -> (LossOutput, StepOutput)."""
-        out = self.reconstruct(batch.image)
+    def compute_loss(self, batch: FaceBatch, image: Tensor | None = None) -> tuple[LossOutput, StepOutput]:
+        """Forward pass + the loss on one batch -> (LossOutput, StepOutput).
+
+        ``image`` is what the encoder sees instead of ``batch.image`` (an augmented copy, same shape); the losses
+        always compare with ``batch``.
+        """
+        out = self.reconstruct(batch.image if image is None else image)
         assert out.render is not None
         with full_precision(batch.image.device):
             loss_out = self.loss(batch, out.params, out.face, out.render, self.face_model.skin_mask)
@@ -127,8 +139,16 @@ class FaceReconModule(LightningModule):
     def _source_name(self, index: int) -> str:
         return self.source_names[index] if index < len(self.source_names) else f"source{index}"
 
+    def encoder_input(self, batch: FaceBatch) -> Tensor:
+        """The training step's encoder input: ``batch.image``, randomly convolved when ``input_augment`` is set
+        (draws seeded by ``augment_seed`` and the global step, so a resumed run draws what the original would)."""
+        if self.input_augment is None:
+            return batch.image
+        gen = torch.Generator().manual_seed(self.augment_seed * 1_000_003 + int(self.global_step))
+        return self.input_augment(batch.image, gen)
+
     def training_step(self, batch: FaceBatch, batch_idx: int) -> Tensor | None:
-        loss_out, _ = self.compute_loss(batch)
+        loss_out, _ = self.compute_loss(batch, self.encoder_input(batch))
         total: Tensor = loss_out.total
         bs = batch.batch_size
         if not self._all_finite(total):
