@@ -32,7 +32,7 @@ from msma.data.detect import detect_faces
 from msma.data.io import array_to_float_rgb
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
-from msma.pipeline import FacePipeline
+from msma.pipeline import FacePipeline, predict_params
 from msma.render.renderer import MeshRenderer
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class Reconstructor:
         texture: also bake a UV texture from the photo per face (:mod:`msma.texture`; needs a model with UVs).
         fallback: when the dlib / OpenCV detector finds no face (profiles beyond ~45 degrees), try MediaPipe's
             detection chain and its 68 points for the alignment (if MediaPipe and its bundle are available).
+        flip_average: average the network's pose over the crop and its mirror image
+            (:func:`msma.pipeline.predict_params`; two encoder passes); False: the crop's prediction alone.
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
@@ -174,6 +176,7 @@ class Reconstructor:
         fit_config: Any = None,
         texture: bool = False,
         fallback: bool = True,
+        flip_average: bool = True,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.align import template_from_face_model
@@ -206,6 +209,7 @@ class Reconstructor:
         self.fallback = bool(fallback) and detector != "mediapipe" and landmarks != "mediapipe"
         self._fallback_pair: tuple[Any, Any] | None = None
         self.fit = bool(fit)
+        self.flip_average = bool(flip_average)
         self.texture = bool(texture)
         if self.texture and self.face_model.uv is None:
             raise ValueError(f"face model {self.face_model.name!r} has no UVs: texture export needs ICT-FaceKit")
@@ -360,7 +364,7 @@ class Reconstructor:
             group = faces[start : start + max(1, batch_size)]
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
             with torch.no_grad():
-                params: FaceParams = self.model.encoder(crops)
+                params = predict_params(self.model.encoder, crops, self.flip_average)
             if self.fit:
                 params = self._fit(group, crops, params)
             with torch.no_grad():

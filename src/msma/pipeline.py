@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from msma.face_model.model import FaceModel
 from msma.face_model.output import FaceOutput
-from msma.face_model.params import CoeffLayout, FaceParams
+from msma.face_model.params import CoeffLayout, FaceParams, mirror_pose
 from msma.models.encoder import FaceEncoder
 from msma.render.base import RenderOutput
 from msma.render.renderer import MeshRenderer
@@ -42,6 +42,28 @@ class StepOutput:
         return StepOutput(
             self.params.detach(), self.face.detach(), None if self.render is None else self.render.detach()
         )
+
+
+def predict_params(encoder: nn.Module, image: Tensor, flip_average: bool = False) -> FaceParams:
+    """The encoder's coefficients of square crops, optionally with the pose averaged over the crop's mirror image.
+
+    Args:
+        encoder: image (B, 3, S, S) float RGB in [0, 1] -> :class:`FaceParams`.
+        image: (B, 3, S, S) crops.
+        flip_average: also run the horizontally mirrored crops and average each face's pose (pitch, yaw, roll in
+            radians; translation in mm) with the mirrored pose of its mirror image
+            (:func:`msma.face_model.params.mirror_pose`); identity, expression, albedo and light stay the
+            crop's own. A mirror-equivariant network predicts the same pose either way; one that is not gets
+            the mean of its two estimates (test-time augmentation: two encoder passes).
+
+    Returns:
+        :class:`FaceParams` of the batch.
+    """
+    params: FaceParams = encoder(image)
+    if not flip_average:
+        return params
+    mirrored = mirror_pose(encoder(image.flip(-1)))
+    return params.replace(angles=0.5 * (params.angles + mirrored.angles), trans=0.5 * (params.trans + mirrored.trans))
 
 
 def reconstruct(encoder: nn.Module, face_model: FaceModel, renderer: MeshRenderer | None, image: Tensor) -> StepOutput:

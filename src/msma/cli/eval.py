@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         "--crop-radius", type=float, default=95.0, help="micc/now: scan crop radius around the nose tip (mm)"
     )
     p.add_argument("--similarity", action="store_true", help="micc: allow a scale in the alignment (now: always)")
+    p.add_argument(
+        "--no-flip-average",
+        action="store_true",
+        help="photos / micc / now: the network's pose from the crop alone (default: averaged with its mirror "
+        "image's, as msma reconstruct)",
+    )
     return p
 
 
@@ -145,6 +151,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             image_size=args.image_size,
             limit=args.limit,
             fit=args.fit,
+            flip_average=not args.no_flip_average,
         )
     if args.data in ("micc", "now"):
         from msma.data.scans import micc_items, now_items
@@ -162,6 +169,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             landmarks=args.landmarks,
             image_size=args.image_size,
             renderer_backend="torch" if device.type == "cpu" else "auto",
+            flip_average=not args.no_flip_average,
         )
         return evaluate_scans(
             rec,

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not retry MediaPipe's detection chain where dlib / OpenCV find no face (profiles)",
     )
+    p.add_argument(
+        "--no-flip-average",
+        action="store_true",
+        help="the network's pose from the crop alone (default: averaged with its mirror image's, two passes)",
+    )
     return p
 
 
@@ -98,6 +103,7 @@ def cli_main(argv: list[str]) -> int:
             fit=args.fit,
             texture=args.texture,
             fallback=not args.no_fallback,
+            flip_average=not args.no_flip_average,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)

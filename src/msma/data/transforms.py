@@ -57,7 +57,7 @@ from torch import Tensor
 
 from msma.data.batch import FaceSample
 from msma.data.landmark_index import mirror_permutation
-from msma.face_model.params import GROUPS, CoeffLayout
+from msma.face_model.params import GROUPS, CoeffLayout, mirror_pose
 
 #: Coefficient groups whose ground truth refers to the un-augmented image after a geometric transform.
 POSE_INVALIDATED_GROUPS: tuple[str, ...] = ("angles", "trans")
@@ -273,12 +273,8 @@ class FaceAugment:
                 f"{sample.source}: {sample.params.shape[-1]} coefficients, the augmentation's layout has "
                 f"{self.layout.total}"
             )
-        flat = sample.params.clone()
-        sl = self.layout.slices
-        angles, trans = flat[sl["angles"]], flat[sl["trans"]]
-        angles[1:] = -angles[1:]  # (pitch, -yaw, -roll)
-        trans[0] = -trans[0]  # (-tx, ty, tz)
-        return flat, groups
+        flat = self.layout.join(mirror_pose(self.layout.split(sample.params[None])))[0]
+        return flat.to(sample.params.dtype), groups
 
 
 def _transform_dense(dense: Tensor, m: np.ndarray, flipped: bool) -> Tensor:

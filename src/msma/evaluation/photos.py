@@ -134,6 +134,7 @@ def evaluate_photos(
     image_size: int | None = None,
     limit: int | None = None,
     fit: bool = False,
+    flip_average: bool = True,
 ) -> dict[str, Any]:
     """Per-photo and mean NME of a checkpoint and of the mean face (same detections and crops).
 
@@ -146,6 +147,8 @@ def evaluate_photos(
         image_size: crop size (default: the checkpoint's).
         limit: evaluate the first N photos only.
         fit: score ``msma reconstruct --fit`` for the checkpoint (needs ``landmarks="mediapipe"``).
+        flip_average: the checkpoint's pose averaged over the crop and its mirror image, as ``msma reconstruct``
+            (:func:`msma.pipeline.predict_params`); the mean face is the same either way.
 
     Returns:
         ``{"images": [{"image", "nme", "nme_mean_face", "faces_detected", "yaw", "yaw_bin"} | {"image",
@@ -168,6 +171,7 @@ def evaluate_photos(
         image_size=image_size,
         renderer_backend=backend,
         fit=fit,
+        flip_average=flip_average,
     )
     mean = Reconstructor(
         None,
@@ -232,6 +236,9 @@ def evaluate_photos(
             "nme": "68 points, original-image pixels, / sqrt(w*h) of the ground-truth landmark box, percent",
             "alignment": f"detector {detector}, landmarks {landmarks}, 5-point similarity (no ground truth)",
             "fit": "checkpoint column: 3DMM fitting to MediaPipe's dense landmarks" if fit else "none",
+            "flip_average": "checkpoint column: pose averaged over the crop and its mirror image"
+            if flip_average
+            else "none",
             "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files, binned as msma eval --data aflw2000_3d "
             "(<= 30, <= 60, above, degrees); balanced = mean over the bins present",
             "face_choice": "the largest detection (as msma reconstruct); if its box centre is farther than half the "

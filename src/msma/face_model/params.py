@@ -87,6 +87,24 @@ class FaceParams:
         return FaceParams(**{g: torch.cat([getattr(p, g) for p in params]) for g in GROUPS})
 
 
+#: Sign of (pitch, yaw, roll) and of (tx, ty, tz) for the mirror image of a posed face: mirroring the crop about
+#: its vertical centre line is ``M = diag(-1, 1, 1)`` in the model/camera frame (principal point at the crop
+#: centre), and ``M Rz(roll) Ry(yaw) Rx(pitch) M = Rz(-roll) Ry(-yaw) Rx(pitch)``.
+MIRROR_ANGLE_SIGNS: tuple[float, float, float] = (1.0, -1.0, -1.0)
+MIRROR_TRANS_SIGNS: tuple[float, float, float] = (-1.0, 1.0, 1.0)
+
+
+def mirror_pose(params: FaceParams) -> FaceParams:
+    """The pose of the horizontally mirrored image: ``(pitch, -yaw, -roll)`` and ``(-tx, ty, tz)``.
+
+    Exact for the mirror image of the posed face when its shape is symmetric; the other groups are returned as
+    they are (a mirrored face's identity, expression and albedo are not, in general, coefficients of the model).
+    """
+    a = params.angles.new_tensor(MIRROR_ANGLE_SIGNS)
+    t = params.trans.new_tensor(MIRROR_TRANS_SIGNS)
+    return params.replace(angles=params.angles * a, trans=params.trans * t)
+
+
 @dataclass(frozen=True)
 class CoeffLayout:
     """Named slices of a flat coefficient vector ``(B, total)`` in the order of :data:`GROUPS`.
