@@ -72,6 +72,9 @@ def test_paper_settings() -> None:
         assert embedded.trainer.accelerator == "cpu" and not embedded.loss.use_identity and embedded.loss.w_param == 1.0
         assert embedded.model.name == name and embedded.optim == paper.optim
     assert compose_experiment("quickstart").model.name == "msma_spatial"
+    # RandConv: on in the embedded CPU recipe only (the paper settings and the quickstart keep Deep3D's input)
+    assert compose_experiment("embedded").data.randconv == pytest.approx(0.5)
+    assert compose_experiment("quickstart").data.randconv == 0.0 and paper.data.randconv == 0.0
     d3d = compose_experiment("deep3d_r50")
     assert (
         d3d.trainer.max_epochs == 20

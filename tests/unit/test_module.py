@@ -287,3 +287,16 @@ def test_randconv_reaches_the_encoder_input_only_and_follows_the_step(parts: tup
     assert set(aug.terms) == set(clean.terms)
     for name, value in clean.terms.items():
         torch.testing.assert_close(aug.terms[name], value, msg=name)
+
+
+def test_build_module_turns_randconv_on_from_the_config(ict_model: Any) -> None:
+    from msma.config import compose_experiment
+    from msma.training.checkpoint import build_module
+
+    cfg = compose_experiment("embedded", ["data.image_size=64"])
+    module = build_module(cfg, face_model=ict_model)
+    assert module.input_augment is not None and module.input_augment.p == pytest.approx(0.5)
+    assert module.augment_seed == cfg.data.seed
+    assert build_module(compose_experiment("quickstart"), face_model=ict_model).input_augment is None
+    with pytest.raises(ValueError, match="probability"):
+        build_module(compose_experiment("quickstart", ["data.randconv=1.5"]), face_model=ict_model)
