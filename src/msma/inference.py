@@ -27,9 +27,15 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from msma.data.align import apply_affine
-from msma.data.detect import detect_faces
-from msma.data.io import array_to_float_rgb
+from msma.data.align import (
+    alignment_transform,
+    apply_affine,
+    box_crop_transform,
+    template_from_face_model,
+    warp_crop,
+)
+from msma.data.detect import detect_faces, make_detector
+from msma.data.io import BadImageError, array_to_float_rgb, load_image
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.pipeline import FacePipeline, predict_params
@@ -179,8 +185,6 @@ class Reconstructor:
         flip_average: bool = True,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
-        from msma.data.align import template_from_face_model
-        from msma.data.detect import make_detector
         from msma.data.landmarks import make_landmark_backend
 
         self.device = torch.device(device)
@@ -252,8 +256,6 @@ class Reconstructor:
             One entry per input: its reconstructions, or a skip reason string
             (``"<code>: <detail>"``, codes: msma.data.io reasons, ``no_face``, ``landmarks_failed``).
         """
-        from msma.data.io import BadImageError
-
         results: list[list[Reconstruction] | str] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = images[start : start + max(1, batch_size)]
@@ -286,15 +288,12 @@ class Reconstructor:
 
     # ------------------------------------------------------------------------------------------ steps
     def _decode(self, image: ImageInput) -> _Input:
-        from msma.data.io import load_image
-
         if isinstance(image, (str, os.PathLike)):
             loaded = load_image(image)
             return _Input(loaded.image, loaded.loaded_to_original(), str(image))
         return _Input(array_to_float_rgb(image, "<array>"), np.eye(3), "<array>")
 
     def _faces(self, inp: _Input, image_index: int, all_faces: bool) -> tuple[list[_Face], str]:
-        from msma.data.align import alignment_transform, warp_crop
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
@@ -327,8 +326,6 @@ class Reconstructor:
                     errors.append(str(exc))
                     continue
                 # a box without landmarks (extreme profile): the network sees the box crop, no fitting
-                from msma.data.align import box_crop_transform
-
                 m = box_crop_transform((box.left, box.top, box.right, box.bottom), self.image_size, 1.6)
                 crop = warp_crop(inp.image, m, self.image_size)
                 nan68 = np.full((68, 2), np.nan)
@@ -347,7 +344,6 @@ class Reconstructor:
     def _mediapipe_fallback(self) -> tuple[Any, Any] | None:
         """MediaPipe's detection chain and landmark backend, built on first use; None when unavailable."""
         if self._fallback_pair is None:
-            from msma.data.detect import make_detector
             from msma.data.landmarks import make_landmark_backend
 
             try:
