@@ -273,8 +273,7 @@ class FaceAugment:
                 f"{sample.source}: {sample.params.shape[-1]} coefficients, the augmentation's layout has "
                 f"{self.layout.total}"
             )
-        flat = self.layout.join(mirror_pose(self.layout.split(sample.params[None])))[0]
-        return flat.to(sample.params.dtype), groups
+        return self.layout.join(mirror_pose(self.layout.split(sample.params[None])))[0], groups
 
 
 def _transform_dense(dense: Tensor, m: np.ndarray, flipped: bool) -> Tensor:

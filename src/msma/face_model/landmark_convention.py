@@ -203,24 +203,22 @@ def reselect_jaw(
     new = idx.copy()
     for j in JAW_SIDES:
         partner = MIRROR_68[j]
-        paired = mirror is not None and mirror[idx[j]] == idx[partner]
-        if paired and j > partner:
+        # the mirror map when j and its partner are a mirror pair on this mesh (chosen together), else None
+        pair = mirror if mirror is not None and mirror[idx[j]] == idx[partner] else None
+        if pair is not None and j > partner:
             continue  # chosen with its partner
         near = outline[np.linalg.norm(verts[outline] - verts[idx[j]], axis=1) < CANDIDATE_RADIUS_MM]
-        if paired:
-            assert mirror is not None
-            near = near[mirror[near] >= 0]
+        if pair is not None:
+            near = near[pair[near] >= 0]
         if near.size == 0:
-            what = "outline vertex with a mirror vertex" if paired else "outline vertex"
+            what = "outline vertex with a mirror vertex" if pair is not None else "outline vertex"
             raise ValueError(f"jaw landmark {j}: no {what} within {CANDIDATE_RADIUS_MM} mm of vertex {idx[j]}")
         cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
-        if paired:
-            assert mirror is not None
-            cost = cost + np.linalg.norm(mapped[mirror[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
+        if pair is not None:
+            cost = cost + np.linalg.norm(mapped[pair[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
         new[j] = near[np.argmin(cost)]
-        if paired:
-            assert mirror is not None
-            new[partner] = mirror[new[j]]
+        if pair is not None:
+            new[partner] = pair[new[j]]
     before = np.linalg.norm(mapped[idx[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     after = np.linalg.norm(mapped[new[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     return JawSelection(new, pitch, inner_res, before, after)
