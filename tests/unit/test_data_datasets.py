@@ -17,14 +17,12 @@ from msma.data.batch import collate_samples
 from msma.data.datasets import (
     AFLW2000Dataset,
     FolderDataset,
-    ThreeDDFAParams,
     W300LPDataset,
-    read_3ddfa_mat,
-    read_300wlp_landmarks,
     stable_split,
 )
 from msma.data.landmark_index import five_points_np, flip_landmarks
 from msma.data.landmarks import read_pts
+from msma.data.threeddfa import ThreeDDFAParams, read_3ddfa_mat, read_300wlp_landmarks
 
 
 @pytest.fixture(scope="module")

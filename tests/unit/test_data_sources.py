@@ -233,7 +233,8 @@ def test_3ddfa_pose_maps_into_the_training_model(ict_model, testdata: Path) -> N
     """The mean face posed by the mapped 3DDFA angles lands on the real files' 68 landmarks; the angles read in
     the training convention without the transpose do not."""
     from msma.data.align import template_from_face_model
-    from msma.data.datasets import AFLW2000Dataset, PoseParamMapper, W300LPDataset, threeddfa_angles
+    from msma.data.datasets import AFLW2000Dataset, W300LPDataset
+    from msma.data.threeddfa import PoseParamMapper, threeddfa_angles
 
     layout = ict_model.layout
     lp = W300LPDataset(

@@ -32,14 +32,13 @@ from msma.data.config import DataConfig, SourceConfig
 from msma.data.datasets import (
     AFLW2000Dataset,
     FolderDataset,
-    ParamMapper,
-    PoseParamMapper,
     W300LPDataset,
     stable_split,
 )
 from msma.data.prepare import prepare_folder
 from msma.data.sampler import EpochSeededSampler, MixedSourceSampler
 from msma.data.sources import MixedDataset, check_supervises
+from msma.data.threeddfa import ParamMapper, PoseParamMapper
 from msma.face_model.model import FaceModel
 
 if TYPE_CHECKING:
@@ -116,7 +115,7 @@ class FaceDataModule(L.LightningDataModule):
         face_model: the training face model (required by ``synthetic``; real photos are aligned to its mean
             face's 5-point template, the ICT template when None).
         param_mapper: 3DDFA parameters -> flat coefficients for ``300w_lp`` (see :mod:`msma.data.datasets`);
-            None: :class:`~msma.data.datasets.PoseParamMapper` (the pose only) when ``face_model`` is given.
+            None: :class:`~msma.data.threeddfa.PoseParamMapper` (the pose only) when ``face_model`` is given.
         augment_kwargs: extra keyword arguments of ``FaceAugment``.
         **overrides: fields of ``config`` to replace (``FaceDataModule(kind="folder", root=...)`` in tests and
             notebooks); an unknown name raises ``TypeError``.
