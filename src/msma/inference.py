@@ -162,7 +162,7 @@ class Reconstructor:
         fallback: when the dlib / OpenCV detector finds no face (profiles beyond ~45 degrees), try MediaPipe's
             detection chain and its 68 points for the alignment (if MediaPipe and its bundle are available).
         flip_average: average the network's pose over the crop and its mirror image
-            (:func:`msma.pipeline.predict_params`; two encoder passes); False: the crop's prediction alone.
+            (:func:`msma.pipeline.predict_params`; crops and mirrors in one encoder batch); False: the crop's prediction alone.
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)

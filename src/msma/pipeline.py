@@ -54,15 +54,18 @@ def predict_params(encoder: nn.Module, image: Tensor, flip_average: bool = False
             radians; translation in mm) with the mirrored pose of its mirror image
             (:func:`msma.face_model.params.mirror_pose`); identity, expression, albedo and light stay the
             crop's own. A mirror-equivariant network predicts the same pose either way; one that is not gets
-            the mean of its two estimates (test-time augmentation: two encoder passes).
+            the mean of its two estimates (test-time augmentation). The crops and their mirrors go through the
+            encoder as one (2B, 3, S, S) batch: the encoder must treat the rows independently (eval mode).
 
     Returns:
         :class:`FaceParams` of the batch.
     """
-    params: FaceParams = encoder(image)
     if not flip_average:
-        return params
-    mirrored = mirror_pose(encoder(image.flip(-1)))
+        out: FaceParams = encoder(image)
+        return out
+    b = int(image.shape[0])
+    both: FaceParams = encoder(torch.cat([image, image.flip(-1)]))
+    params, mirrored = both[:b], mirror_pose(both[b:])
     return params.replace(angles=0.5 * (params.angles + mirrored.angles), trans=0.5 * (params.trans + mirrored.trans))
 
 

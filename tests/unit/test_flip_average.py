@@ -90,3 +90,29 @@ def test_flip_average_leaves_an_equivariant_network_unchanged(ict_model: Any) ->
     assert float(plain.angles[:, 1].abs().min()) > 1e-4  # the test has something to average
     for g, t in plain.items():
         torch.testing.assert_close(getattr(avg, g), t)
+
+
+def test_flip_average_runs_the_crops_and_mirrors_as_one_batch_equal_to_two_passes(ict_model: Any) -> None:
+    """Oracle: two separate encoder passes (crop, mirror) and the pose average written out; the batched pass must
+    give the same coefficients with one forward call (a real msma_spatial encoder in eval mode: BatchNorm uses its
+    running statistics, so rows are independent)."""
+    from msma.models import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("msma_spatial", ict_model.layout, backbone="resnet18").eval()
+    with torch.no_grad():  # the heads start at zero (the mean face): give them weights so the pose varies
+        for w in enc.parameters():
+            if not bool(w.any()):
+                w.normal_(0.0, 0.05)
+    calls: list[int] = []
+    enc.register_forward_hook(lambda _m, args, _out: calls.append(int(args[0].shape[0])))
+    image = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = predict_params(enc, image, flip_average=True)
+        assert calls == [6]  # one pass over the 3 crops and their 3 mirrors
+        plain, flipped = enc(image), mirror_pose(enc(image.flip(-1)))
+    torch.testing.assert_close(got.angles, 0.5 * (plain.angles + flipped.angles), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.trans, 0.5 * (plain.trans + flipped.trans), rtol=1e-4, atol=1e-4)
+    for g in ("id", "exp", "tex", "sh"):
+        torch.testing.assert_close(getattr(got, g), getattr(plain, g), rtol=1e-4, atol=1e-5)
+    assert float((plain.angles - flipped.angles).abs().max()) > 1e-4  # an untrained network: the average matters
