@@ -228,11 +228,36 @@ def test_array_to_float_rgb_dtypes_shapes_and_errors() -> None:
     out = array_to_float_rgb(u16, "a")
     assert out.shape == (1, 2, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, :, 0], [1.0, 0.0])
-    rgba = np.full((2, 2, 4), 0.25, np.float32)
-    assert array_to_float_rgb(rgba, "a").shape == (2, 2, 3)
+    rgba = np.full((2, 2, 4), 0.25, np.float32)  # 0.25 over white at alpha 0.25: 0.25 * 0.25 + 0.75
+    np.testing.assert_allclose(array_to_float_rgb(rgba, "a"), np.full((2, 2, 3), 0.8125), atol=1e-7)
     pil = Image.fromarray(np.full((3, 4), 51, np.uint8), mode="L")
     np.testing.assert_allclose(array_to_float_rgb(pil, "a"), np.full((3, 4, 3), 0.2), atol=1e-6)
     with pytest.raises(ValueError, match="shot.png: float images must lie in"):
         array_to_float_rgb(np.full((2, 2, 3), 2.0), "shot.png")
     with pytest.raises(ValueError, match="shot.png: expected an"):
         array_to_float_rgb(np.zeros((2, 2, 2), np.uint8), "shot.png")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "LA"])
+def test_array_to_float_rgb_of_a_pil_image_equals_loading_it_from_a_file(tmp_path: Path, mode: str) -> None:
+    """Oracle: the same picture saved as PNG and read by load_image (16-bit grey scaled by 65535, not clipped at
+    255; transparency over white; palette expanded)."""
+    from msma.data.io import array_to_float_rgb
+
+    g = np.random.default_rng(5)
+    if mode == "I;16":
+        pil = Image.fromarray(g.integers(0, 65536, (40, 48), dtype=np.uint16))
+    elif mode == "RGBA":
+        pil = Image.fromarray(g.integers(0, 256, (40, 48, 4), dtype=np.uint8), mode="RGBA")
+    elif mode == "P":
+        pil = Image.fromarray(g.integers(0, 256, (40, 48, 3), dtype=np.uint8)).convert("P")
+    else:
+        pil = Image.fromarray(g.integers(0, 256, (40, 48, 2), dtype=np.uint8), mode="LA")
+    path = tmp_path / f"img-{mode.replace(';', '')}.png"
+    pil.save(path)
+    want = load_image(path).image
+    got = array_to_float_rgb(pil, "<pil>")
+    assert got.shape == (40, 48, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    if mode in ("RGBA",):  # the array route composites the same way
+        np.testing.assert_allclose(array_to_float_rgb(np.asarray(pil), "<array>"), want, atol=2e-6)

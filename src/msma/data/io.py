@@ -150,30 +150,37 @@ def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
 def array_to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarray:
     """An in-memory image -> (H, W, 3) float32 RGB in [0, 1] (files go through :func:`load_image`).
 
+    The same conversion as a file of that content gets from :func:`load_image`: a PIL image goes through its mode
+    handling (16-bit and float grey scaled, palette expanded, transparency composited over white), and an array's
+    alpha channel is composited over white too.
+
     Args:
         image: a PIL image (any mode), or an (H, W) / (H, W, 3) / (H, W, 4) array: uint8 (0..255), uint16
-            (0..65535) or float in [0, 1]; grey is repeated to RGB, alpha is dropped.
+            (0..65535) or float in [0, 1]; grey is repeated to RGB, RGBA is composited over white.
         source: the name used in error messages.
 
     Raises:
         ValueError: another shape, or float values outside [0, 1] (the message names ``source``).
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        return _to_float_rgb(image, [])
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"{source}: expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    arr = arr[..., :3]
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    out = arr.astype(np.float32)
-    if out.size and (out.min() < 0.0 or out.max() > 1.0):
-        raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
-    return out
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 65535.0
+    else:
+        out = arr.astype(np.float32)
+        if out.size and (out.min() < 0.0 or out.max() > 1.0):
+            raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
+    if out.shape[2] == 4:
+        alpha = out[..., 3:4]
+        out = out[..., :3] * alpha + (1.0 - alpha)  # over white, as load_image does
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def load_image(
