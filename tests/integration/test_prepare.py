@@ -75,6 +75,9 @@ def test_prepare_counts_and_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert first["computed"] == expected["images"] and first["cached"] == 0
     assert first["faces"] == expected["usable"]  # largest face per image
     assert f"images: {expected['images']}" in out and "skipped zero_byte: 1" in out and "skipped no_face: 1" in out
+    # the labelling pass is timed: the rate is the images over the seconds, and the summary prints both
+    assert first["seconds"] > 0 and first["images_per_s"] == pytest.approx(expected["images"] / first["seconds"])
+    assert f"labelling pass: {first['seconds']:.1f} s ({first['images_per_s']:.1f} images/s)" in out
 
     assert msma_main([*args, "--json", str(tmp_path / "s2.json"), "--all-faces"]) == 0
     second = json.loads((tmp_path / "s2.json").read_text())
@@ -92,6 +95,7 @@ def test_prepare_with_workers(tmp_path: Path) -> None:
     seq = prepare_folder(tmp_path / "photos", cache_dir=tmp_path / "c1")
     _check(par.as_dict(), expected)
     assert par.as_dict()["skipped"] == seq.as_dict()["skipped"]
+    assert par.seconds > 0 and seq.seconds > 0  # both paths time their labelling pass
     # Identical bad files (the two empty, truncated, text and tiny files) share one entry each.
     assert par.computed == seq.computed == expected["images"] - 4 and par.cached == seq.cached == 4
     assert [lab.payload() if lab else None for _, lab in par.labels] == [

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +57,9 @@ class LabelRun:
         skipped: images without a usable face, by reason code.
         invalid_entries: cache entries found corrupt or stale (and recomputed).
         labels: ``(path, labels)`` per photo in file order; labels is None when the file could not be read.
+        seconds: wall time of the labelling pass in seconds (hashing, detection, landmarks, cache reads and
+            writes, worker start-up; the models' loading in this process and the interpreter's start excluded);
+            0 where not measured.
     """
 
     images: int = 0
@@ -67,6 +71,12 @@ class LabelRun:
     skip_examples: dict[str, str] = field(default_factory=dict)
     invalid_entries: int = 0
     labels: list[tuple[Path, ImageLabels | None]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Photos per second of the labelling pass (None when not measured)."""
+        return self.images / self.seconds if self.seconds > 0 else None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -77,6 +87,8 @@ class LabelRun:
             "faces": self.faces,
             "skipped": dict(sorted(self.skipped.items())),
             "invalid_entries": self.invalid_entries,
+            "seconds": self.seconds,
+            "images_per_s": self.images_per_s,
         }
 
     def summary(self) -> str:
@@ -88,6 +100,8 @@ class LabelRun:
             lines.append(f"  skipped {reason}: {n}  (e.g. {self.skip_examples.get(reason, '')})")
         if self.invalid_entries:
             lines.append(f"corrupt or stale cache entries recomputed: {self.invalid_entries}")
+        if self.images_per_s is not None:
+            lines.append(f"labelling pass: {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)")
         return "\n".join(lines)
 
 
@@ -270,8 +284,11 @@ def prepare_folder(
     cache = None if not backend.needs_detector else Path(cache_dir) if cache_dir else default_cache_dir(root)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
     if workers == 1 or cache is None:
-        return label_files(files, backend, det, cache, faces=faces, progress=progress)
+        run = label_files(files, backend, det, cache, faces=faces, progress=progress)
+        run.seconds = time.perf_counter() - start
+        return run
     key = labeller_key(backend, det)
     label_cache = LabelCache(cache, key)
     label_cache.clean_temporaries()
@@ -281,6 +298,7 @@ def prepare_folder(
     run.computed += filled
     run.cached -= filled
     run.invalid_entries += invalid
+    run.seconds = time.perf_counter() - start
     return run
 
 
