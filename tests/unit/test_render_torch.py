@@ -130,7 +130,7 @@ def test_ids_keep_exact_values_for_large_meshes() -> None:
 
 
 def test_triangle_neighbours() -> None:
-    from msma.render.torch_raster import triangle_neighbours
+    from msma.render.antialias import triangle_neighbours
 
     tri = torch.tensor([[0, 1, 2], [2, 1, 3], [3, 1, 4]])
     expected = torch.tensor([[-1, 1, -1], [0, 2, -1], [1, -1, -1]])
