@@ -114,6 +114,12 @@ class LoadedImage:
         return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]])
 
 
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) float RGBA in [0, 1] -> (H, W, 3) float32 RGB composited over a white background."""
+    alpha = rgba[..., 3:4]
+    return (rgba[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)
+
+
 def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
     """Any Pillow mode -> (H, W, 3) float32 in [0, 1]."""
     mode = img.mode
@@ -140,10 +146,7 @@ def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append("cmyk")
     if has_alpha:
         notes.append("alpha")
-        rgba = img.convert("RGBA")
-        rgba_f = np.asarray(rgba).astype(np.float32) / 255.0
-        alpha = rgba_f[..., 3:4]
-        return (rgba_f[..., :3] * alpha + (1.0 - alpha)).astype(np.float32)  # over white
+        return _over_white(np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0)
     return (np.asarray(img.convert("RGB")).astype(np.float32) / 255.0).astype(np.float32)
 
 
@@ -178,8 +181,7 @@ def array_to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarr
         if out.size and (out.min() < 0.0 or out.max() > 1.0):
             raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
     if out.shape[2] == 4:
-        alpha = out[..., 3:4]
-        out = out[..., :3] * alpha + (1.0 - alpha)  # over white, as load_image does
+        out = _over_white(out)  # as load_image does
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
