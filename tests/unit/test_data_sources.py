@@ -199,7 +199,7 @@ def test_sources_validation(testdata: Path) -> None:
 
 
 def test_prepare_counts_every_source(testdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from msma.data.prepare import cli_main
+    from msma.cli.prepare import cli_main
 
     photos = _photos(testdata, tmp_path)
     sources = (

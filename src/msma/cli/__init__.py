@@ -4,8 +4,8 @@
 ``python -m msma.cli train ...``); the other sub-commands take ordinary ``--options`` (``msma <cmd> --help``).
 Each command is a thin ``cli_main(argv) -> int`` over library functions: ``msma.cli.train`` (Hydra ->
 :func:`msma.training.run.run_training`), ``msma.cli.eval`` (-> :mod:`msma.evaluation`), ``msma.cli.reconstruct``
-(-> :class:`msma.inference.Reconstructor`), ``msma.cli.assets``, ``msma.cli.info``, ``msma.cli.convert``;
-``msma prepare`` is ``msma.data.prepare:cli_main``.
+(-> :class:`msma.inference.Reconstructor`), ``msma.cli.prepare`` (-> :mod:`msma.data.prepare`),
+``msma.cli.assets``, ``msma.cli.info``, ``msma.cli.convert``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reconstruct faces from photos: OBJ + coefficients JSON + overlay PNG",
     ),
     "fit": ("msma.cli.fit:cli_main", "3DMM fitting of photos to MediaPipe's dense landmarks (reconstruct --fit)"),
-    "prepare": ("msma.data.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
+    "prepare": ("msma.cli.prepare:cli_main", "fill a dataset's landmark pseudo-label cache"),
     "assets": ("msma.cli.assets:cli_main", "convert / locate face-model assets (ict, bfm)"),
     "info": ("msma.cli.info:cli_main", "an experiment's parameters, FLOPs, layout, data and missing inputs"),
     "convert": ("msma.cli.convert:cli_main", "the authors' MSMA/MLANet/Deep3D checkpoint -> an msma checkpoint"),

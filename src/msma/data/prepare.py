@@ -1,18 +1,16 @@
-"""Pseudo-labelling a folder of photos into its label cache: ``msma prepare``.
+"""Pseudo-labelling a folder of photos into its label cache (the library behind ``msma prepare``,
+:mod:`msma.cli.prepare`).
 
-``msma prepare --data DIR --landmarks dlib [--detector dlib] [--all-faces] [--cache DIR] [--weights FILE]
-[--workers N]``
-detects faces and 68 landmarks in every photo under ``DIR`` (recursive), stores them in the label cache
-(:mod:`msma.data.cache`) with a progress bar, and prints a summary: images found, labelled now, read from
-the cache, usable images and faces, and skipped images by reason. Rerunning skips finished images; an
+:func:`prepare_folder` detects faces and 68 landmarks in every photo under a folder (recursive), stores them in
+the label cache (:mod:`msma.data.cache`) with a progress bar, and returns a :class:`LabelRun` whose summary counts
+the images found, labelled now and read from the cache, the usable images and faces, and the skipped images by
+reason. Rerunning skips finished images; an
 interrupted run loses nothing already written.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -28,7 +26,7 @@ from typing import Any
 from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, label_image, labeller_key
 from msma.data.detect import FaceDetector, FaceSelection, make_detector
 from msma.data.io import IMAGE_EXTENSIONS, REASON_MISSING, REASON_UNREADABLE, list_images
-from msma.data.landmarks import LandmarkBackend, LandmarkBackendUnavailable, make_landmark_backend
+from msma.data.landmarks import LandmarkBackend, make_landmark_backend
 from msma.utils.files import sha256_file
 from msma.utils.home import msma_home
 from msma.utils.progress import progress_bar
@@ -287,17 +285,17 @@ def prepare_folder(
     start = time.perf_counter()
     if workers == 1 or cache is None:
         run = label_files(files, backend, det, cache, faces=faces, progress=progress)
-        run.seconds = time.perf_counter() - start
-        return run
-    key = labeller_key(backend, det)
-    label_cache = LabelCache(cache, key)
-    label_cache.clean_temporaries()
-    init_args = (landmarks, None if weights is None else str(weights), device, detector, str(cache), key)
-    filled, invalid = _fill_parallel(files, label_cache, PathIndex(cache / "paths.json"), workers, init_args, progress)
-    run = label_files(files, backend, det, cache, faces=faces, progress=False)
-    run.computed += filled
-    run.cached -= filled
-    run.invalid_entries += invalid
+    else:
+        key = labeller_key(backend, det)
+        label_cache = LabelCache(cache, key)
+        label_cache.clean_temporaries()
+        init_args = (landmarks, None if weights is None else str(weights), device, detector, str(cache), key)
+        index = PathIndex(cache / "paths.json")
+        filled, invalid = _fill_parallel(files, label_cache, index, workers, init_args, progress)
+        run = label_files(files, backend, det, cache, faces=faces, progress=False)
+        run.computed += filled
+        run.cached -= filled
+        run.invalid_entries += invalid
     run.seconds = time.perf_counter() - start
     return run
 
@@ -409,104 +407,3 @@ def prepare_sources(
         else:
             raise ValueError(f"source {name!r}: unknown kind {kind!r}")
     return reports
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msma prepare", description="fill a dataset's landmark pseudo-label cache")
-    parser.add_argument("--data", default=None, help="folder of photos (searched recursively)")
-    parser.add_argument(
-        "--config-name",
-        default=None,
-        help="an experiment: prepare every source of its data configuration (data.sources, or data.kind/root)",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="with --config-name: Hydra overrides (key=value), as for msma train"
-    )
-    parser.add_argument(
-        "--landmarks", default="dlib", choices=["dlib", "fan", "mediapipe", "gt"], help="landmark backend"
-    )
-    parser.add_argument(
-        "--fit", action="store_true", help="with --landmarks mediapipe: also cache fitted 3DMM coefficients"
-    )
-    parser.add_argument(
-        "--detector",
-        default=None,
-        help="face detector: dlib, opencv, dlib+opencv or mediapipe (default: mediapipe "
-        "for --landmarks mediapipe, else dlib)",
-    )
-    parser.add_argument("--weights", default=None, help="landmark model file (dlib .dat / FAN .pth.tar)")
-    parser.add_argument("--cache", default=None, help="cache directory (default: $MSMA_HOME/labels/<folder>-<hash>)")
-    parser.add_argument(
-        "--all-faces", action="store_true", help="count every face as a sample, not only the largest per image"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device for the fan backend")
-    parser.add_argument("--workers", type=int, default=1, help="labelling processes (each loads the model)")
-    parser.add_argument("--json", default=None, help="also write the summary as JSON to this file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped file")
-    return parser
-
-
-def cli_main(argv: list[str]) -> int:
-    """``msma prepare``; returns 0 on success, 2 on a usage error (missing folder, missing model)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if (args.data is None) == (args.config_name is None):
-        print("msma prepare: give --data DIR or --config-name EXPERIMENT", file=sys.stderr)
-        return 2
-    if args.config_name is not None:
-        return _prepare_experiment(args)
-    if args.overrides:
-        print(f"msma prepare: overrides {args.overrides} need --config-name", file=sys.stderr)
-        return 2
-    if args.fit and args.landmarks != "mediapipe":
-        print("msma prepare: --fit needs --landmarks mediapipe", file=sys.stderr)
-        return 2
-    try:
-        run = prepare_folder(
-            args.data,
-            landmarks="mediapipe+fit" if args.fit else args.landmarks,
-            detector=args.detector,
-            cache_dir=args.cache,
-            weights=args.weights,
-            device=args.device,
-            faces="all" if args.all_faces else "largest",
-            progress=not args.no_progress,
-            workers=args.workers,
-        )
-    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:  # AssetError -> Unavailable
-        print(f"msma prepare: {exc}", file=sys.stderr)
-        return 2
-    print(run.summary())
-    if args.json:
-        Path(args.json).write_text(json.dumps(run.as_dict(), indent=2))
-    return 0
-
-
-def _prepare_experiment(args: argparse.Namespace) -> int:
-    """``msma prepare --config-name EXP [overrides]``: every source of the experiment's data configuration."""
-    from msma.config import compose_experiment, to_typed
-
-    try:
-        data = to_typed(compose_experiment(args.config_name, list(args.overrides))).data
-        reports = prepare_sources(
-            data.source_list(),
-            data.source_names(),
-            default_landmarks=data.landmarks,
-            detector=args.detector or data.detector,
-            cache_dir=args.cache or data.cache_dir,
-            weights=args.weights or data.landmark_weights,
-            faces="all" if data.faces == "all" else "largest",
-            num_samples=data.num_samples,
-            progress=not args.no_progress,
-            workers=args.workers,
-            w300lp_landmarks=data.w300lp_landmarks,
-        )
-    except (FileNotFoundError, LandmarkBackendUnavailable, ValueError) as exc:
-        print(f"msma prepare: {exc}", file=sys.stderr)
-        return 2
-    for report in reports:
-        print(report.summary())
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in reports], indent=2))
-    return 0
