@@ -126,23 +126,31 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam + StepLR (schema of the ``optim`` group). Defaults: Deep3D / MSMA (lr 1e-4, x0.2 every 10 epochs).
+    """Adam + a learning-rate schedule (schema of the ``optim`` group). Defaults: Deep3D / MSMA (lr 1e-4, StepLR
+    x0.2 every 10 epochs, no weight averaging).
 
     Attributes:
-        lr: learning rate.
+        lr: learning rate (the peak, for ``cosine``).
         betas: Adam betas.
         weight_decay: Adam weight decay.
+        scheduler: ``"step"`` (StepLR: x``gamma`` every ``step_size`` ``interval`` units) or ``"cosine"`` (cosine
+            annealing from ``lr`` to 0 over the whole run, updated every optimiser step; ``step_size``, ``gamma`` and
+            ``interval`` are then unused).
         step_size: StepLR period in ``interval`` units.
         gamma: StepLR factor.
         interval: ``"epoch"`` or ``"step"``.
+        ema_decay: 0 = off; else the decay of an exponential moving average of the encoder's weights, which
+            validation, checkpoints and the final evaluation use (:class:`msma.training.ema.EncoderEMA`).
     """
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
+    scheduler: str = "step"
     step_size: int = 10
     gamma: float = 0.2
     interval: str = "epoch"
+    ema_decay: float = 0.0
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from msma.checkpoint import CONFIG_KEY, load_checkpoint_file, load_inference_model
 from msma.config import compose_experiment
@@ -110,9 +111,11 @@ def test_bad_checkpoint_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(cache: Path, tmp_path: Path) -> None:
-    # Shuffled data, 2 steps per epoch. Uninterrupted: 2 epochs. Interrupted: 1 epoch, then resume to 2.
-    common = tiny(cache, "trainer.grid_every_n=0", "final_eval=false")
+@pytest.mark.parametrize("recipe", [(), ("optim.ema_decay=0.5",)], ids=["plain", "ema"])
+def test_resume_continues_exactly(cache: Path, tmp_path: Path, recipe: tuple[str, ...]) -> None:
+    # Shuffled data, 2 steps per epoch. Uninterrupted: 2 epochs. Interrupted: 1 epoch, then resume to 2. With the
+    # weight average, the training losses follow the raw weights: they match only if the resume restores them.
+    common = tiny(cache, "trainer.grid_every_n=0", "final_eval=false", *recipe)
     full = run_training(compose_experiment("quickstart", [*common, "trainer.max_epochs=2"]), tmp_path / "full")
     first = run_training(compose_experiment("quickstart", [*common, "trainer.max_epochs=1"]), tmp_path / "first")
     assert len(full.train_losses) == 4 and len(first.train_losses) == 2
@@ -128,6 +131,10 @@ def test_resume_continues_exactly(cache: Path, tmp_path: Path) -> None:
     assert a["global_step"] == b["global_step"] == 4
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-5), key
+    if recipe:
+        assert a["msma_ema"]["n_averaged"] == b["msma_ema"]["n_averaged"] == 4
+        for key, value in a["msma_ema"]["raw"].items():
+            assert torch.allclose(value.float(), b["msma_ema"]["raw"][key].float(), atol=1e-5), key
 
 
 def test_missing_resume_file_is_reported(cache: Path, tmp_path: Path) -> None:
@@ -188,3 +195,42 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(cache: Path, tmp_path: Pa
     ckpt = load_checkpoint_file(run / "checkpoints" / "interrupted.ckpt")
     assert ckpt["global_step"] >= 2
     assert "resume=" in out
+
+
+@pytest.mark.slow
+def test_cosine_schedule_and_weight_average(cache: Path, tmp_path: Path) -> None:
+    # 2 epochs of 2 steps: the logged learning rate follows lr (1 + cos(pi k / 4)) / 2, and the checkpoint holds the
+    # exponential average of the raw weights (decay 0.5, first update = copy: avg_4 = w4/2 + w3/4 + w2/8 + w1/8).
+    lr = 1e-3
+    cfg = compose_experiment(
+        "quickstart",
+        tiny(
+            cache,
+            "trainer.grid_every_n=0",
+            "final_eval=false",
+            "trainer.max_epochs=2",
+            f"optim.lr={lr}",
+            "optim.scheduler=cosine",
+            "optim.ema_decay=0.5",
+        ),
+    )
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snap(Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            snapshots.append({k: v.detach().clone() for k, v in pl_module.encoder.state_dict().items()})
+
+    result = run_training(cfg, tmp_path / "run", extra_callbacks=[Snap()])
+    import csv
+
+    rows = list(csv.DictReader((result.run_dir / "csv" / "metrics.csv").open()))
+    logged = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+    assert logged == pytest.approx([lr * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)], rel=1e-6)
+    assert len(snapshots) == 4
+    saved = load_checkpoint_file(result.last_checkpoint)
+    weights = (1 / 8, 1 / 8, 1 / 4, 1 / 2)
+    name = next(k for k, v in snapshots[0].items() if v.is_floating_point() and "weight" in k)
+    expected = sum(w * s[name] for w, s in zip(weights, snapshots, strict=True))
+    assert torch.allclose(saved["state_dict"]["encoder." + name], expected, atol=1e-6)
+    assert torch.allclose(saved["msma_ema"]["raw"][name], snapshots[-1][name])
+    assert not torch.allclose(expected, snapshots[-1][name])

@@ -30,11 +30,16 @@ from msma.losses.total import FaceReconLoss, LossOutput
 from msma.models.encoder import FaceEncoder
 from msma.pipeline import StepOutput, reconstruct
 from msma.render.renderer import MeshRenderer
+from msma.training.ema import check_decay
 from msma.utils.precision import full_precision
 
 
 def check_optim(optim: OptimConfig) -> None:
     """Raises ``ValueError`` naming the field when the optimiser settings are not usable."""
+    if optim.scheduler not in ("step", "cosine"):
+        raise ValueError(f"optim.scheduler must be 'step' or 'cosine', got {optim.scheduler!r}")
+    if optim.ema_decay != 0:
+        check_decay(optim.ema_decay)
     if optim.interval not in ("epoch", "step"):
         raise ValueError(f"optim.interval must be 'epoch' or 'step', got {optim.interval!r}")
     if len(optim.betas) != 2:
@@ -51,7 +56,7 @@ class FaceReconModule(LightningModule):
         face_model: the face model.
         renderer: the rasteriser.
         loss: the training loss (``forward(batch, params, face, render, skin_vertex_mask) -> LossOutput``).
-        optim: optimiser / schedule settings (Adam + StepLR).
+        optim: optimiser / schedule settings (Adam + StepLR or cosine; the weight average is a callback).
         config: the resolved experiment configuration (plain dict), stored in every checkpoint.
         input_augment: random convolutions of the encoder's input in training steps
             (:class:`msma.data.randconv.RandomConvolution`; the losses still see the clean image), or None.
@@ -207,6 +212,14 @@ class FaceReconModule(LightningModule):
         opt = torch.optim.Adam(
             params, lr=o.lr, betas=(float(o.betas[0]), float(o.betas[1])), weight_decay=o.weight_decay
         )
+        if o.scheduler == "cosine":
+            total = int(self.trainer.estimated_stepping_batches)
+            if total < 1:
+                raise ValueError(
+                    "optim.scheduler=cosine needs a finite number of steps (trainer.max_epochs or max_steps)"
+                )
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step", "frequency": 1}}
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": o.interval, "frequency": 1}}
 

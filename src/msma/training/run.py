@@ -139,7 +139,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence
     face_model = build_face_model(typed.face_model.name, typed.face_model.path)
     module = build_module(typed, face_model=face_model)
     datamodule = FaceDataModule(typed.data, face_model)
-    callbacks, ckpts = build_callbacks(typed.trainer, run)
+    callbacks, ckpts = build_callbacks(typed.trainer, run, ema_decay=typed.optim.ema_decay)
     callbacks += list(extra_callbacks)
     history = next(c for c in callbacks if isinstance(c, TrainLossHistory))
     trainer = build_trainer(typed.trainer, run, build_loggers(typed.logger, run, typed.name, resolved), callbacks)

@@ -99,8 +99,9 @@ class Checkpoints:
     interrupt: Any
 
 
-def build_callbacks(t: TrainerConfig, run: RunDir) -> tuple[list[Any], Checkpoints]:
-    """The callbacks of ``msma train``: checkpoints, RNG state, interruption checkpoint, image grids, LR monitor,
+def build_callbacks(t: TrainerConfig, run: RunDir, ema_decay: float = 0.0) -> tuple[list[Any], Checkpoints]:
+    """The callbacks of ``msma train``: the encoder's weight average (``ema_decay`` > 0, first, so that validation
+    and every checkpoint see the average), checkpoints, RNG state, interruption checkpoint, image grids, LR monitor,
     the training-loss history."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -126,7 +127,12 @@ def build_callbacks(t: TrainerConfig, run: RunDir) -> tuple[list[Any], Checkpoin
         enable_version_counter=False,
     )
     interrupt = InterruptCheckpoint(run.checkpoints)
-    callbacks: list[Any] = [
+    callbacks: list[Any] = []
+    if ema_decay:
+        from msma.training.ema import EncoderEMA
+
+        callbacks.append(EncoderEMA(ema_decay))
+    callbacks += [
         best,
         last,
         RngStateCallback(),
