@@ -83,8 +83,8 @@ def box_aligned_transform(
 def _aflw_dataset(root: Path, crop: str, image_size: int, face_model: FaceModel, landmarks: str, detector: str) -> Any:
     """AFLW2000-3D with one of the crop modes (``gt_box``, ``box_aligned``, ``detect``)."""
     from msma.data.align import template_from_face_model
-    from msma.data.mat_datasets import AFLW2000Dataset
     from msma.data.detect import FaceBox
+    from msma.data.mat_datasets import AFLW2000Dataset
 
     template = template_from_face_model(face_model)
     if crop != "box_aligned":
