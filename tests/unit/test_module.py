@@ -300,3 +300,20 @@ def test_build_module_turns_randconv_on_from_the_config(ict_model: Any) -> None:
     assert build_module(compose_experiment("quickstart"), face_model=ict_model).input_augment is None
     with pytest.raises(ValueError, match="probability"):
         build_module(compose_experiment("quickstart", ["data.randconv=1.5"]), face_model=ict_model)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("scheduler", "linear", "optim.scheduler"),
+        ("ema_decay", 1.0, "optim.ema_decay"),
+        ("ema_decay", -0.5, "optim.ema_decay"),
+        ("interval", "batch", "optim.interval"),
+    ],
+)
+def test_bad_optimiser_settings_name_the_field(field: str, value: Any, message: str) -> None:
+    from msma.training.module import check_optim
+
+    check_optim(OptimConfig(scheduler="cosine", ema_decay=0.99))  # valid: no error
+    with pytest.raises(ValueError, match=message):
+        check_optim(OptimConfig(**{field: value}))
