@@ -162,15 +162,19 @@ def test_datamodule_mixes_synthetic_photo_and_300w_lp(ict_model, testdata: Path,
     for b in batches:
         src = b.sources()
         syn, lp = src == 0, src == 2
-        # Synthetic rows carry every coefficient group and vertices, 300W-LP rows the pose (mapped from 3DDFA),
-        # photo rows landmarks only.
+        # Synthetic rows carry every coefficient group, 300W-LP rows the pose (mapped from 3DDFA), photo rows
+        # landmarks only; no training row carries ground-truth vertices (no loss reads them).
         assert b.group_valid()[syn].all() and not b.group_valid()[src == 1].any()
         angles_only = torch.tensor([g == "angles" for g in GROUPS])
         assert (b.group_valid()[lp] == angles_only).all()
-        assert b.target_valid("vertices").tolist() == syn.tolist()
+        assert not b.target_valid("vertices").any()
         assert b.landmark_valid.all()
         for i, s in enumerate(b.source):
             assert ("synthetic" in s) == bool(syn[i])
+    # The held-out synthetic rows keep their vertices (the vertex metrics).
+    val = next(iter(dm.val_dataloader()))
+    assert val.target_valid("vertices").tolist() == (val.sources() == 0).tolist()
+    assert bool((val.sources() == 0).any())
     # Weights: the photos and 300W-LP drawn as often as the synthetic faces (repeats within their cycles).
     dm = FaceDataModule(
         dataclasses.replace(_mixed_config(testdata, tmp_path / "w", (1.0, 1.0, 1.0)), epoch_samples=12), ict_model

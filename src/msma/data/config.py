@@ -7,6 +7,7 @@ environment variables, not in committed configs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 
 # OmegaConf 2.3 resolves `Optional[X]` annotations; keep them (not `X | None`) in this schema.
 # ruff: noqa: UP045
+
+#: Data kinds of ``data.kind``, ``data.test_kind`` and ``data.sources[].kind``.
+KINDS: tuple[str, ...] = ("synthetic", "folder", "aflw2000_3d", "300w_lp")
 
 #: Target names a source may list in ``supervises``: whole targets and the coefficient groups.
 SUPERVISION_NAMES: tuple[str, ...] = (
@@ -155,6 +159,60 @@ class DataConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources names must be unique, got {names}")
         return names
+
+
+def check_supervises(supervises: Sequence[str] | None, where: str) -> None:
+    """Raises ``ValueError`` naming ``where`` when ``supervises`` lists an unknown target."""
+    if supervises is None:
+        return
+    unknown = sorted(set(supervises) - set(SUPERVISION_NAMES))
+    if unknown:
+        raise ValueError(f"{where}: unknown supervision targets {unknown}; known: {list(SUPERVISION_NAMES)}")
+
+
+def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
+    """Raises ``ValueError`` naming the field (``data.<key>`` or ``data.sources[<name>]``) when ``c`` cannot work.
+
+    Args:
+        c: the data configuration.
+        has_face_model: whether a face model is given (synthetic data needs one).
+    """
+    if not c.sources and c.kind not in KINDS:
+        raise ValueError(f"unknown data kind {c.kind!r}; use one of {KINDS}")
+    if c.test_kind is not None and c.test_kind not in KINDS:
+        raise ValueError(f"unknown test data kind {c.test_kind!r}; use one of {KINDS}")
+    if not c.sources and c.kind != "synthetic" and c.root is None:
+        raise ValueError(f"data kind {c.kind!r} needs a root folder")
+    if c.test_kind not in (None, "synthetic") and c.test_root is None:
+        raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
+    if c.faces not in ("all", "largest"):
+        raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
+    if c.aflw_crop not in ("gt_box", "detect"):
+        raise ValueError(f"aflw_crop must be 'gt_box' or 'detect', got {c.aflw_crop!r}")
+    names = c.source_names()
+    for src, name in zip(c.sources, names):
+        where = f"data.sources[{name}]"
+        if src.kind not in KINDS:
+            raise ValueError(f"{where}: unknown kind {src.kind!r}; use one of {KINDS}")
+        if src.kind != "synthetic" and src.root is None:
+            raise ValueError(f"{where}: kind {src.kind!r} needs a root folder")
+        if src.weight is not None and not (src.weight >= 0 and src.weight < float("inf")):
+            raise ValueError(f"{where}: weight must be finite and >= 0, got {src.weight}")
+        if src.num_samples is not None and src.num_samples < 1:
+            raise ValueError(f"{where}: num_samples must be >= 1, got {src.num_samples}")
+        check_supervises(src.supervises, where)
+    weighted = [s.weight is not None for s in c.sources]
+    if any(weighted) and not all(weighted):
+        raise ValueError("data.sources: give every source a weight, or none (natural proportions)")
+    if weighted and all(weighted) and sum(float(s.weight or 0.0) for s in c.sources) <= 0:
+        raise ValueError("data.sources: the weights must not all be 0")
+    if c.epoch_samples is not None and c.epoch_samples < 1:
+        raise ValueError(f"data.epoch_samples must be >= 1, got {c.epoch_samples}")
+    kinds = [s.kind for s in c.source_list()]
+    if ("synthetic" in kinds or c.test_kind == "synthetic") and not has_face_model:
+        raise ValueError("synthetic data needs the face model")
+    if c.batch_size < 1 or c.num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {c.batch_size}, {c.num_workers}")
 
 
 def build_datamodule(cfg: DataConfig, face_model: FaceModel | None = None) -> FaceDataModule:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from msma.data.align import ICT_TEMPLATE_5P_MM, template_from_face_model
 from msma.data.batch import FaceSample, collate_samples
-from msma.data.config import DataConfig, SourceConfig
+from msma.data.config import DataConfig, SourceConfig, validate_data_config
 from msma.data.datasets import (
     AFLW2000Dataset,
     FolderDataset,
@@ -37,7 +37,7 @@ from msma.data.datasets import (
 )
 from msma.data.prepare import prepare_folder
 from msma.data.sampler import EpochSeededSampler, MixedSourceSampler
-from msma.data.sources import MixedDataset, check_supervises
+from msma.data.sources import MixedDataset
 from msma.data.threeddfa import ParamMapper, PoseParamMapper
 from msma.face_model.model import FaceModel
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS = ("synthetic", "folder", "aflw2000_3d", "300w_lp")
 #: Seed offsets of the synthetic validation / test sets (disjoint from the training seed's samples).
 VAL_SEED_OFFSET = 1_000_003
 TEST_SEED_OFFSET = 2_000_003
@@ -143,7 +142,7 @@ class FaceDataModule(L.LightningDataModule):
             from msma.utils.home import msma_home
 
             cfg = dataclasses.replace(cfg, synthetic_cache_dir=str(msma_home() / "synthetic"))
-        _validate(cfg, face_model)
+        validate_data_config(cfg, has_face_model=face_model is not None)
         self.cfg = cfg
         self.face_model = face_model
         self.param_mapper = param_mapper
@@ -490,42 +489,3 @@ def _world() -> tuple[int, int]:
 
 def _faces(value: str) -> Literal["largest", "all"]:
     return "all" if value == "all" else "largest"
-
-
-def _validate(c: DataConfig, face_model: FaceModel | None) -> None:
-    if not c.sources and c.kind not in KINDS:
-        raise ValueError(f"unknown data kind {c.kind!r}; use one of {KINDS}")
-    if c.test_kind is not None and c.test_kind not in KINDS:
-        raise ValueError(f"unknown test data kind {c.test_kind!r}; use one of {KINDS}")
-    if not c.sources and c.kind != "synthetic" and c.root is None:
-        raise ValueError(f"data kind {c.kind!r} needs a root folder")
-    if c.test_kind not in (None, "synthetic") and c.test_root is None:
-        raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
-    if c.faces not in ("all", "largest"):
-        raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
-    if c.aflw_crop not in ("gt_box", "detect"):
-        raise ValueError(f"aflw_crop must be 'gt_box' or 'detect', got {c.aflw_crop!r}")
-    names = c.source_names()
-    for src, name in zip(c.sources, names):
-        where = f"data.sources[{name}]"
-        if src.kind not in KINDS:
-            raise ValueError(f"{where}: unknown kind {src.kind!r}; use one of {KINDS}")
-        if src.kind != "synthetic" and src.root is None:
-            raise ValueError(f"{where}: kind {src.kind!r} needs a root folder")
-        if src.weight is not None and not (src.weight >= 0 and src.weight < float("inf")):
-            raise ValueError(f"{where}: weight must be finite and >= 0, got {src.weight}")
-        if src.num_samples is not None and src.num_samples < 1:
-            raise ValueError(f"{where}: num_samples must be >= 1, got {src.num_samples}")
-        check_supervises(src.supervises, where)
-    weighted = [s.weight is not None for s in c.sources]
-    if any(weighted) and not all(weighted):
-        raise ValueError("data.sources: give every source a weight, or none (natural proportions)")
-    if weighted and all(weighted) and sum(float(s.weight or 0.0) for s in c.sources) <= 0:
-        raise ValueError("data.sources: the weights must not all be 0")
-    if c.epoch_samples is not None and c.epoch_samples < 1:
-        raise ValueError(f"data.epoch_samples must be >= 1, got {c.epoch_samples}")
-    kinds = [s.kind for s in c.source_list()]
-    if ("synthetic" in kinds or c.test_kind == "synthetic") and face_model is None:
-        raise ValueError("synthetic data needs the face model")
-    if c.batch_size < 1 or c.num_workers < 0:
-        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {c.batch_size}, {c.num_workers}")

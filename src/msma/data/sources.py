@@ -17,17 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from msma.data.batch import FaceSample
-from msma.data.config import SUPERVISION_NAMES
+from msma.data.config import check_supervises
 from msma.face_model.params import GROUPS
-
-
-def check_supervises(supervises: Sequence[str] | None, where: str) -> None:
-    """Raises ``ValueError`` naming ``where`` when ``supervises`` lists an unknown target."""
-    if supervises is None:
-        return
-    unknown = sorted(set(supervises) - set(SUPERVISION_NAMES))
-    if unknown:
-        raise ValueError(f"{where}: unknown supervision targets {unknown}; known: {list(SUPERVISION_NAMES)}")
 
 
 def restrict_targets(sample: FaceSample, supervises: Sequence[str] | None) -> FaceSample:
