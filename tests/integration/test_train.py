@@ -3,6 +3,7 @@ files, image grids, metrics.json), checkpoint reload, exact resume, and a checkp
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -221,8 +222,6 @@ def test_cosine_schedule_and_weight_average(cache: Path, tmp_path: Path) -> None
             snapshots.append({k: v.detach().clone() for k, v in pl_module.encoder.state_dict().items()})
 
     result = run_training(cfg, tmp_path / "run", extra_callbacks=[Snap()])
-    import csv
-
     rows = list(csv.DictReader((result.run_dir / "csv" / "metrics.csv").open()))
     logged = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
     assert logged == pytest.approx([lr * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)], rel=1e-6)

@@ -10,7 +10,10 @@ network), every checkpoint's ``state_dict`` (so ``msma eval``, ``reconstruct`` a
 other checkpoint) and the module itself after training. The raw training weights and the averaging count travel
 in ``checkpoint["msma_ema"]`` and are restored on ``resume=``, so a resumed run continues exactly.
 
-The face model, renderer and loss networks are frozen and not averaged (only ``encoder.*`` entries change).
+The face model, renderer and loss networks are frozen and not averaged (only ``encoder.*`` entries change). This is
+why Lightning's own ``WeightAveraging`` / ``EMAWeightAveraging`` callback is not used: it averages the whole
+LightningModule (the face model's tens of MB of constant buffers, every step) and stores that whole state a second
+time in each checkpoint, beside ``FaceReconModule.on_save_checkpoint``'s encoder-only ``state_dict``.
 """
 
 from __future__ import annotations
