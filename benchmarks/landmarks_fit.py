@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", default="mean", help="network that starts the fit: 'mean' or a checkpoint")
     parser.add_argument("--data", default=None, help="folder of labelled photos (default ../shared/testdata)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats per photo")
-    parser.add_argument("--prepare-images", type=int, default=96, help="photos in the prepare-speed folder")
+    parser.add_argument("--prepare-images", type=int, default=192, help="photos in the prepare-speed folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the network; fitting uses one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -223,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                 im = Image.open(src).convert("RGB")
                 if (k // len(srcs)) % 2:
                     im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                im.save(folder / f"p{k:03d}.jpg", quality=90 - (k % 7))  # distinct bytes: no shared cache entries
-            for workers in (1, 2):
+                px = np.asarray(im).copy()
+                px[0, 0] = (k % 256, k // 256, 7)  # every file distinct: no shared cache entries
+                Image.fromarray(px).save(folder / f"p{k:03d}.jpg", quality=90 - (k % 7))
+            for workers in (1, 2):  # 2: two landmarker threads (the default on this 2-CPU machine)
                 # The command a user runs, in its own process (start-up and model loading included).
                 cache = Path(tmp) / f"cache-{kind}{workers}"
                 report = Path(tmp) / f"prepare-{kind}{workers}.json"

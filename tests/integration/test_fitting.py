@@ -165,7 +165,9 @@ def test_msma_fit_cli(tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixt
     assert nme_box(np.asarray(meta["landmarks_2d"]), gt) < 6.0
 
 
-def test_prepare_mediapipe_caches_dense_and_fit(tmp_path: Path, testdata: Path) -> None:
+def test_prepare_mediapipe_caches_dense_and_fit(
+    tmp_path: Path, testdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from msma.data.cache import LabelCache, labeller_key
     from msma.data.prepare import prepare_folder
 
@@ -176,7 +178,7 @@ def test_prepare_mediapipe_caches_dense_and_fit(tmp_path: Path, testdata: Path) 
     (data / "empty.jpg").write_bytes(b"")
     (data / "text.png").write_text("not a PNG")
     cache = tmp_path / "cache"
-    run = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=cache)
+    run = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=cache, workers=1)
     assert run.as_dict()["usable"] == 2 and run.as_dict()["skipped"] == {"zero_byte": 1, "not_an_image": 1}
     for _, labels in run.labels:
         if labels is not None and labels.ok:
@@ -194,8 +196,34 @@ def test_prepare_mediapipe_caches_dense_and_fit(tmp_path: Path, testdata: Path) 
             fit = labels.faces[0].fit
             assert fit is not None and set(fit["coefficients"]) == {"id", "exp", "tex", "angles", "sh", "trans"}
             assert nme_box(np.asarray(fit["landmarks_2d"]), gt) < MAX_AFLW_FIT_NME
-    parallel = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=tmp_path / "c2", workers=2)
-    assert parallel.computed == 4 and parallel.as_dict()["usable"] == 2  # spawned workers (no fork deadlock)
+    import msma.data.prepare as prepare_module
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("mediapipe labels in threads of this process, not in worker processes")
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module, "ProcessPoolExecutor", no_processes)
+        parallel = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=tmp_path / "c2", workers=2)
+    assert parallel.computed == 4 and parallel.as_dict()["usable"] == 2
+    sequential = {path.name: labels for path, labels in run.labels}
+    for path, labels in parallel.labels:  # two landmarker copies in two threads: the sequential labels
+        if labels is not None and labels.ok:
+            ref = sequential[path.name]
+            assert ref is not None and len(labels.faces) == len(ref.faces)
+            np.testing.assert_allclose(labels.faces[0].landmarks, ref.faces[0].landmarks, atol=1e-3)
+            np.testing.assert_allclose(labels.faces[0].dense, ref.faces[0].dense, atol=1e-3)
+    threads: list[int] = []
+    fill = prepare_module._fill_threaded
+
+    def spy(todo: dict[str, str], cache: LabelCache, pairs: list[object], progress: bool) -> int:
+        threads.append(len(pairs))
+        return fill(todo, cache, pairs, progress)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:  # the default (workers=None): one thread per usable CPU
+        m.setattr(prepare_module, "_fill_threaded", spy)
+        m.setattr(prepare_module, "cpu_count", lambda: 3)
+        auto = prepare_folder(data, landmarks="mediapipe", detector=None, cache_dir=tmp_path / "c3")
+    assert threads == [3] and auto.computed == 4 and auto.as_dict()["usable"] == 2
     keys = [p.name for p in cache.iterdir() if p.is_dir()]
     assert len(keys) == 2 and any(k.startswith("mediapipe_fit-") for k in keys)
     assert LabelCache and labeller_key  # imported API stays public

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -304,7 +305,7 @@ def test_dense_term_fails_at_setup_without_the_mediapipe_bundle(
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("no network in this test")
 
-    monkeypatch.setattr(assets.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(assets.AssetError, match=r"loss\.w_dense > 0.*face_landmarker\.task.*MSMA_ASSET_MIRROR"):
         build_loss(LossConfig(w_dense=1.0), ict_model)
     with pytest.raises(ValueError, match="needs the face model"):

@@ -99,3 +99,62 @@ def test_stray_profiling_signal_cannot_end_the_process(backend: MediaPipeLandmar
     assert signal.getsignal(signal.SIGPROF) == signal.SIG_IGN
     os.kill(os.getpid(), signal.SIGPROF)  # ignored: the test goes on
     assert signal.getsignal(signal.SIGPROF) == signal.SIG_IGN
+
+
+def test_detector_alone_finds_candidate_boxes(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    """The tiled search's candidates: the bundle's BlazeFace alone (no mesh) boxes the annotated face."""
+    img = load_image(testdata / "aflw2000_3d" / "image00050.jpg").as_uint8()
+    gt_box = FaceBox.from_points(read_mat_landmarks(testdata / "aflw2000_3d" / "image00050.mat"))
+    boxes = backend.mesh.detect_boxes(img)
+    assert boxes and _overlap(boxes[0], gt_box) > 0.5
+    assert all(0.0 < b.score <= 1.0 for b in boxes)
+    yy, xx = np.mgrid[0:160, 0:200]
+    ramp = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    assert backend.mesh.detect_boxes(ramp) == []
+
+
+def test_thread_copy_runs_beside_the_original(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    """``msma prepare --workers 2``: a second landmarker with the same cache key, used from another thread at the
+    same time, gives the sequential landmarks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chain = make_detector("mediapipe")
+    pair = backend.thread_copy(chain)
+    assert pair is not None
+    copy, copy_chain = pair
+    assert isinstance(copy, MediaPipeLandmarks) and isinstance(copy_chain, MediaPipeDetector)
+    assert copy.key == backend.key and copy_chain.version == chain.version
+    assert copy.mesh is not backend.mesh and copy.chain is copy_chain and copy_chain is not chain
+    images = [load_image(testdata / name).as_uint8() for name, _ in PHOTOS if not name.endswith("einstein.jpg")]
+
+    def label(args: tuple[MediaPipeLandmarks, MediaPipeDetector, np.ndarray]) -> np.ndarray:
+        b, d, img = args
+        box = d.detect(img, largest_only=True)[0]
+        return b.detect(img, box)
+
+    serial = [label((backend, chain, img)) for img in images]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(label, [(backend, chain, images[0]), (copy, copy_chain, images[1])]))
+        both += list(pool.map(label, [(copy, copy_chain, images[2]), (backend, chain, images[3])]))
+    for got, ref in zip(both, serial[:4]):
+        np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+def test_labelling_needs_no_torch(shared_dir: Path) -> None:
+    """``msma prepare --landmarks mediapipe`` never imports torch (1.3 s of start-up here)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from msma.cli.prepare import cli_main\n"
+        "from msma.data.landmarks import make_landmark_backend\n"
+        "from msma.data.detect import make_detector\n"
+        "b = make_landmark_backend('mediapipe'); d = make_detector('mediapipe')\n"
+        "d.detect(np.zeros((64, 64, 3), np.uint8))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "MSMA_ASSET_MIRROR": str(shared_dir / "assets")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from msma.evaluation.aflw2000 import CROPS
-from msma.evaluation.report import cpu_count, default_output, format_table, json_default
+from msma.evaluation.report import default_output, format_table, json_default
 from msma.pipeline import FacePipeline
+from msma.utils.cores import cpu_count
 
 DATASETS = ("aflw2000_3d", "synthetic", "photos", "micc", "now")
 

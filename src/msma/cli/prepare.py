@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-faces", action="store_true", help="count every face as a sample, not only the largest per image"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the fan backend")
-    parser.add_argument("--workers", type=int, default=1, help="labelling processes (each loads the model)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="labelling workers, each with its own model: threads for mediapipe (default: one per usable CPU, "
+        "at most 4), processes for the other backends (default 1)",
+    )
     parser.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped file")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msma.data.detect import FaceBox
+from msma.data.detect import FaceBox, FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class LandmarkBackend(abc.ABC):
 
     def faces(self, image: np.ndarray, source: Path | None) -> list[np.ndarray] | None:
         """All faces' landmarks without a detector, or None when the backend needs boxes (default)."""
+        return None
+
+    def thread_copy(self, detector: FaceDetector | None) -> tuple[LandmarkBackend, FaceDetector | None] | None:
+        """An independent (backend, detector) pair with the same cache key, safe to run in another thread beside
+        this one, or None (default) when the pair must be copied by worker *processes* instead (a model that
+        holds the GIL, keeps per-call state, or uses torch's own threads)."""
         return None
 
 
@@ -359,7 +365,7 @@ def make_landmark_backend(
         return GroundTruthLandmarks()
     if name in ("mediapipe", "mediapipe+fit"):
         from msma.data.mediapipe_backend import MediaPipeLandmarks
-        from msma.face_model.assets import AssetError
+        from msma.utils.pinned import AssetError
 
         try:
             if name == "mediapipe+fit":

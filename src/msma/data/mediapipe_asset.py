@@ -12,7 +12,7 @@ Where it comes from, in order (like the ICT archive, :mod:`msma.face_model.asset
 2. ``$MSMA_ASSET_MIRROR/face_landmarker.task`` (offline machines, CI), checksum-verified;
 3. ``$MSMA_HOME/downloads/face_landmarker.task`` (a previous download), checksum-verified;
 4. the upstream download (checksum-verified, written atomically) when ``allow_download``;
-5. otherwise :class:`~msma.face_model.assets.AssetError` naming ``MSMA_ASSET_MIRROR`` and the upstream URL.
+5. otherwise :class:`~msma.utils.pinned.AssetError` naming ``MSMA_ASSET_MIRROR`` and the upstream URL.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from msma.face_model import assets as _assets
+from msma.utils import pinned
+from msma.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,16 @@ def find_face_landmarker(path: str | os.PathLike[str] | None = None, allow_downl
         given = Path(explicit).expanduser()
         if not given.is_file():
             raise FileNotFoundError(f"{given}: MediaPipe face landmarker bundle not found")
-        got = _assets.sha256_file(given)
+        got = sha256_file(given)
         if got != FACE_LANDMARKER_SHA256:
             log.warning("%s is not the pinned face_landmarker.task (sha256 %s); using it anyway", given, got)
         return given
-    return _assets.find_pinned_file(
+    return pinned.find_pinned_file(
         FACE_LANDMARKER_NAME,
         FACE_LANDMARKER_SHA256,
         FACE_LANDMARKER_URL,
         f"MediaPipe {FACE_LANDMARKER_NAME} not available. Put the upstream file ({FACE_LANDMARKER_SIZE} bytes, "
         f"sha256 {FACE_LANDMARKER_SHA256}, from {FACE_LANDMARKER_URL}) into a directory and set "
-        f"{_assets.ENV_MIRROR} to it, or pass its path (--landmark-weights / ${ENV_FACE_LANDMARKER}).",
+        f"{pinned.ENV_MIRROR} to it, or pass its path (--landmark-weights / ${ENV_FACE_LANDMARKER}).",
         allow_download,
     )

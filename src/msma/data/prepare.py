@@ -15,10 +15,11 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,15 @@ from msma.data.cache import ImageLabels, LabelCache, PathIndex, cached_labels, l
 from msma.data.detect import FaceDetector, FaceSelection, make_detector
 from msma.data.io import IMAGE_EXTENSIONS, REASON_MISSING, REASON_UNREADABLE, list_images
 from msma.data.landmarks import LandmarkBackend, make_landmark_backend
+from msma.utils.cores import cpu_count
 from msma.utils.files import sha256_file
 from msma.utils.home import msma_home
 from msma.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+#: Most labelling threads chosen automatically (``workers=None``); more rarely pays off against the disk.
+MAX_AUTO_THREADS = 4
 
 
 def default_cache_dir(root: str | os.PathLike[str]) -> Path:
@@ -199,6 +204,59 @@ def _label_one(item: tuple[str, str]) -> str:
     return status
 
 
+def _cache_misses(files: Sequence[Path], cache: LabelCache, index: PathIndex) -> dict[str, str]:
+    """``{sha256: path}`` of the files whose entry is missing or invalid (identical files once; unreadable files
+    are left to the sequential pass, which counts them)."""
+    todo: dict[str, str] = {}
+    for path in files:
+        try:
+            sha = index.sha256(path)
+        except OSError:
+            continue
+        if sha not in todo and cache.get(sha) is None:
+            todo[sha] = str(path)
+    index.save()
+    return todo
+
+
+def _fill_threaded(
+    todo: dict[str, str],
+    cache: LabelCache,
+    pairs: list[tuple[LandmarkBackend, FaceDetector | None]],
+    progress: bool,
+) -> int:
+    """Labels ``todo`` with one thread per (backend, detector) pair (each pair used by one thread only); returns
+    the entries computed. For backends whose model releases the GIL (MediaPipe): no process start-up, no second
+    interpreter, the decoding of the next photo overlaps the landmarker."""
+    free = list(pairs)
+    lock = threading.Lock()
+    local = threading.local()
+
+    def label(item: tuple[str, str]) -> str:
+        pair = getattr(local, "pair", None)
+        if pair is None:
+            with lock:
+                pair = local.pair = free.pop()
+        _, status = cached_labels(Path(item[1]), item[0], cache, pair[0], pair[1])
+        return status
+
+    bar = None
+    if progress:
+        desc = f"labelling ({pairs[0][0].name}, {len(pairs)} threads)"
+        bar = progress_bar(total=len(todo), desc=desc, unit="img", enabled=True)
+    done = 0
+    try:
+        with ThreadPoolExecutor(len(pairs)) as pool:
+            for _ in pool.map(label, list(todo.items())):
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done
+
+
 def _fill_parallel(
     files: Sequence[Path],
     cache: LabelCache,
@@ -212,15 +270,7 @@ def _fill_parallel(
     Entries are written by the workers with the same atomic writes, so this is as safe to interrupt as the
     sequential pass; identical files (same hash) are labelled once.
     """
-    todo: dict[str, str] = {}
-    for path in files:
-        try:
-            sha = index.sha256(path)
-        except OSError:
-            continue  # counted by the sequential pass
-        if sha not in todo and cache.get(sha) is None:
-            todo[sha] = str(path)
-    index.save()
+    todo = _cache_misses(files, cache, index)
     if not todo:
         return 0, cache.invalid
     device = init_args[2]
@@ -257,7 +307,7 @@ def prepare_folder(
     faces: FaceSelection = "largest",
     progress: bool = False,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> LabelRun:
     """Fills the label cache of a folder of photos (what ``msma prepare`` and ``FaceDataModule.prepare_data`` run).
 
@@ -272,7 +322,10 @@ def prepare_folder(
         faces: ``"largest"`` or ``"all"`` (only changes the face count; the cache stores every face).
         progress: show a progress bar.
         extensions: photo suffixes.
-        workers: labelling processes (each loads its own model); 1 labels in this process.
+        workers: labelling workers (each loads its own model): threads in this process for backends that offer
+            :meth:`~msma.data.landmarks.LandmarkBackend.thread_copy` (``mediapipe``), else processes; 1 labels in
+            this process; None: threads on the usable CPUs (at most :data:`MAX_AUTO_THREADS`) where the backend
+            offers them, else 1.
     """
     files = list_images(root, extensions)
     if detector is None:
@@ -280,6 +333,12 @@ def prepare_folder(
     backend = make_landmark_backend(landmarks, weights, device=device)
     det = make_detector(detector) if backend.needs_detector else None
     cache = None if not backend.needs_detector else Path(cache_dir) if cache_dir else default_cache_dir(root)
+    extra: list[tuple[LandmarkBackend, FaceDetector | None]] = []
+    if workers is None:  # threads on the usable cores where the backend can be copied into threads, else 1
+        first = backend.thread_copy(det) if cache is not None else None
+        workers = 1 if first is None else min(MAX_AUTO_THREADS, cpu_count())
+        if first is not None and workers > 1:
+            extra.append(first)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
@@ -291,7 +350,14 @@ def prepare_folder(
         label_cache.clean_temporaries()
         init_args = (landmarks, None if weights is None else str(weights), device, detector, str(cache), key)
         index = PathIndex(cache / "paths.json")
-        filled, invalid = _fill_parallel(files, label_cache, index, workers, init_args, progress)
+        pairs: list[tuple[LandmarkBackend, FaceDetector | None]] = [(backend, det), *extra]
+        while len(pairs) < workers and (copy := backend.thread_copy(det)) is not None:
+            pairs.append(copy)
+        if len(pairs) == workers:  # threads: the backend runs outside the GIL
+            filled = _fill_threaded(_cache_misses(files, label_cache, index), label_cache, pairs, progress)
+            invalid = label_cache.invalid
+        else:
+            filled, invalid = _fill_parallel(files, label_cache, index, workers, init_args, progress)
         run = label_files(files, backend, det, cache, faces=faces, progress=False)
         run.computed += filled
         run.cached -= filled
@@ -340,7 +406,7 @@ def prepare_sources(
     faces: FaceSelection = "largest",
     num_samples: int = 0,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
     w300lp_landmarks: str | None = "landmarks",
 ) -> list[SourceReport]:
     """Labels every photo-folder source once (one pass per folder and backend) and counts every source.
@@ -355,7 +421,7 @@ def prepare_sources(
         faces: ``"largest"`` or ``"all"``.
         num_samples: synthetic samples of sources without their own ``num_samples``.
         progress: progress bars.
-        workers: labelling processes.
+        workers: labelling workers (see :func:`prepare_folder`; None: automatic).
         w300lp_landmarks: 300W-LP's 3D-convention landmarks folder (``data.w300lp_landmarks``).
 
     Returns:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +84,6 @@ def default_output(ckpt: str, data: str, crop: str | None) -> Path:
         return Path(f"eval_mean_{data}{suffix}.json")
     p = Path(ckpt)
     return p.parent / f"eval_{p.stem}_{data}{suffix}.json"
-
-
-def cpu_count() -> int:
-    """CPUs this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def json_default(x: Any) -> Any:
