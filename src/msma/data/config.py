@@ -92,6 +92,9 @@ class DataConfig:
         blur: Gaussian / motion blur in the augmentation (msma's addition; not in Deep3D).
         randconv: probability that a training image reaches the encoder through a random convolution
             (:mod:`msma.data.randconv`, RandConv with mixing; the losses use the clean image); 0 = off.
+        grayscale: probability that a training image reaches the encoder in greyscale (BT.601 luma in all three
+            channels, as a black-and-white photo loads; :mod:`msma.data.grayscale`; applied after RandConv; the
+            losses use the clean image); 0 = off.
         landmarks: pseudo-label backend of ``folder``: ``"dlib"``, ``"fan"`` or ``"gt"``.
         landmark_weights: model file of that backend (None: located automatically, offline).
         detector: face detector: ``"dlib"``, ``"opencv"`` or ``"dlib+opencv"``.
@@ -127,6 +130,7 @@ class DataConfig:
     color_jitter: bool = True
     blur: bool = True
     randconv: float = 0.0
+    grayscale: float = 0.0
     landmarks: str = "dlib"
     landmark_weights: Optional[str] = None
     detector: str = "dlib"

@@ -11,7 +11,7 @@ import torch
 
 from msma.checkpoint import MISMATCH_HELP, checkpoint_config, load_checkpoint_file
 from msma.config import ExperimentConfig, to_plain_dict
-from msma.data.randconv import RandomConvolution
+from msma.data.input_augment import build_input_augment
 from msma.face_model.model import FaceModel
 from msma.training.module import FaceReconModule
 
@@ -21,7 +21,6 @@ def build_module(cfg: ExperimentConfig, face_model: FaceModel | None = None) -> 
     from msma.builders import build_encoder, build_face_model, build_loss, build_renderer
 
     fm = face_model if face_model is not None else build_face_model(cfg.face_model.name, cfg.face_model.path)
-    randconv = cfg.data.randconv
     return FaceReconModule(
         encoder=build_encoder(cfg.model, fm.layout),
         face_model=fm,
@@ -29,7 +28,7 @@ def build_module(cfg: ExperimentConfig, face_model: FaceModel | None = None) -> 
         loss=build_loss(cfg.loss, fm),
         optim=cfg.optim,
         config=to_plain_dict(cfg),
-        input_augment=RandomConvolution(randconv) if randconv != 0 else None,
+        input_augment=build_input_augment(cfg.data.randconv, cfg.data.grayscale),
         augment_seed=cfg.data.seed,
     )
 

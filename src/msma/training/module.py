@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 from msma.checkpoint import CONFIG_KEY, NON_PERSISTENT_PREFIXES
 from msma.config import OptimConfig
 from msma.data.batch import FaceBatch
-from msma.data.randconv import RandomConvolution
+from msma.data.input_augment import InputAugment
 from msma.evaluation.heldout import HeldOutMetrics, face_region_mask
 from msma.face_model.model import FaceModel
 from msma.face_model.params import CoeffLayout, FaceParams
@@ -58,8 +58,9 @@ class FaceReconModule(LightningModule):
         loss: the training loss (``forward(batch, params, face, render, skin_vertex_mask) -> LossOutput``).
         optim: optimiser / schedule settings (Adam + StepLR or cosine; the weight average is a callback).
         config: the resolved experiment configuration (plain dict), stored in every checkpoint.
-        input_augment: random convolutions of the encoder's input in training steps
-            (:class:`msma.data.randconv.RandomConvolution`; the losses still see the clean image), or None.
+        input_augment: augmentation of the encoder's input in training steps (random convolutions,
+            :class:`msma.data.randconv.RandomConvolution`; greyscale, :class:`msma.data.grayscale.RandomGrayscale`;
+            :func:`msma.data.input_augment.build_input_augment`; the losses still see the clean image), or None.
         augment_seed: seeds the input augmentation's draws with the global step (resumes draw the same).
     """
 
@@ -71,7 +72,7 @@ class FaceReconModule(LightningModule):
         loss: FaceReconLoss,
         optim: OptimConfig | None = None,
         config: dict[str, Any] | None = None,
-        input_augment: RandomConvolution | None = None,
+        input_augment: InputAugment | None = None,
         augment_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -145,7 +146,7 @@ class FaceReconModule(LightningModule):
         return self.source_names[index] if index < len(self.source_names) else f"source{index}"
 
     def encoder_input(self, batch: FaceBatch) -> Tensor:
-        """The training step's encoder input: ``batch.image``, randomly convolved when ``input_augment`` is set
+        """The training step's encoder input: ``batch.image``, augmented when ``input_augment`` is set
         (draws seeded by ``augment_seed`` and the global step, so a resumed run draws what the original would)."""
         if self.input_augment is None:
             return batch.image
