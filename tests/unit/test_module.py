@@ -289,7 +289,7 @@ def test_randconv_reaches_the_encoder_input_only_and_follows_the_step(parts: tup
         torch.testing.assert_close(aug.terms[name], value, msg=name)
 
 
-def test_build_module_turns_randconv_on_from_the_config(ict_model: Any) -> None:
+def test_build_module_turns_input_augmentation_on_from_the_config(ict_model: Any) -> None:
     from msma.config import compose_experiment
     from msma.training.checkpoint import build_module
 
@@ -300,6 +300,12 @@ def test_build_module_turns_randconv_on_from_the_config(ict_model: Any) -> None:
     assert build_module(compose_experiment("quickstart"), face_model=ict_model).input_augment is None
     with pytest.raises(ValueError, match="probability"):
         build_module(compose_experiment("quickstart", ["data.randconv=1.5"]), face_model=ict_model)
+    grey = build_module(compose_experiment("quickstart", ["data.grayscale=1.0"]), face_model=ict_model)
+    from msma.data.grayscale import RandomGrayscale
+
+    assert isinstance(grey.input_augment, RandomGrayscale) and grey.input_augment.p == 1.0
+    with pytest.raises(ValueError, match="grayscale probability"):
+        build_module(compose_experiment("quickstart", ["data.grayscale=2"]), face_model=ict_model)
 
 
 @pytest.mark.parametrize(
