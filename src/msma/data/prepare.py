@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,17 +240,20 @@ def _fill_threaded(
         _, status = cached_labels(Path(item[1]), item[0], cache, pair[0], pair[1])
         return status
 
-    bar = None
-    if progress:
-        desc = f"labelling ({pairs[0][0].name}, {len(pairs)} threads)"
-        bar = progress_bar(total=len(todo), desc=desc, unit="img", enabled=True)
+    desc = f"labelling ({pairs[0][0].name}, {len(pairs)} threads)"
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        return _count(pool.map(label, list(todo.items())), len(todo), desc, progress)
+
+
+def _count(results: Iterator[str], total: int, desc: str, progress: bool) -> int:
+    """Consumes a pool's results (one per labelled photo) with an optional progress bar; returns how many."""
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=True) if progress else None
     done = 0
     try:
-        with ThreadPoolExecutor(len(pairs)) as pool:
-            for _ in pool.map(label, list(todo.items())):
-                done += 1
-                if bar is not None:
-                    bar.update(1)
+        for _ in results:
+            done += 1
+            if bar is not None:
+                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -278,22 +281,10 @@ def _fill_parallel(
     # forked child inherits held (it then hangs, whatever backend it runs).
     fresh = device.startswith("cuda") or init_args[0].startswith("mediapipe") or "mediapipe" in sys.modules
     ctx = multiprocessing.get_context("spawn" if fresh else None)
-    bar = None
-    if progress:
-        bar = progress_bar(
-            total=len(todo), desc=f"labelling ({init_args[0]}, {workers} workers)", unit="img", enabled=True
-        )
-    done = 0
-    try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
-            items = [(p, sha) for sha, p in todo.items()]
-            for _ in pool.map(_label_one, items, chunksize=4):
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    desc = f"labelling ({init_args[0]}, {workers} workers)"
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
+        items = [(p, sha) for sha, p in todo.items()]
+        done = _count(pool.map(_label_one, items, chunksize=4), len(todo), desc, progress)
     return done, cache.invalid
 
 
