@@ -158,3 +158,20 @@ def test_labelling_needs_no_torch(shared_dir: Path) -> None:
     env = {**os.environ, "MSMA_ASSET_MIRROR": str(shared_dir / "assets")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_detect_boxes_falls_back_to_the_landmarker_without_a_bundle_detector(
+    backend: MediaPipeLandmarks, testdata: Path
+) -> None:
+    """A bundle without a readable ``face_detector.tflite``: the candidates are the whole landmarker's boxes."""
+    mesh = backend.mesh.copy()
+    try:
+        mesh._detector_missing = True
+        img = load_image(testdata / "aflw2000_3d" / "image00050.jpg").as_uint8()
+        boxes = mesh.detect_boxes(img)
+        assert boxes and [b.to_list() for b in boxes] == [f.box.to_list() for f in mesh.run(img)]
+        assert mesh._detector is None
+    finally:
+        mesh.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        mesh.detect_boxes(img)
