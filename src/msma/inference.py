@@ -224,7 +224,7 @@ class Reconstructor:
 
             self._corr = load_correspondence(self.face_model, landmark_weights)
         if not self.landmark_backend.needs_detector:
-            raise ValueError("the 'gt' landmark backend needs annotation files; use 'dlib' or 'fan'")
+            raise ValueError("the 'gt' landmark backend needs annotation files; use 'dlib', 'fan' or 'mediapipe'")
 
     # ------------------------------------------------------------------------------------------ public
     def reconstruct(self, image: ImageInput) -> Reconstruction:

@@ -143,7 +143,8 @@ def evaluate_photos(
         root: the photo folder.
         device: where the networks run.
         detector: face detector (:func:`msma.data.detect.make_detector`).
-        landmarks: 68-point backend for the alignment (``"dlib"`` or ``"fan"``; never the ground truth).
+        landmarks: 68-point backend for the alignment (``"dlib"``, ``"fan"`` or ``"mediapipe"``; never the
+            ground truth).
         image_size: crop size (default: the checkpoint's).
         limit: evaluate the first N photos only.
         fit: score ``msma reconstruct --fit`` for the checkpoint (needs ``landmarks="mediapipe"``).
@@ -158,7 +159,9 @@ def evaluate_photos(
     from msma.inference import NoFaceError, Reconstructor
 
     if landmarks == "gt":
-        raise ValueError("photos: the alignment must not use the ground truth; use landmarks 'dlib' or 'fan'")
+        raise ValueError(
+            "photos: the alignment must not use the ground truth; use landmarks 'dlib', 'fan' or 'mediapipe'"
+        )
     if fit and landmarks != "mediapipe":
         raise ValueError("photos: fitting needs MediaPipe's dense landmarks: use landmarks 'mediapipe' with fit")
     items = photo_items(root)[:limit]
