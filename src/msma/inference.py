@@ -40,6 +40,7 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.pipeline import FacePipeline, predict_params
 from msma.render.renderer import MeshRenderer
+from msma.utils.files import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +266,11 @@ class Reconstructor:
             for item in chunk:
                 try:
                     inp = self._decode(item)
-                except (BadImageError, ValueError) as exc:
-                    reason = exc.reason if isinstance(exc, BadImageError) else "unreadable"
-                    results.append(f"{reason}: {exc}")
+                except BadImageError as exc:  # its message names the file, which the caller already has
+                    results.append(f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason)
+                    continue
+                except ValueError as exc:
+                    results.append(f"unreadable: {exc}")
                     continue
                 found, why = self._faces(inp, len(inputs), all_faces)
                 if not found:
@@ -478,7 +481,7 @@ def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[P
     meta["obj"] = obj.name
     meta["obj_frame"] = "canonical (unposed) shape, mm, x right, y up, z towards the viewer"
     js = out_dir / f"{stem}.json"
-    js.write_text(json.dumps(meta, indent=1))
+    atomic_write_text(js, json.dumps(meta, indent=1))
     png = out_dir / f"{stem}_overlay.png"
-    Image.fromarray(rec.overlay).save(png)
+    atomic_write(png, lambda tmp: Image.fromarray(rec.overlay).save(tmp, format="PNG"))
     return [obj, js, png, *extra]

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msma.utils.files import atomic_write, atomic_write_text
+
 if TYPE_CHECKING:
     from msma.face_model.model import FaceModel
     from msma.face_model.params import FaceParams
@@ -218,14 +220,14 @@ def write_textured_obj(
     obj.parent.mkdir(parents=True, exist_ok=True)
     mtl = obj.with_suffix(".mtl")
     png = obj.with_name(f"{obj.stem}_texture.png")
-    Image.fromarray(texture.image).save(png)
-    mtl.write_text(f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png.name}\n")
+    atomic_write(png, lambda tmp: Image.fromarray(texture.image).save(tmp, format="PNG"))
+    atomic_write_text(mtl, f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png.name}\n")
     v = np.asarray(vertices, dtype=np.float64)
     lines = [f"mtllib {mtl.name}", f"usemtl {material}"]
     lines += [f"v {x:.5f} {y:.5f} {z:.5f}" for x, y, z in v]
     lines += [f"vt {u:.6f} {w:.6f}" for u, w in texture.uv]
     lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in (texture.tri + 1)]
-    obj.write_text("\n".join(lines) + "\n")
+    atomic_write_text(obj, "\n".join(lines) + "\n")
     return [obj, mtl, png]
 
 

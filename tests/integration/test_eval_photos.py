@@ -62,12 +62,54 @@ def test_eval_photos_mean_face_against_a_hand_computation(testdata: Path, tmp_pa
 def test_eval_photos_rejects_bad_inputs(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(tmp_path / "none")]) == 2
     assert "not a folder" in capsys.readouterr().err
-    shutil.copy(testdata / "faces68" / "takeo.ppm", tmp_path / "a.ppm")
-    (tmp_path / "a.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n}\n")
     assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(tmp_path)]) == 2
-    assert "a.pts" in capsys.readouterr().err
+    assert "no image with a .pts or .mat annotation" in capsys.readouterr().err
     assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(testdata), "--landmarks", "gt"]) == 2
     assert "ground truth" in capsys.readouterr().err
+
+
+def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A malformed annotation, an empty, a truncated and a non-image photo are each skipped with their reason and
+    counted; the good photo is still scored exactly as alone."""
+    takeo = testdata / "faces68" / "takeo.ppm"
+    root = tmp_path / "photos"
+    root.mkdir()
+    shutil.copy(takeo, root / "takeo.ppm")
+    shutil.copy(takeo.with_suffix(".pts"), root / "takeo.pts")
+    shutil.copy(takeo, root / "a.ppm")
+    (root / "a.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n}\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "noise.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    from PIL import Image
+
+    Image.open(takeo).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (root / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    for stem in ("empty", "noise", "trunc"):
+        shutil.copy(takeo.with_suffix(".pts"), root / f"{stem}.pts")
+    out = tmp_path / "photos.json"
+    assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "photos skipped" in printed
+    result = json.loads(out.read_text())["result"]
+    rows = {Path(r["image"]).name: r for r in result["images"]}
+    assert set(rows) == {"takeo.ppm", "a.ppm", "empty.png", "noise.jpg", "trunc.jpg"}
+    reasons = {n: r["skipped"].split(":")[0] for n, r in rows.items() if "skipped" in r}
+    assert reasons == {
+        "a.ppm": "bad_annotation",
+        "empty.png": "zero_byte",
+        "noise.jpg": "not_an_image",
+        "trunc.jpg": "truncated",
+    }
+    assert "a.pts" in rows["a.ppm"]["skipped"]
+    assert result["count"] == 1 and len(result["skipped"]) == 4
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(takeo, alone / "takeo.ppm")
+    shutil.copy(takeo.with_suffix(".pts"), alone / "takeo.pts")
+    from msma.evaluation.photos import evaluate_photos
+
+    assert result["mean"] == pytest.approx(evaluate_photos(None, alone)["mean"], rel=1e-9)
 
 
 def test_eval_photos_fit_on_aflw_folders_bins_by_yaw(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ from msma.evaluation.aflw2000 import CROPS
 from msma.evaluation.report import default_output, format_table, json_default
 from msma.pipeline import FacePipeline
 from msma.utils.cores import cpu_count
+from msma.utils.files import atomic_write_text
 
 DATASETS = ("aflw2000_3d", "synthetic", "photos", "micc", "now")
 
@@ -130,8 +131,7 @@ def cli_main(argv: list[str]) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(args.out) if args.out else default_output(args.ckpt, args.data, crop)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
+    atomic_write_text(out, json.dumps(report, indent=2, default=json_default) + "\n")
     title = f"msma eval: {args.data}" + (f" ({crop} crop)" if crop else "") + f", checkpoint {args.ckpt}"
     print(title)
     print(format_table(args.data, result))

@@ -13,10 +13,10 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from msma.data.landmarks import LandmarkBackendUnavailable
 from msma.data.prepare import prepare_folder, prepare_sources
+from msma.utils.files import atomic_write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     print(run.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps(run.as_dict(), indent=2))
+        atomic_write_text(args.json, json.dumps(run.as_dict(), indent=2))
     return 0
 
 
@@ -122,7 +122,7 @@ def _prepare_experiment(args: argparse.Namespace) -> int:
     for report in reports:
         print(report.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in reports], indent=2))
+        atomic_write_text(args.json, json.dumps([r.__dict__ for r in reports], indent=2))
     return 0
 
 

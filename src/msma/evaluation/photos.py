@@ -6,7 +6,8 @@ an AFLW-style ``<stem>.mat`` (``pt3d_68``, else ``pt2d``) next to it. Each photo
 ground truth is used only to score, and, when the largest detection (what ``msma reconstruct`` takes) is not the
 annotated face, to pick the detection whose box centre is closest to the annotated face's (the annotation names
 the face, never the crop); a photo where no detection lies within half the annotated box size of it counts as
-not detected. The untrained network
+not detected. A photo that cannot be read (corrupt, truncated, empty, ...) or whose annotation is malformed is
+skipped with its reason and counted (``skipped``), as every msma data path does. The untrained network
 (the mean face) is run on the same detections and crops, so the comparison isolates what the network learned.
 
 NME: mean point-to-point distance over the 68 points in original-image pixels divided by ``sqrt(w * h)`` of the
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msma.data.io import list_images
+from msma.data.io import BadImageError, list_images
 from msma.data.landmarks import LandmarkError, sibling_annotation
 from msma.metrics.nme import YAW_BIN_NAMES, nme, yaw_bin
 
@@ -89,27 +90,31 @@ def binned_nme(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
-def photo_items(root: str | Path) -> list[PhotoItem]:
-    """Every image under ``root`` with a readable 68-point annotation next to it (sorted by path).
+def scan_photo_folder(root: str | Path) -> tuple[list[PhotoItem], list[dict[str, str]]]:
+    """Every image under ``root`` with a 68-point annotation next to it (sorted by path), and the malformed ones.
+
+    Returns:
+        ``(items, skipped)``: the photos whose annotation reads, and ``{"image", "skipped"}`` rows (reason
+        ``bad_annotation: <the annotation's error, naming its file>``) for those whose annotation does not.
 
     Raises:
-        FileNotFoundError: ``root`` is not a folder or holds no labelled photo.
-        ValueError: an annotation file exists but is malformed (names the file).
+        FileNotFoundError: ``root`` is not a folder or holds no image with a ``.pts`` / ``.mat`` next to it.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"photos: {root} is not a folder")
-    items = []
+    items: list[PhotoItem] = []
+    skipped: list[dict[str, str]] = []
     for path in sorted(list_images(root)):
         if not (path.with_suffix(".pts").is_file() or path.with_suffix(".mat").is_file()):
             continue
         try:
             items.append(PhotoItem(path, sibling_annotation(path), _mat_yaw(path)))
         except LandmarkError as exc:
-            raise ValueError(str(exc)) from exc
-    if not items:
+            skipped.append({"image": str(path), "skipped": f"bad_annotation: {exc}"})
+    if not items and not skipped:
         raise FileNotFoundError(f"photos: no image with a .pts or .mat annotation under {root}")
-    return items
+    return items, skipped
 
 
 def _centre_distance(box: tuple[float, float, float, float], gt: np.ndarray) -> float:
@@ -164,7 +169,9 @@ def evaluate_photos(
         )
     if fit and landmarks != "mediapipe":
         raise ValueError("photos: fitting needs MediaPipe's dense landmarks: use landmarks 'mediapipe' with fit")
-    items = photo_items(root)[:limit]
+    items, bad_annotations = scan_photo_folder(root)
+    items = items[:limit]
+    rows: list[dict[str, Any]] = list(bad_annotations)
     backend = "torch" if torch.device(device).type == "cpu" else "auto"
     trained = Reconstructor(
         ckpt,
@@ -184,7 +191,6 @@ def evaluate_photos(
         image_size=trained.image_size,
         renderer_backend=backend,
     )
-    rows: list[dict[str, Any]] = []
     for item in items:
         ext = item.landmarks.max(0) - item.landmarks.min(0)
         near = 0.5 * float(np.sqrt(ext[0] * ext[1]))
@@ -198,6 +204,9 @@ def evaluate_photos(
             base = mean.reconstruct_faces(str(item.path), all_faces=all_faces)
         except NoFaceError as exc:
             rows.append({"image": str(item.path), "skipped": f"no_face: {exc}"})
+            continue
+        except BadImageError as exc:  # a corrupt photo is skipped and counted, as every msma data path does
+            rows.append({"image": str(item.path), "skipped": f"{exc.reason}: {exc.detail}"})
             continue
         dist = [_centre_distance(r.box, item.landmarks) for r in recs]
         k = int(np.argmin(dist))
@@ -223,6 +232,7 @@ def evaluate_photos(
                 "yaw_bin": yaw_bin_name(item.yaw),
             }
         )
+    rows.sort(key=lambda r: str(r["image"]))
     scored = [r for r in rows if "nme" in r]
     m = float(np.mean([r["nme"] for r in scored])) if scored else float("nan")
     m0 = float(np.mean([r["nme_mean_face"] for r in scored])) if scored else float("nan")

@@ -41,6 +41,7 @@ def format_table(data: str, result: dict[str, Any]) -> str:
             ("NME mean over photos (%)", f"{_fmt(result['mean'])}  vs mean face {_fmt(result['mean_mean_face'])}"),
             ("ratio to the mean face", _fmt(result["ratio"])),
             ("photos better than the mean face", f"{result['better_than_mean_face']} / {result['count']}"),
+            ("photos skipped", str(len(result["skipped"]))),
         ]
         bins = result.get("yaw_bins") or {}
         ck, mf = bins.get("checkpoint"), bins.get("mean_face")
