@@ -121,6 +121,23 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
     assert not list(out.glob("corrupt*")) and not list(out.glob("noface*"))
 
 
+def test_cli_output_names_never_collide(tmp_path: Path, testdata: Path) -> None:
+    """Same-named photos in different folders, a photo already named like a numbered twin, and a name with a space
+    and a newline: every input gets its own files (nothing overwritten) under a name without whitespace."""
+    from msma.cli.reconstruct import cli_main
+
+    takeo = (testdata / "faces68" / "takeo.ppm").read_bytes()
+    src = tmp_path / "src"
+    for rel in ("a/t.ppm", "b/t.ppm", "t_1.ppm", "my face\n.ppm"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(takeo)
+    out = tmp_path / "out"
+    assert cli_main([str(src), "--out", str(out)]) == 0
+    jsons = sorted(p.name for p in out.glob("*.json"))
+    assert jsons == ["my_face_.json", "t_1.json", "t_2.json", "t_3.json"]
+    assert len(list(out.glob("*.obj"))) == 4 and len(list(out.glob("*_overlay.png"))) == 4
+
+
 @pytest.mark.gpu
 # The reconstructor detects faces with dlib, which the GPU machine's image lacks (the device kit leaves out the
 # 100 MB predictor package); there this test is reported as skipped, never as passed.

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,16 +35,33 @@ def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
     return files, missing
 
 
+def _safe_stem(stem: str) -> str:
+    """An output name from a file's stem: whitespace, control characters and path separators become ``_`` (an OBJ's
+    ``mtllib`` line cannot hold a space; a newline in a name breaks every line-based tool)."""
+    out = "".join("_" if ch.isspace() or unicodedata.category(ch).startswith("C") or ch in "/\\" else ch for ch in stem)
+    return out or "image"
+
+
 def _unique_stems(files: Sequence[Path]) -> list[str]:
-    counts = Counter(f.stem for f in files)
+    """One output name per input file, never shared: repeated names get ``_1``, ``_2``, ... skipping every name
+    another input already has (``a/t.jpg``, ``b/t.jpg`` and ``t_1.jpg`` give ``t_2``, ``t_3`` and ``t_1``), so no
+    reconstruction overwrites another's files."""
+    clean = [_safe_stem(f.stem) for f in files]
+    counts = Counter(clean)
+    taken = set(counts)
     seen: Counter[str] = Counter()
     stems = []
-    for f in files:
-        if counts[f.stem] > 1:
-            seen[f.stem] += 1
-            stems.append(f"{f.stem}_{seen[f.stem]}")
-        else:
-            stems.append(f.stem)
+    for stem in clean:
+        if counts[stem] == 1:
+            stems.append(stem)
+            continue
+        while True:
+            seen[stem] += 1
+            candidate = f"{stem}_{seen[stem]}"
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        stems.append(candidate)
     return stems
 
 
