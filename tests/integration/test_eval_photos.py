@@ -78,6 +78,10 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
     shutil.copy(takeo.with_suffix(".pts"), root / "takeo.pts")
     shutil.copy(takeo, root / "a.ppm")
     (root / "a.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n}\n")
+    shutil.copy(takeo, root / "holes.ppm")  # a NaN point: skipped, not a NaN mean
+    lines = takeo.with_suffix(".pts").read_text().splitlines()
+    lines[lines.index("{") + 1] = "nan 1"
+    (root / "holes.pts").write_text("\n".join(lines) + "\n")
     (root / "empty.png").write_bytes(b"")
     (root / "noise.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
     from PIL import Image
@@ -93,16 +97,17 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
     assert "photos skipped" in printed
     result = json.loads(out.read_text())["result"]
     rows = {Path(r["image"]).name: r for r in result["images"]}
-    assert set(rows) == {"takeo.ppm", "a.ppm", "empty.png", "noise.jpg", "trunc.jpg"}
+    assert set(rows) == {"takeo.ppm", "a.ppm", "holes.ppm", "empty.png", "noise.jpg", "trunc.jpg"}
     reasons = {n: r["skipped"].split(":")[0] for n, r in rows.items() if "skipped" in r}
     assert reasons == {
         "a.ppm": "bad_annotation",
+        "holes.ppm": "bad_annotation",
         "empty.png": "zero_byte",
         "noise.jpg": "not_an_image",
         "trunc.jpg": "truncated",
     }
-    assert "a.pts" in rows["a.ppm"]["skipped"]
-    assert result["count"] == 1 and len(result["skipped"]) == 4
+    assert "a.pts" in rows["a.ppm"]["skipped"] and "holes.pts: 1 of the 68 points" in rows["holes.ppm"]["skipped"]
+    assert result["count"] == 1 and len(result["skipped"]) == 5
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(takeo, alone / "takeo.ppm")

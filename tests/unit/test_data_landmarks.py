@@ -235,6 +235,14 @@ def test_gt_backend(testdata: Path, tmp_path: Path) -> None:
     assert mat_lm.shape == (68, 2)
     with pytest.raises(LandmarkError, match="no ground-truth annotation"):
         gt.faces(image, tmp_path / "x.jpg")
+    # An annotation with a non-finite point is refused, naming the file and the count (a NaN would poison every mean).
+    lines = (testdata / "faces68" / "takeo.pts").read_text().splitlines()
+    start = lines.index("{") + 1
+    lines[start + 5] = "nan 12.0"
+    lines[start + 9] = "3.0 inf"
+    (tmp_path / "holes.pts").write_text("\n".join(lines) + "\n")
+    with pytest.raises(LandmarkError, match=r"holes.pts: 2 of the 68 points are not finite"):
+        sibling_annotation(tmp_path / "holes.jpg")
     with pytest.raises(LandmarkError, match="source path"):
         gt.detect(image, FaceBox(0, 0, 1, 1))
     with pytest.raises(ValueError, match="unknown landmark backend"):

@@ -306,7 +306,7 @@ def sibling_annotation(source: Path) -> np.ndarray:
     """Reads the annotation stored next to ``source`` (``<stem>.pts`` first, then ``<stem>.mat``).
 
     Raises:
-        LandmarkError: none found or unreadable.
+        LandmarkError: none found, unreadable, or with a non-finite coordinate.
     """
     for suffix, reader in ((".pts", read_pts), (".mat", read_mat_landmarks)):
         cand = source.with_suffix(suffix)
@@ -317,6 +317,9 @@ def sibling_annotation(source: Path) -> np.ndarray:
                 raise LandmarkError(str(exc)) from exc
             if pts.shape != (NUM_LANDMARKS, 2):
                 raise LandmarkError(f"{cand}: {pts.shape[0]} points, expected 68")
+            bad = int((~np.isfinite(pts).all(axis=1)).sum())
+            if bad:  # as the 3DDFA .mat reader: an annotation is complete or it is not one
+                raise LandmarkError(f"{cand}: {bad} of the 68 points are not finite numbers")
             return pts
     raise LandmarkError(f"{source}: no ground-truth annotation (.pts or .mat) next to the image")
 
