@@ -115,6 +115,11 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
     from msma.evaluation.photos import evaluate_photos
 
     assert result["mean"] == pytest.approx(evaluate_photos(None, alone)["mean"], rel=1e-9)
+    # Nothing scorable: the report is still written, with the reasons, and the exit status is 1.
+    (root / "takeo.ppm").write_bytes(b"")
+    assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(root), "--out", str(out)]) == 1
+    assert "nothing could be scored" in capsys.readouterr().err
+    assert json.loads(out.read_text())["result"]["count"] == 0
 
 
 def test_eval_photos_fit_on_aflw_folders_bins_by_yaw(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -136,6 +136,9 @@ def cli_main(argv: list[str]) -> int:
     print(title)
     print(format_table(args.data, result))
     print(f"  ({seconds:.1f} s on {report['device']}; report: {out})")
+    if not result["count"]:  # every sample skipped: the report says why, the exit status says it failed
+        print(f"msma eval: nothing could be scored under {args.root} (see the skip reasons above)", file=sys.stderr)
+        return 1
     return 0
 
 
