@@ -34,7 +34,8 @@ from msma.utils.pinned import find_pinned_file as find_pinned_file
 
 ENV_BFM_DIR = "MSMA_BFM_DIR"
 #: Version of the ICT conversion recipe; bump when :func:`convert_ict` changes its output.
-ICT_RECIPE_VERSION = 4  # 3: the context mesh (head, ears, neck, teeth, gums, tongue); 4: jaw sides re-selected
+#: 3: the context mesh (head, ears, neck, teeth, gums, tongue); 4: jaw sides re-selected; 5: brows re-selected.
+ICT_RECIPE_VERSION = 5
 
 
 def ict_cache_path(home: Path | None = None) -> Path:

@@ -19,9 +19,11 @@ Conversions:
   coefficients are ~N(0, 1) and ``id_std`` is 1.
 * Expressions: ``expression - neutral``; coefficients are blendshape weights (0 = neutral, 1 = full shape).
 * Quads -> two triangles ``(a, b, c), (a, c, d)``; triangles stay.
-* Landmarks: the README's 68 vertices, except the jaw sides (points 0-5 and 11-16), re-selected on the face's
-  outline at the pose photos show faces in (:mod:`msma.face_model.landmark_convention`; the README's lie 6-15 %
-  of the face size above the annotated jaw there). The albedo regions and the context head use the README's.
+* Landmarks: the README's 68 vertices, except the brows (points 17-26) and the jaw sides (points 0-5 and 11-16),
+  re-selected where photos' annotations put them at the pose photos show faces in
+  (:mod:`msma.face_model.landmark_convention`; the README's brows lie 6-11 % of the inter-ocular distance above
+  the annotated brows there, its jaw sides 6-15 % of the face size above the annotated jaw). The albedo regions
+  and the context head use the README's.
 
 Regions kept (vertex ranges of the upstream README, half-open here):
 
@@ -59,7 +61,7 @@ import numpy as np
 
 from msma.face_model.albedo import build_albedo_prior
 from msma.face_model.context import PART_GUMS, PART_SKIN, PART_TEETH, ContextMesh
-from msma.face_model.landmark_convention import reselect_jaw
+from msma.face_model.landmark_convention import reselect_brows, reselect_jaw
 from msma.face_model.model import FaceModelArrays
 from msma.face_model.params import CoeffLayout
 
@@ -370,7 +372,12 @@ def convert_ict(
     prior = build_albedo_prior(mean_shape, mesh_tri, readme_idx, eyeballs, remap[np.arange(*MOUTH_SOCKET)])
     narrow_kept = np.zeros(n, dtype=bool)
     narrow_kept[remap[np.arange(*NARROW_FACE_AREA)]] = True
-    jaw = reselect_jaw(mean_shape, mesh_tri, narrow_kept & (prior.skin_mask > 0.5), readme_idx)
+    brows = reselect_brows(mean_shape, mesh_tri, narrow_kept, readme_idx)
+    say(
+        f"brows re-selected at {brows.pitch_deg:.1f} deg pitch (mean vertical offset "
+        f"{brows.brow_offset_before.mean():+.3f} -> {brows.brow_offset_after.mean():+.3f} inter-ocular distances)"
+    )
+    jaw = reselect_jaw(mean_shape, mesh_tri, narrow_kept & (prior.skin_mask > 0.5), brows.landmark_idx)
     landmark_idx = jaw.landmark_idx
     say(
         f"jaw sides re-selected at {jaw.pitch_deg:.1f} deg pitch (mean jaw offset "

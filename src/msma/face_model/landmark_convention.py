@@ -1,4 +1,5 @@
-"""The jaw of a face model's 68 landmarks, placed where photos' annotations put it at the pose faces are seen in.
+"""The jaw and brows of a face model's 68 landmarks, placed where photos' annotations put them at the pose faces
+are seen in.
 
 ICT-FaceKit's README lists 68 Multi-PIE landmark vertices. Its 51 inner points (brows, nose, eyes, mouth) mark
 fixed places on the face; its 17 jaw points lie on the face's outline *as the mean face is seen at ICT's zero
@@ -20,6 +21,14 @@ poses it is fitted at, so the jaw sides are re-selected:
    horizontal-flip augmentation relies on it). The chin points 6-10 keep the README's vertices: the mean
    face's chin ends above the reference chin (a difference of face length that identity fitting resolves; no
    rendered vertex reaches the reference there).
+
+The brows come first (:func:`reselect_brows`): ICT-FaceKit's README brow vertices sit 6-11 % of the inter-ocular
+distance above the reference brows when the mean face is posed and mapped by its nose, eye and mouth points alone
+(and 8-15 % above the hand-placed brows of photos after fitting the face model to MediaPipe's dense landmarks,
+which place the brow surface itself: the vertices, not the fitted shape, are off). Each brow point takes the
+front-facing face vertex within :data:`BROW_RADIUS_MM` nearest to its reference point, mirror pairs together
+(ICT: 4-6 mm lower, within 3 % of the reference). With these brows the 51 inner points match the reference best at
+10.5 degrees, the pitch the jaw sides are then chosen at.
 
 The result is one fixed vertex per landmark, as before: the landmarks still move rigidly with the face and stay
 on the hidden side of a profile (AFLW2000-3D's 3D convention).
@@ -88,6 +97,14 @@ JAW_SIDES = (0, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15, 16)
 OUTLINE_NZ = 0.35
 #: A new jaw vertex lies within this distance of the source's vertex, mm.
 CANDIDATE_RADIUS_MM = 30.0
+#: Brow points (all re-selected, see :func:`reselect_brows`).
+BROWS = tuple(range(17, 27))
+#: Points that place the brows' reference: nose, eyes and mouth (27-67), whose layout is not in question.
+_CORE = np.arange(27, 68)
+#: A new brow vertex lies within this distance of the source's vertex, mm.
+BROW_RADIUS_MM = 15.0
+#: Brow candidates face the camera at the photo pitch: unit normal z above this.
+BROW_FRONT_NZ = 0.3
 #: Pitch search range and step, degrees.
 PITCH_RANGE_DEG = (-20.0, 40.0)
 PITCH_STEP_DEG = 0.5
@@ -128,6 +145,24 @@ def mirror_vertices(vertices: np.ndarray, tol_mm: float = 0.01) -> np.ndarray | 
     return np.where(found, idx, -1).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class BrowSelection:
+    """Result of :func:`reselect_brows`.
+
+    Attributes:
+        landmark_idx: (68,) int64 vertex indices: the source's, with the brow points (17-26) replaced.
+        pitch_deg: the pitch (degrees) at which the nose, eye and mouth points best match the reference.
+        brow_offset_before / brow_offset_after: (10,) signed vertical offset of each brow point from the reference
+            (image y down: negative = above it), in units of the reference's inter-ocular distance (eye centres),
+            the source's vertices and the selected ones.
+    """
+
+    landmark_idx: np.ndarray
+    pitch_deg: float
+    brow_offset_before: np.ndarray
+    brow_offset_after: np.ndarray
+
+
 def _rot_x(deg: float) -> np.ndarray:
     """(3, 3) :func:`~msma.face_model.rotation.rotation_x` of ``deg`` degrees, float64 numpy."""
     return rotation_x(torch.tensor([np.radians(deg)], dtype=torch.float64))[0].numpy()
@@ -144,10 +179,23 @@ def _reference_size() -> float:
     return float(np.sqrt(box[0] * box[1]))
 
 
-def _to_reference(proj68: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Similarity of the projected inner points onto the reference's; returns (mapped 68, s, R, t)."""
-    s, rot, t = umeyama(proj68[_INNER], MEAN_LANDMARKS_2D[_INNER])
+def _to_reference(proj68: np.ndarray, subset: np.ndarray = _INNER) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Similarity of the projected ``subset`` points onto the reference's; returns (mapped 68, s, R, t)."""
+    s, rot, t = umeyama(proj68[subset], MEAN_LANDMARKS_2D[subset])
     return proj68 @ (s * rot).T + t, s, rot, t
+
+
+def _best_pitch(pts68: np.ndarray, subset: np.ndarray) -> tuple[float, float]:
+    """Grid search of the pitch at which the ``subset`` points best match the reference (see :func:`photo_pitch`)."""
+    size = _reference_size()
+    best = (0.0, np.inf)
+    lo, hi = PITCH_RANGE_DEG
+    for deg in np.arange(lo, hi + 1e-9, PITCH_STEP_DEG):
+        mapped, _, _, _ = _to_reference(_project(pts68, float(deg)), subset)
+        res = float(np.linalg.norm(mapped[subset] - MEAN_LANDMARKS_2D[subset], axis=1).mean()) / size
+        if res < best[1]:
+            best = (float(deg), res)
+    return best
 
 
 def photo_pitch(mean_shape: np.ndarray, landmark_idx: np.ndarray) -> tuple[float, float]:
@@ -160,16 +208,7 @@ def photo_pitch(mean_shape: np.ndarray, landmark_idx: np.ndarray) -> tuple[float
     Returns:
         (pitch in degrees, mean inner-point distance in reference face sizes).
     """
-    pts = np.asarray(mean_shape, dtype=np.float64)[np.asarray(landmark_idx)]
-    size = _reference_size()
-    best = (0.0, np.inf)
-    lo, hi = PITCH_RANGE_DEG
-    for deg in np.arange(lo, hi + 1e-9, PITCH_STEP_DEG):
-        mapped, _, _, _ = _to_reference(_project(pts, float(deg)))
-        res = float(np.linalg.norm(mapped[_INNER] - MEAN_LANDMARKS_2D[_INNER], axis=1).mean()) / size
-        if res < best[1]:
-            best = (float(deg), res)
-    return best
+    return _best_pitch(np.asarray(mean_shape, dtype=np.float64)[np.asarray(landmark_idx)], _INNER)
 
 
 def reselect_jaw(
@@ -222,3 +261,64 @@ def reselect_jaw(
     before = np.linalg.norm(mapped[idx[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     after = np.linalg.norm(mapped[new[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     return JawSelection(new, pitch, inner_res, before, after)
+
+
+def reselect_brows(
+    mean_shape: np.ndarray, mesh_tri: np.ndarray, candidates: np.ndarray, landmark_idx: np.ndarray
+) -> BrowSelection:
+    """Re-selects the brow points of ``landmark_idx`` where photos' annotations put them.
+
+    The mean face is posed at the pitch where its nose, eye and mouth points (27-67) best match
+    :data:`MEAN_LANDMARKS_2D` and mapped onto it by the similarity of those points alone, so the brows' own offset
+    moves neither the pose nor the map (ICT: 11 degrees; :func:`photo_pitch` with the README's brows says 12.5, with
+    the re-selected ones 10.5); each brow point then takes the vertex nearest to its reference point among
+    the *candidates* that face the camera there (unit normal ``n_z >`` :data:`BROW_FRONT_NZ`) within
+    :data:`BROW_RADIUS_MM` of the source's vertex, mirror pairs chosen together as the jaw's
+    (:func:`reselect_jaw`). ICT-FaceKit's README brow vertices lie 6-11 % of the inter-ocular distance above the
+    reference there (and 8-15 % above the hand-placed points of photos after fitting the model to MediaPipe's dense
+    landmarks, which place the brow surface itself).
+
+    Args:
+        mean_shape: (N, 3) mean face in mm, model frame.
+        mesh_tri: (F, 3) triangles of the mesh (for the normals).
+        candidates: (N,) bool, vertices a brow landmark may move to (the rendered face area).
+        landmark_idx: (68,) vertex indices (every point but the brows is kept).
+
+    Returns:
+        :class:`BrowSelection`.
+
+    Raises:
+        ValueError: when a brow point has no candidate within :data:`BROW_RADIUS_MM`.
+    """
+    verts = np.asarray(mean_shape, dtype=np.float64)
+    idx = np.asarray(landmark_idx, dtype=np.int64)
+    pitch, _ = _best_pitch(verts[idx], _CORE)
+    proj = _project(verts, pitch)
+    _, s, rot, t = _to_reference(proj[idx], _CORE)
+    mapped = proj @ (s * rot).T + t  # every vertex in reference coordinates
+    normals = mesh_vertex_normals(torch.from_numpy(verts)[None], torch.as_tensor(mesh_tri))[0].numpy()
+    normals = normals @ _rot_x(pitch).T
+    front = np.where(np.asarray(candidates, dtype=bool) & (normals[:, 2] > BROW_FRONT_NZ))[0]
+    mirror = mirror_vertices(verts)
+    new = idx.copy()
+    for j in BROWS:
+        partner = MIRROR_68[j]
+        pair = mirror if mirror is not None and mirror[idx[j]] == idx[partner] else None
+        if pair is not None and j > partner:
+            continue  # chosen with its partner
+        near = front[np.linalg.norm(verts[front] - verts[idx[j]], axis=1) < BROW_RADIUS_MM]
+        if pair is not None:
+            near = near[pair[near] >= 0]
+        if near.size == 0:
+            raise ValueError(f"brow landmark {j}: no front-facing vertex within {BROW_RADIUS_MM} mm of vertex {idx[j]}")
+        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
+        if pair is not None:
+            cost = cost + np.linalg.norm(mapped[pair[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
+        new[j] = near[np.argmin(cost)]
+        if pair is not None:
+            new[partner] = pair[new[j]]
+    io = float(np.linalg.norm(MEAN_LANDMARKS_2D[42:48].mean(0) - MEAN_LANDMARKS_2D[36:42].mean(0)))
+    brows = list(BROWS)
+    before = (mapped[idx[brows], 1] - MEAN_LANDMARKS_2D[brows, 1]) / io
+    after = (mapped[new[brows], 1] - MEAN_LANDMARKS_2D[brows, 1]) / io
+    return BrowSelection(new, pitch, before, after)
