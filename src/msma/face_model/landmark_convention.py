@@ -211,6 +211,58 @@ def photo_pitch(mean_shape: np.ndarray, landmark_idx: np.ndarray) -> tuple[float
     return _best_pitch(np.asarray(mean_shape, dtype=np.float64)[np.asarray(landmark_idx)], _INNER)
 
 
+def _choose_mirrored(
+    points: tuple[int, ...],
+    idx: np.ndarray,
+    verts: np.ndarray,
+    pool: np.ndarray,
+    radius_mm: float,
+    mapped: np.ndarray,
+    part: str,
+    kind: str,
+) -> np.ndarray:
+    """For each landmark in ``points``: the vertex of ``pool`` within ``radius_mm`` of its current vertex whose mapped
+    position is nearest to the reference point; on a mirror-symmetric mesh a point and its
+    :data:`~msma.data.landmark_index.MIRROR_68` partner are chosen as one mirror pair (summed distance).
+
+    Args:
+        points: landmark numbers to re-select.
+        idx: (68,) current vertex indices.
+        verts: (N, 3) mean face, mm.
+        pool: candidate vertex indices.
+        radius_mm: search radius around the current vertex.
+        mapped: (N, 2) every vertex in reference coordinates.
+        part, kind: words of the error message (``"jaw"``, ``"outline vertex"``).
+
+    Returns:
+        (68,) int64: ``idx`` with ``points`` replaced.
+
+    Raises:
+        ValueError: a point without a candidate.
+    """
+    mirror = mirror_vertices(verts)
+    new = idx.copy()
+    for j in points:
+        partner = MIRROR_68[j]
+        # the mirror map when j and its partner are a mirror pair on this mesh (chosen together), else None
+        pair = mirror if mirror is not None and mirror[idx[j]] == idx[partner] else None
+        if pair is not None and j > partner:
+            continue  # chosen with its partner
+        near = pool[np.linalg.norm(verts[pool] - verts[idx[j]], axis=1) < radius_mm]
+        if pair is not None:
+            near = near[pair[near] >= 0]
+        if near.size == 0:
+            what = f"{kind} with a mirror vertex" if pair is not None else kind
+            raise ValueError(f"{part} landmark {j}: no {what} within {radius_mm} mm of vertex {idx[j]}")
+        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
+        if pair is not None:
+            cost = cost + np.linalg.norm(mapped[pair[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
+        new[j] = near[np.argmin(cost)]
+        if pair is not None:
+            new[partner] = pair[new[j]]
+    return new
+
+
 def reselect_jaw(
     mean_shape: np.ndarray, mesh_tri: np.ndarray, candidates: np.ndarray, landmark_idx: np.ndarray
 ) -> JawSelection:
@@ -238,26 +290,7 @@ def reselect_jaw(
     normals = normals @ _rot_x(pitch).T
     outline = np.where(np.asarray(candidates, dtype=bool) & (np.abs(normals[:, 2]) < OUTLINE_NZ))[0]
     size = _reference_size()
-    mirror = mirror_vertices(verts)
-    new = idx.copy()
-    for j in JAW_SIDES:
-        partner = MIRROR_68[j]
-        # the mirror map when j and its partner are a mirror pair on this mesh (chosen together), else None
-        pair = mirror if mirror is not None and mirror[idx[j]] == idx[partner] else None
-        if pair is not None and j > partner:
-            continue  # chosen with its partner
-        near = outline[np.linalg.norm(verts[outline] - verts[idx[j]], axis=1) < CANDIDATE_RADIUS_MM]
-        if pair is not None:
-            near = near[pair[near] >= 0]
-        if near.size == 0:
-            what = "outline vertex with a mirror vertex" if pair is not None else "outline vertex"
-            raise ValueError(f"jaw landmark {j}: no {what} within {CANDIDATE_RADIUS_MM} mm of vertex {idx[j]}")
-        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
-        if pair is not None:
-            cost = cost + np.linalg.norm(mapped[pair[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
-        new[j] = near[np.argmin(cost)]
-        if pair is not None:
-            new[partner] = pair[new[j]]
+    new = _choose_mirrored(JAW_SIDES, idx, verts, outline, CANDIDATE_RADIUS_MM, mapped, "jaw", "outline vertex")
     before = np.linalg.norm(mapped[idx[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     after = np.linalg.norm(mapped[new[:17]] - MEAN_LANDMARKS_2D[:17], axis=1) / size
     return JawSelection(new, pitch, inner_res, before, after)
@@ -299,24 +332,7 @@ def reselect_brows(
     normals = mesh_vertex_normals(torch.from_numpy(verts)[None], torch.as_tensor(mesh_tri))[0].numpy()
     normals = normals @ _rot_x(pitch).T
     front = np.where(np.asarray(candidates, dtype=bool) & (normals[:, 2] > BROW_FRONT_NZ))[0]
-    mirror = mirror_vertices(verts)
-    new = idx.copy()
-    for j in BROWS:
-        partner = MIRROR_68[j]
-        pair = mirror if mirror is not None and mirror[idx[j]] == idx[partner] else None
-        if pair is not None and j > partner:
-            continue  # chosen with its partner
-        near = front[np.linalg.norm(verts[front] - verts[idx[j]], axis=1) < BROW_RADIUS_MM]
-        if pair is not None:
-            near = near[pair[near] >= 0]
-        if near.size == 0:
-            raise ValueError(f"brow landmark {j}: no front-facing vertex within {BROW_RADIUS_MM} mm of vertex {idx[j]}")
-        cost = np.linalg.norm(mapped[near] - MEAN_LANDMARKS_2D[j], axis=1)
-        if pair is not None:
-            cost = cost + np.linalg.norm(mapped[pair[near]] - MEAN_LANDMARKS_2D[partner], axis=1)
-        new[j] = near[np.argmin(cost)]
-        if pair is not None:
-            new[partner] = pair[new[j]]
+    new = _choose_mirrored(BROWS, idx, verts, front, BROW_RADIUS_MM, mapped, "brow", "front-facing vertex")
     io = float(np.linalg.norm(MEAN_LANDMARKS_2D[42:48].mean(0) - MEAN_LANDMARKS_2D[36:42].mean(0)))
     brows = list(BROWS)
     before = (mapped[idx[brows], 1] - MEAN_LANDMARKS_2D[brows, 1]) / io
