@@ -42,14 +42,17 @@ def _dataset(model, n: int = 6, **kw) -> SyntheticFaceDataset:  # type: ignore[n
     return SyntheticFaceDataset(model, n, **kw)
 
 
-def _assert_same(a, b, image_tol: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+def _assert_same(a, b, image_tol: float = 0.0, flips: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+    """Same sample: equal coefficients, landmarks within 1e-3 px, image values within ``image_tol`` (uint8 storage
+    rounds to 1/255) except a share ``flips`` of the values: rendered in batches of another size, a depth near-tie
+    can resolve the other way (batched products round differently), which changes a few pixels entirely."""
     assert a.source == b.source
     assert torch.equal(a.params, b.params)
     torch.testing.assert_close(a.landmarks, b.landmarks, rtol=0, atol=1e-3)
     diff = (a.image - b.image).abs()
-    assert float(diff.max()) <= image_tol + 1e-6
+    assert float((diff > image_tol + 1e-6).float().mean()) <= flips
     assert float((diff > 0).float().mean()) <= (0.01 if image_tol > 0 else 0.0)
-    assert float((a.skin_mask - b.skin_mask).abs().max()) <= image_tol + 1e-6
+    assert float(((a.skin_mask - b.skin_mask).abs() > image_tol + 1e-6).float().mean()) <= flips
 
 
 def test_sample_is_deterministic_by_seed_and_index(ict_model) -> None:  # type: ignore[no-untyped-def]
@@ -133,14 +136,19 @@ def test_cache_round_trip_equals_on_the_fly(ict_model, tmp_path: Path) -> None: 
     assert sorted(p.name for p in root.iterdir()) == ["settings.json", "shard_00000", "shard_00001"]
     images = np.load(root / "shard_00000" / "images.npy")
     assert images.dtype == np.uint8 and images.shape == (3, S, S, 3)
+    # On the fly the faces are rendered in other batches (of 8, not the shards' 2 + 1): equal up to the uint8
+    # rounding but for a few pixels where a depth near-tie flips (at most 0.2 % of the values).
     fly = _dataset(ict_model, 5, seed=1)
+    flipped = 0
     for i in range(5):
-        _assert_same(cached[i], fly[i], image_tol=1.0 / 255)
+        _assert_same(cached[i], fly[i], image_tol=1.0 / 255, flips=0.002)
+        flipped += int(((cached[i].image - fly[i].image).abs() > 1.0 / 255 + 1e-6).sum())
+    assert flipped <= 30  # 15 values (5 pixels) of one face at the time of writing
     # a larger dataset with the same settings reuses the cache; the short last shard is regenerated bigger
     bigger = _dataset(ict_model, 6, seed=1, cache_dir=tmp_path, shard_size=3, render_batch=3)
     assert bigger.cache_key() == cached.cache_key()
     assert bigger.ensure_generated() == 1
-    _assert_same(bigger[4], cached[4], image_tol=1.0 / 255)
+    _assert_same(bigger[4], cached[4], image_tol=1.0 / 255, flips=0.002)  # rendered in a batch of 3, not 2
     # other settings -> another cache directory
     assert _dataset(ict_model, 5, seed=1, cache_dir=tmp_path, max_yaw_deg=30).cache_key() != cached.cache_key()
     # workers receive a picklable dataset without open memory maps

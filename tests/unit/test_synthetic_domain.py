@@ -217,10 +217,11 @@ def test_context_mesh_follows_the_coefficients(ict_model) -> None:  # type: igno
 
 
 def test_context_mesh_survives_the_npz_cache_and_old_files_still_load(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from msma.face_model.assets import ict_cache_path
+    from msma.face_model.assets import ICT_RECIPE_VERSION, ict_cache_path
     from msma.face_model.model import NPZ_FORMAT_VERSION, FaceModel
 
-    assert NPZ_FORMAT_VERSION == 2 and ict_cache_path(tmp_path).name.endswith("_v2.4.npz")
+    assert NPZ_FORMAT_VERSION == 2 and ICT_RECIPE_VERSION == 5
+    assert ict_cache_path(tmp_path).name.endswith("_v2.5.npz")
     path = tmp_path / "m.npz"
     ict_model.save(path)
     back = FaceModel.load(path)
