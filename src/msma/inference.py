@@ -40,7 +40,8 @@ from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.pipeline import FacePipeline, predict_params
 from msma.render.renderer import MeshRenderer
-from msma.utils.files import atomic_write, atomic_write_text
+from msma.utils.files import atomic_write_text
+from msma.viz import save_png
 
 log = logging.getLogger(__name__)
 
@@ -483,5 +484,5 @@ def save_reconstruction(rec: Reconstruction, out_dir: Path, stem: str) -> list[P
     js = out_dir / f"{stem}.json"
     atomic_write_text(js, json.dumps(meta, indent=1))
     png = out_dir / f"{stem}_overlay.png"
-    atomic_write(png, lambda tmp: Image.fromarray(rec.overlay).save(tmp, format="PNG"))
+    save_png(rec.overlay, png)
     return [obj, js, png, *extra]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from msma.utils.files import atomic_write, atomic_write_text
+from msma.utils.files import atomic_write_text
 
 if TYPE_CHECKING:
     from msma.face_model.model import FaceModel
@@ -214,13 +214,12 @@ def write_textured_obj(
     Returns:
         The three paths written.
     """
-    from PIL import Image
+    from msma.viz import save_png  # PIL, only when writing
 
     obj = Path(path)
-    obj.parent.mkdir(parents=True, exist_ok=True)
     mtl = obj.with_suffix(".mtl")
     png = obj.with_name(f"{obj.stem}_texture.png")
-    atomic_write(png, lambda tmp: Image.fromarray(texture.image).save(tmp, format="PNG"))
+    save_png(texture.image, png)
     atomic_write_text(mtl, f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png.name}\n")
     v = np.asarray(vertices, dtype=np.float64)
     lines = [f"mtllib {mtl.name}", f"usemtl {material}"]
