@@ -241,7 +241,8 @@ def folder_size_bytes(folder: Path) -> int:
 
 
 def copy_face_model(dest: Path) -> list[Path]:
-    """Copies the converted ICT model of this msma version (and its ``.sha256``) from ``$MSMA_HOME`` into ``dest``.
+    """Copies the converted ICT model of this msma version (and its ``.sha256``) from ``$MSMA_HOME`` into ``dest``,
+    which then holds nothing else.
 
     Raises:
         FileNotFoundError: no converted model (run ``make assets`` first).
@@ -251,7 +252,8 @@ def copy_face_model(dest: Path) -> list[Path]:
     model = ict_cache_path()
     if not model.is_file():
         raise FileNotFoundError(f"no converted ICT model at {model}: run `make assets` first")
-    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)  # a model of an older recipe would be shipped beside this one
+    dest.mkdir(parents=True)
     copied = []
     for src in (model, model.with_name(model.name + ".sha256")):
         if src.is_file():
