@@ -156,7 +156,7 @@ class Settings:
                 "build": 180,
                 "gpu_tests": 120,
                 "render": 60,
-                "train_step": 150,
+                "train_step": 270,
                 "train_run": 240,
                 "eval": 60,
             },
