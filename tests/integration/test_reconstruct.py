@@ -137,6 +137,15 @@ def test_cli_output_names_never_collide(tmp_path: Path, testdata: Path) -> None:
     assert jsons == ["my_face_.json", "t_1.json", "t_2.json", "t_3.json"]
     assert len(list(out.glob("*.obj"))) == 4 and len(list(out.glob("*_overlay.png"))) == 4
 
+    # --all-faces names each face <name>_face<k>: a photo already named like another's face keeps its own files.
+    src2 = tmp_path / "src2"
+    src2.mkdir()
+    for name in ("t.ppm", "t_face0.ppm"):
+        (src2 / name).write_bytes(takeo)
+    out2 = tmp_path / "out_all"
+    assert cli_main([str(src2), "--out", str(out2), "--all-faces"]) == 0
+    assert sorted(p.name for p in out2.glob("*.json")) == ["t_face0.json", "t_face0_face0.json"]
+
 
 @pytest.mark.gpu
 # The reconstructor detects faces with dlib, which the GPU machine's image lacks (the device kit leaves out the
