@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from msma.data.datamodule import FaceDataModule
 from msma.preflight import check_inputs
 from msma.training.module import FaceReconModule
 from msma.training.run_dir import RunDir
+from msma.utils.cores import cpu_count, cpu_name
 
 log = logging.getLogger("msma.train")
 
@@ -216,4 +216,4 @@ def photo_report(checkpoint: str, root: Path) -> dict[str, Any]:
 def _device_description(trainer: Any) -> str:
     if trainer.strategy.root_device.type == "cuda":
         return str(torch.cuda.get_device_name(trainer.strategy.root_device))
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {cpu_count()} cores, {torch.get_num_threads()} torch threads"
