@@ -134,6 +134,7 @@ def run_experiment(
     """
     from msma.config import compose_experiment, to_typed
     from msma.training.checkpoint import build_module
+    from msma.training.module import fused_adam_supported
 
     device = torch.device(device_name)
     # The embedded default (ICT face model, synthetic faces): the batches are synthetic ICT faces, and the paper
@@ -152,7 +153,9 @@ def run_experiment(
     if channels_last:
         module.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     full = _synthetic_batch(module.face_model, max(batches), size, device).to(device)
-    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    # The optimiser `msma train` builds (FaceReconModule.configure_optimizers): the fused update where it exists.
+    opt = torch.optim.Adam(trainable, lr=1e-4, fused=fused_adam_supported(trainable) or None)
     n_params = sum(p.numel() for p in module.encoder.parameters() if p.requires_grad)
     rows = []
     for precision in precisions:
