@@ -96,7 +96,7 @@ def test_gradients_reach_the_encoder_only(parts: tuple[Any, nn.Module]) -> None:
 
 def test_fused_adam_matches_the_per_tensor_update() -> None:
     """The fused update is Adam: five steps agree with the per-tensor loop to float32 rounding, and it is chosen
-    only where the kernel exists (one CPU/CUDA device, floating-point tensors)."""
+    only for floating-point tensors on the CPU (CUDA keeps the per-tensor loop the device checks verified)."""
     torch.manual_seed(0)
     ref = [torch.randn(7, 5, requires_grad=True), torch.randn(3, requires_grad=True)]
     fused = [p.detach().clone().requires_grad_(True) for p in ref]
@@ -104,6 +104,7 @@ def test_fused_adam_matches_the_per_tensor_update() -> None:
     assert fused_adam_supported(fused)
     assert not fused_adam_supported([])
     assert not fused_adam_supported([torch.zeros(2, dtype=torch.int64)])
+    assert not fused_adam_supported([torch.zeros(2, device="meta")])  # any other device: the per-tensor loop
     opts = [torch.optim.Adam(ref, lr=1e-2), torch.optim.Adam(fused, lr=1e-2, fused=True)]
     for step in range(5):
         for params, opt in zip((ref, fused), opts):

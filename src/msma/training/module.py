@@ -50,16 +50,19 @@ def check_optim(optim: OptimConfig) -> None:
 
 
 def fused_adam_supported(params: Sequence[Tensor]) -> bool:
-    """True when torch's fused Adam kernel can update ``params``: floating point, all on one CPU or CUDA device.
+    """True when msma uses torch's fused Adam kernel for ``params``: floating point, all on one CPU device.
 
     On the 2-core CPU the fused update of the quickstart's 197 tensors (11.9 M values) takes 10 ms against 40 ms
     for the default per-tensor loop, 7-10 % of a training step (``benchmarks/train_step.py``). The update is the
-    same Adam; its floating-point rounding differs from the per-tensor loop's in the last bits.
+    same Adam; its floating-point rounding differs from the per-tensor loop's in the last bits. CUDA keeps the
+    per-tensor loop: the one GPU training run with the fused kernel (device check run 8, docs/gpu.md) ended on a
+    loss spike that the runs before it, with the per-tensor loop, recovered from; until a device check settles it,
+    the GPU path stays the one those runs verified.
     """
     if not params:
         return False
     device = params[0].device
-    return device.type in ("cpu", "cuda") and all(
+    return device.type == "cpu" and all(
         p.device == device and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params
     )
 
