@@ -131,6 +131,8 @@ def test_invalid_arguments() -> None:
         FaceDataModule(kind="folder", root="/x", test_kind="aflw2000_3d")
     with pytest.raises(ValueError, match="faces"):
         FaceDataModule(kind="folder", root="/x", faces="some")
+    with pytest.raises(ValueError, match=r"data.synthetic_workers must be >= 1 .*got 0"):
+        FaceDataModule(kind="folder", root="/x", synthetic_workers=0)
 
 
 def test_synthetic_kind(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,7 +22,9 @@ from msma.data.synthetic import (
     sample_seed,
     visible_landmarks,
 )
+from msma.data.synthetic.parallel import generate_shards, resolve_workers
 from msma.render.renderer import MeshRenderer
+from msma.utils.cores import cpu_count
 
 S = 64
 
@@ -181,6 +183,62 @@ def test_half_written_shard_is_detected_and_regenerated(ict_model, tmp_path: Pat
     assert fresh.ensure_generated() == 1
     done = json.loads((root / "shard_00000" / "done.json").read_text())
     assert done["count"] == 2 and set(done["files"]) == {"images.npy", "skin.npy", "params.npy", "landmarks.npy"}
+
+
+def _shard_bytes(ds: SyntheticFaceDataset) -> dict[str, bytes]:
+    root = ds.cache_root
+    assert root is not None
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.glob("shard_*/*.npy"))}
+
+
+def test_worker_processes_write_the_cache_one_process_writes(ict_model, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    kw = {"shard_size": 2, "render_batch": 2}
+    one = _dataset(ict_model, 7, seed=9, cache_dir=tmp_path / "one", **kw)
+    assert one.ensure_generated(workers=1) == 4
+    two = _dataset(ict_model, 7, seed=9, cache_dir=tmp_path / "two", **kw)
+    other = _dataset(ict_model, 3, seed=10, cache_dir=tmp_path / "two", **kw)
+    assert resolve_workers(2, 6, [two, other]) == 2
+    with caplog.at_level("INFO", logger="msma.data.synthetic.parallel"):
+        assert generate_shards([two, other], workers=2) == 6  # both splits in one pool
+    assert "6 shards, 2 process(es)" in caplog.text
+    # byte for byte the files one process wrote (the cache key is the same: the worker count is not a setting)
+    assert two.cache_key() == one.cache_key()
+    written = _shard_bytes(two)
+    assert len(written) == 16 and written == _shard_bytes(one)
+    assert all(other.shard_is_valid(k) for k in range(2))
+    assert generate_shards([two, other], workers=2) == 0  # nothing left to do
+    _assert_same(two[5], one[5])
+
+
+def test_a_failing_worker_raises_here_and_keeps_complete_shards(
+    ict_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 6, seed=11, cache_dir=tmp_path, shard_size=2, render_batch=2)
+    write = SyntheticFaceDataset._write_shard
+
+    def flaky(self, shard: int, bar=None) -> None:  # type: ignore[no-untyped-def]
+        if shard == 2:
+            raise OSError(f"disk full writing shard {shard}")
+        write(self, shard, bar)
+
+    monkeypatch.setattr(SyntheticFaceDataset, "_write_shard", flaky)  # inherited by the forked workers
+    with pytest.raises(OSError, match="disk full writing shard 2"):
+        generate_shards([ds], workers=2)
+    assert not ds.shard_is_valid(2)
+    monkeypatch.setattr(SyntheticFaceDataset, "_write_shard", write)
+    done_before = sum(ds.shard_is_valid(k) for k in range(3))
+    assert ds.ensure_generated(workers=2) == 3 - done_before  # only what is missing
+    assert all(ds.shard_is_valid(k) for k in range(3))
+
+
+def test_worker_count_resolution(ict_model) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(ict_model, 4)
+    with pytest.raises(ValueError, match="synthetic_workers must be >= 1"):
+        resolve_workers(0, 4, [ds])
+    assert resolve_workers(8, 1, [ds]) == 1  # one shard: nothing to share
+    assert resolve_workers(1, 9, [ds]) == 1
+    assert resolve_workers(8, 3, [ds]) == 3  # never more processes than shards
+    assert resolve_workers(None, 100, [ds]) == min(cpu_count(), 100)
 
 
 def test_missing_shard_is_generated_on_access(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

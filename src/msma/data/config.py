@@ -105,6 +105,9 @@ class DataConfig:
         synthetic_cache_dir: where synthetic samples are generated once and cached (``"auto"``:
             ``$MSMA_HOME/synthetic``; None: rendered on the fly in the loader workers).
         synthetic_renderer: renderer of synthetic generation: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
+        synthetic_workers: processes that generate the missing synthetic shards before training (None: one per
+            usable core; 1: in the training process). Forked on Linux and for CPU rendering only; the cache is the
+            same whichever number (:mod:`msma.data.synthetic.parallel`).
         test_kind: held-out test set: None, ``"aflw2000_3d"``, ``"folder"``, ``"300w_lp"`` or ``"synthetic"``.
         test_root: its folder.
         aflw_crop: AFLW2000-3D crop: ``"gt_box"`` (benchmark protocol) or ``"detect"``.
@@ -140,6 +143,7 @@ class DataConfig:
     val_samples: int = 256
     synthetic_cache_dir: Optional[str] = "auto"
     synthetic_renderer: str = "torch"
+    synthetic_workers: Optional[int] = None
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
     aflw_crop: str = "gt_box"
@@ -189,6 +193,8 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"data kind {c.kind!r} needs a root folder")
     if c.test_kind not in (None, "synthetic") and c.test_root is None:
         raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
+    if c.synthetic_workers is not None and c.synthetic_workers < 1:
+        raise ValueError(f"data.synthetic_workers must be >= 1 (or null: one per core), got {c.synthetic_workers}")
     if c.faces not in ("all", "largest"):
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):

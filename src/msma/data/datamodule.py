@@ -205,11 +205,16 @@ class FaceDataModule(L.LightningDataModule):
                 specs += [(c.num_samples, c.seed, "train"), (c.val_samples, c.seed + VAL_SEED_OFFSET, "validation")]
             if c.test_kind == "synthetic":
                 specs.append((c.val_samples, c.seed + TEST_SEED_OFFSET, "test"))
-            for num, seed, name in specs:
+            if specs:
+                from msma.data.synthetic.parallel import generate_shards
+
+                # All splits at once, so that the generation processes stay busy across them.
                 t0 = time.perf_counter()
-                ds = self._synthetic_dataset(num, seed)
-                ds.ensure_generated()
-                log.info("synthetic %s split ready in %.1f s (%s)", name, time.perf_counter() - t0, ds.cache_root)
+                datasets = [self._synthetic_dataset(num, seed) for num, seed, _ in specs]
+                generate_shards(datasets, workers=c.synthetic_workers)
+                for (_, _, name), ds in zip(specs, datasets):
+                    log.info("synthetic %s split ready (%s)", name, ds.cache_root)
+                log.info("synthetic splits ready in %.1f s", time.perf_counter() - t0)
         for kind, root, landmarks in self._real_sources():
             if kind == "folder" and landmarks != "gt":
                 run = prepare_folder(

@@ -10,8 +10,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +29,13 @@ from msma.data.synthetic.head import hair_layers, render_head
 from msma.data.synthetic.jitter import jitter_params
 from msma.data.synthetic.lighting import sample_extra_light, shade
 from msma.data.synthetic.occluders import OCCLUDER_KINDS, occluder_layers
+from msma.data.synthetic.parallel import generate_shards
 from msma.data.synthetic.sampling import SYNTHETIC_VERSION, SamplingSettings, sample_params_with, sample_seed
 from msma.data.synthetic.shards import ShardCache
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix
 from msma.render.renderer import MeshRenderer
-from msma.utils.progress import progress_bar
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -234,33 +230,18 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         cache = self.cache
         return cache is not None and cache.is_valid(shard, check_hashes)
 
-    def ensure_generated(self, check_hashes: bool = True) -> int:
+    def ensure_generated(self, check_hashes: bool = True, workers: int | None = 1) -> int:
         """Generates every missing or damaged shard (no-op without ``cache_dir``).
 
         Args:
             check_hashes: verify the SHA-256 of existing shards (else only their sizes and ``done.json``).
+            workers: processes to generate in (:func:`msma.data.synthetic.parallel.generate_shards`; None: one
+                per usable core); the shards are the same whichever number.
 
         Returns:
             The number of shards (re)generated.
         """
-        cache = self.cache
-        if cache is None:
-            return 0
-        cache.prepare(self.settings_dict())
-        cache.remove_stale_tmp()
-        todo = [k for k in range(self.num_shards) if not cache.is_valid(k, check_hashes=check_hashes)]
-        if not todo:
-            return 0
-        total = sum(cache.count(k) for k in todo)
-        log.info("synthetic: generating %d samples (%d shards) into %s", total, len(todo), self.cache_root)
-        bar = progress_bar(total=total, desc=f"synthetic {self.cache_key()}", unit="face", enabled=self.progress)
-        t0 = time.perf_counter()
-        for k in todo:
-            self._write_shard(k, bar)
-        bar.close()
-        dt = time.perf_counter() - t0
-        log.info("synthetic: %d samples in %.1f s (%.3f s/sample)", total, dt, dt / max(total, 1))
-        return len(todo)
+        return generate_shards([self], workers=workers, check_hashes=check_hashes)
 
     def _write_shard(self, shard: int, bar: Any = None) -> None:
         cache = self.cache
