@@ -1,10 +1,13 @@
 """Generating the missing shards of one or more synthetic splits, in several processes on the CPU.
 
 A face is rendered from small tensors (64-224 px, one face model), so one process uses a second core poorly: on
-a 2-core machine 3,328 faces at 64 px took 102 s with two intra-op threads and 62 s with two processes of one
+a 2-core machine 3,328 faces at 64 px took 102 s with two intra-op threads and 70 s with two processes of one
 thread each (docs/synthetic.md). The shards are independent (sample ``i`` depends only on ``(seed, i)`` and the
-settings) and each is rendered in the same batches whichever process writes it, so the cache is byte-for-byte the
-one a single process writes: the intra-op thread count does not change the generator's output (tested).
+settings) and each is rendered in the same batches whichever process writes it. Every worker renders with one
+intra-op thread, so the cache does not depend on the number of workers or of cores: it is byte-for-byte the one a
+single process with one thread writes (tested). A process with several threads can round a few sums differently:
+at 64 px the quickstart's 3,328 faces came out identical, at 80 and 224 px about one value in a million differs by
+one grey level.
 
 Processes are forked (Linux): each inherits the datasets (face model, settings) without pickling and writes its
 shards through :class:`msma.data.synthetic.shards.ShardCache`, which renames a complete shard into place, so an
@@ -159,11 +162,11 @@ def _write_task(task: _Task) -> int:
 
 
 def _generate_forked(datasets: Sequence[SyntheticFaceDataset], tasks: list[_Task], n_workers: int, bar: Any) -> None:
-    """Writes ``tasks`` in ``n_workers`` forked processes (largest shards first), updating ``bar`` as faces are
-    rendered; a worker's exception is re-raised here after the pool is torn down."""
+    """Writes ``tasks`` in ``n_workers`` forked one-thread processes (largest shards first), updating ``bar`` as
+    faces are rendered; a worker's exception is re-raised here after the pool is torn down."""
     ctx = mp.get_context("fork")
     updates = ctx.Queue()
-    threads = max(1, cpu_count() // n_workers)
+    threads = 1  # the output must not depend on the machine (see the module docstring)
     ordered = sorted(tasks, key=lambda t: -t[2])
     pool = ctx.Pool(n_workers, initializer=_init_worker, initargs=(datasets, threads, updates))
     try:
