@@ -175,3 +175,27 @@ def test_detect_boxes_falls_back_to_the_landmarker_without_a_bundle_detector(
         mesh.close()
     with pytest.raises(RuntimeError, match="closed"):
         mesh.detect_boxes(img)
+
+
+def _exit_quietly() -> None:
+    """A forked worker's whole life: nothing (its exit runs the hooks it inherited)."""
+
+
+def test_a_forked_process_exits_while_the_landmarker_lives(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    """A process forked after a landmarker was made (a synthetic-generation or loader worker) inherits its exit
+    hook but not MediaPipe's dispatcher threads: closing there once waited forever (a hung test run)."""
+    import multiprocessing as mp
+
+    img = load_image(testdata / "faces68" / "takeo.ppm").as_uint8()
+    before = backend.mesh.run(img)
+    child = mp.get_context("fork").Process(target=_exit_quietly)
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung and child.exitcode == 0
+    after = backend.mesh.run(img)  # the parent's graph is still open and gives the same landmarks
+    assert len(after) == len(before) >= 1
+    np.testing.assert_array_equal(after[0].points, before[0].points)

@@ -129,6 +129,7 @@ class MediaPipeFaceMesh:
         self._detector_missing = False
         self._lock = threading.Lock()
         self.version = f"mp{mp.__version__}-{self.path.stat().st_size}-n{num_faces}-c{min_confidence:g}"
+        self._owner_pid = os.getpid()
         # MediaPipe closes its graph through a thread pool that Python shuts down *before* ``atexit`` handlers run
         # (its ``__del__`` then fails noisily at exit); threading's own exit hooks run before that shutdown.
         register = getattr(threading, "_register_atexit", None)
@@ -143,7 +144,14 @@ class MediaPipeFaceMesh:
         return MediaPipeFaceMesh(self.path, num_faces=self._num_faces, min_confidence=self._min_confidence)
 
     def close(self) -> None:
-        """Releases the MediaPipe graph (also done at interpreter exit)."""
+        """Releases the MediaPipe graph (also done at interpreter exit, by the process that created it).
+
+        A forked copy (a loader or synthetic-generation worker started after the landmarker was made) inherits
+        the exit hook but not MediaPipe's dispatcher threads: closing, or dropping the task, would wait on them
+        forever, so a forked copy leaves the graph to the process that owns it.
+        """
+        if os.getpid() != self._owner_pid:
+            return
         for attr in ("_landmarker", "_detector"):
             task = getattr(self, attr, None)
             if task is not None:
