@@ -133,8 +133,6 @@ def generate_shards(
             _generate_forked(datasets, tasks, n_workers, bar)
     finally:
         bar.close()
-    for d, k, _ in tasks:  # written by other processes: this one must not keep a stale copy
-        datasets[d]._shards.pop(k, None)
     dt = time.perf_counter() - t0
     log.info("synthetic: %d samples in %.1f s (%.3f s/sample)", total, dt, dt / total)
     return len(tasks)
@@ -150,8 +148,8 @@ class _QueueBar:
         self.updates.put(n)
 
 
-def _init_worker(datasets: Sequence[SyntheticFaceDataset], threads: int, updates: Any) -> None:
-    torch.set_num_threads(threads)
+def _init_worker(datasets: Sequence[SyntheticFaceDataset], updates: Any) -> None:
+    torch.set_num_threads(1)  # the output must not depend on the machine (see the module docstring)
     _WORKER.update(datasets=datasets, bar=_QueueBar(updates))
 
 
@@ -166,9 +164,8 @@ def _generate_forked(datasets: Sequence[SyntheticFaceDataset], tasks: list[_Task
     faces are rendered; a worker's exception is re-raised here after the pool is torn down."""
     ctx = mp.get_context("fork")
     updates = ctx.Queue()
-    threads = 1  # the output must not depend on the machine (see the module docstring)
     ordered = sorted(tasks, key=lambda t: -t[2])
-    pool = ctx.Pool(n_workers, initializer=_init_worker, initargs=(datasets, threads, updates))
+    pool = ctx.Pool(n_workers, initializer=_init_worker, initargs=(datasets, updates))
     try:
         pending = pool.map_async(_write_task, ordered, chunksize=1)
         while not pending.ready():
@@ -188,3 +185,5 @@ def _generate_forked(datasets: Sequence[SyntheticFaceDataset], tasks: list[_Task
             bar.update(updates.get(timeout=0.05))
         except queue.Empty:
             break
+    for d, k, _ in tasks:  # written by the workers: this process must not keep a stale copy
+        datasets[d]._shards.pop(k, None)
