@@ -6,8 +6,8 @@ thread each (docs/synthetic.md). The shards are independent (sample ``i`` depend
 settings) and each is rendered in the same batches whichever process writes it. Every worker renders with one
 intra-op thread, so the cache does not depend on the number of workers or of cores: it is byte-for-byte the one a
 single process with one thread writes (tested). A process with several threads can round a few sums differently:
-at 64 px the quickstart's 3,328 faces came out identical, at 80 and 224 px about one value in a million differs by
-one grey level.
+at 64 px the quickstart's 3,328 faces came out identical; one grey level separates about one value in a million at
+80 px and seven in a million at 224 px (64 faces compared).
 
 Processes are forked (Linux): each inherits the datasets (face model, settings) without pickling and writes its
 shards through :class:`msma.data.synthetic.shards.ShardCache`, which renames a complete shard into place, so an
