@@ -179,6 +179,7 @@ class Check:
         self.stages: list[Stage] = []
         self.env = dict(os.environ)
         self.export: Path | None = None
+        self.variants: list[tuple[str, tuple[str, ...]]] = []
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def run(
@@ -478,13 +479,27 @@ class Check:
         st.seconds = time.perf_counter() - t0
 
     def stage_train_run(self) -> None:
-        st = self.stage("train_run")
+        """The training run, once per ``--train-variant`` (or once with the settings' overrides alone)."""
+        for name, extra in self.variants or [("", ())]:
+            if time.perf_counter() > self.deadline - 5:
+                self.stage(f"train_run:{name}" if name else "train_run").status = "skipped"
+                self.stages[-1].detail = "the check's budget was spent"
+                continue
+            self.train_run(name, extra)
+            self.write_report(final=False)
+
+    def train_run(self, variant: str, extra: tuple[str, ...]) -> None:
+        """One training run (``variant`` names its stages, folder and files; ``extra``: its own overrides)."""
+        suffix = f":{variant}" if variant else ""
+        st = self.stage("train_run" + suffix)
+        st.data["overrides"] = list(extra)
         t0 = time.perf_counter()
-        run_root = self.out / "run"
-        env_id = "device-check"
+        run_root = self.out / "run" / variant if variant else self.out / "run"
+        env_id = f"device-check-{variant}" if variant else "device-check"
         self.env["MSMA_RUN_ID"] = env_id
         overrides = [
             *self.s.run_overrides,
+            *extra,
             "logger=csv",
             f"hydra.run.dir={run_root}",
             f"data.synthetic_cache_dir={self.home / 'synthetic'}",
@@ -493,7 +508,7 @@ class Check:
         proc = self.run(st, cmd, self.s.limits["train_run"])
         ckpts = sorted(run_root.rglob("last.ckpt"))
         curve = self.loss_curve(run_root)
-        st.data = {"curve": curve, "checkpoint": str(ckpts[0]) if ckpts else None}
+        st.data.update(curve=curve, checkpoint=str(ckpts[0]) if ckpts else None)
         if proc is not None and proc.returncode == 0 and ckpts:
             first, last = _mean_head_tail(curve)
             st.data["loss_first"], st.data["loss_last"] = first, last
@@ -506,12 +521,12 @@ class Check:
             if metrics:
                 st.data["metrics"] = json.loads(metrics[0].read_text())
         st.seconds = time.perf_counter() - t0
-        ev = self.stage("eval")
+        ev = self.stage("eval" + suffix)
         if not ckpts:
             ev.status, ev.detail = "skipped", "no checkpoint from train_run"
             return
         t1 = time.perf_counter()
-        report = self.results / "eval-synthetic.json"
+        report = self.results / (f"eval-synthetic-{variant}.json" if variant else "eval-synthetic.json")
         proc = self.run(
             ev,
             [
@@ -585,7 +600,7 @@ class Check:
                 if (self.out / name).exists():
                     tar.add(self.out / name, arcname=name)
             for csv_file in (self.out / "run").rglob("metrics.csv") if (self.out / "run").exists() else []:
-                tar.add(csv_file, arcname=f"run/{csv_file.name}")
+                tar.add(csv_file, arcname=f"run/{csv_file.relative_to(self.out / 'run')}")
         if self.export is not None:
             self.export.mkdir(parents=True, exist_ok=True)
             for name in ("summary.md", "check.json", "results.tgz"):
@@ -601,6 +616,17 @@ def _mean_head_tail(curve: list[tuple[int, float]], n: int = 3) -> tuple[float |
     head = [v for _, v in curve[:k]]
     tail = [v for _, v in curve[-k:]]
     return sum(head) / len(head), sum(tail) / len(tail)
+
+
+def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"NAME=key=value,key=value"`` -> (NAME, overrides); NAME is a plain word (it names a folder)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name.replace("_", "").replace("-", "").isalnum():
+        raise SystemExit(f"--train-variant {text!r}: expected NAME=OVERRIDE[,OVERRIDE...] with a plain-word NAME")
+    overrides = tuple(o for o in rest.split(",") if o)
+    if not overrides or any("=" not in o for o in overrides):
+        raise SystemExit(f"--train-variant {text!r}: every override must be key=value")
+    return name, overrides
 
 
 # The GPU training run comes before the long benchmark table, so a check cut short has verified training first.
@@ -623,10 +649,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--budget", type=float, default=480.0, help="seconds for the whole check; stages past it are skipped"
     )
+    ap.add_argument(
+        "--train-variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDE[,OVERRIDE...]",
+        help="run train_run (and its eval) once per variant, adding its overrides (e.g. fused0=optim.fused=true,seed=0)",
+    )
     args = ap.parse_args(argv)
+    variants = [_parse_variant(v) for v in args.train_variant]
+    if len({name for name, _ in variants}) != len(variants):
+        ap.error("--train-variant names must differ")
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out.resolve(), args.kit.resolve(), Settings.for_mode(args.device, args.smoke), args.budget)
     check.export = args.export
+    check.variants = variants
     check.results.mkdir(exist_ok=True)
     check.logs.mkdir(exist_ok=True)
     wanted = set(args.only or STAGES) | {"env", "install"}

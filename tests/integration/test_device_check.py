@@ -90,9 +90,9 @@ def _kit(tmp: Path, requires: list[str]) -> Path:
     return kit
 
 
-def _check(kit: Path, out: Path, *only: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _check(kit: Path, out: Path, *only: str, extra: tuple[str, ...] = ()) -> tuple[int, dict]:  # type: ignore[type-arg]
     cmd = [sys.executable, str(ROOT / "scripts/device_check.py"), "--out", str(out), "--kit", str(kit)]
-    cmd += ["--device", "cpu", "--smoke", "--export", str(out / "export")]
+    cmd += ["--device", "cpu", "--smoke", "--export", str(out / "export"), *extra]
     if only:
         cmd += ["--only", *only]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -145,3 +145,40 @@ def test_cpu_smoke_mode_runs_every_stage(ict_model, tmp_path: Path) -> None:  # 
     with tarfile.open(out / "export" / "results.tgz") as tar:
         names = set(tar.getnames())
     assert {"check.json", "summary.md", "results/eval-synthetic.json"} <= names
+
+
+def test_train_variants_run_once_each_with_their_overrides(ict_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--train-variant``: one training run and one eval per variant, each in its own folder with its overrides."""
+    kit = _kit(tmp_path, ["numpy>=1"])
+    out = tmp_path / "out"
+    variants = ("--train-variant", "fused=optim.fused=true,seed=1", "--train-variant", "plain=optim.fused=false")
+    rc, check = _check(kit, out, "train_run", extra=variants)
+    stages = {s["name"]: s for s in check["stages"]}
+    assert rc == 0 and {n: s["status"] for n, s in stages.items() if ":" in n} == {
+        "train_run:fused": "ok",
+        "eval:fused": "ok",
+        "train_run:plain": "ok",
+        "eval:plain": "ok",
+    }
+    assert stages["train_run:fused"]["data"]["overrides"] == ["optim.fused=true", "seed=1"]
+    for name, fused, seed in (("fused", True, 1), ("plain", False, 0)):
+        ckpt = Path(stages[f"train_run:{name}"]["data"]["checkpoint"])
+        assert ckpt.is_relative_to(out / "run" / name)
+        resolved = _yaml(out / "run" / name / ".hydra" / "config.yaml")
+        assert resolved["optim"]["fused"] is fused and resolved["seed"] == seed
+        assert (out / "results" / f"eval-synthetic-{name}.json").is_file()
+    with tarfile.open(out / "export" / "results.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"run/fused/csv/metrics.csv", "run/plain/csv/metrics.csv"} <= names
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/device_check.py"), "--out", str(tmp_path / "bad"), "--train-variant", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "NAME=OVERRIDE" in bad.stderr
+
+
+def _yaml(path: Path) -> dict:  # type: ignore[type-arg]
+    import yaml
+
+    return yaml.safe_load(path.read_text())

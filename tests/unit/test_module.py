@@ -116,6 +116,21 @@ def test_fused_adam_matches_the_per_tensor_update() -> None:
     assert all(float((a - s).abs().min()) > 1e-3 for a, s in zip(ref, start))  # every value moved
 
 
+def test_optim_fused_setting_chooses_the_update() -> None:
+    """``optim.fused``: null = the fused kernel where msma verified it (CPU), false = torch's default update, true =
+    the fused kernel asked for on any device; anything else is refused naming the key."""
+    from msma.training.module import _use_fused, check_optim
+
+    cpu = [torch.zeros(3)]
+    meta = [torch.zeros(3, device="meta")]
+    assert _use_fused(None, cpu) is True
+    assert _use_fused(None, meta) is None
+    assert _use_fused(False, cpu) is None
+    assert _use_fused(True, meta) is True
+    with pytest.raises(ValueError, match="optim.fused"):
+        check_optim(OptimConfig(fused="yes"))  # type: ignore[arg-type]
+
+
 def _identity(x: FaceBatch) -> FaceBatch:
     return x
 

@@ -41,6 +41,8 @@ def check_optim(optim: OptimConfig) -> None:
         raise ValueError(f"optim.scheduler must be 'step' or 'cosine', got {optim.scheduler!r}")
     if optim.ema_decay != 0:
         check_decay(optim.ema_decay)
+    if optim.fused not in (None, True, False):
+        raise ValueError(f"optim.fused must be null, true or false, got {optim.fused!r}")
     if optim.interval not in ("epoch", "step"):
         raise ValueError(f"optim.interval must be 'epoch' or 'step', got {optim.interval!r}")
     if len(optim.betas) != 2:
@@ -65,6 +67,13 @@ def fused_adam_supported(params: Sequence[Tensor]) -> bool:
     return device.type == "cpu" and all(
         p.device == device and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params
     )
+
+
+def _use_fused(setting: bool | None, params: Sequence[Tensor]) -> bool | None:
+    """The ``fused`` argument for :class:`torch.optim.Adam` from ``optim.fused`` (None: torch's default update)."""
+    if setting is None:
+        return fused_adam_supported(params) or None
+    return bool(setting) or None
 
 
 class FaceReconModule(LightningModule):
@@ -234,7 +243,7 @@ class FaceReconModule(LightningModule):
             lr=o.lr,
             betas=(float(o.betas[0]), float(o.betas[1])),
             weight_decay=o.weight_decay,
-            fused=fused_adam_supported(params) or None,
+            fused=_use_fused(o.fused, params),
         )
         if o.scheduler == "cosine":
             total = int(self.trainer.estimated_stepping_batches)
