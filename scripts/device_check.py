@@ -20,6 +20,8 @@ Everything is written under ``--out``: ``results/*.json`` (named ``<bench>-cuda-
 
     python3 scripts/device_check.py --out /tmp/dc --export "$OUT"           # on the GPU machine
     python scripts/device_check.py --out /tmp/smoke --device cpu --smoke   # CPU smoke mode (run by the tests)
+    python3 scripts/device_check.py --out /tmp/dc --only build train_run \
+        --train-variant fused0=optim.fused=true,seed=0 --train-variant plain0=optim.fused=false,seed=0  # A/B runs
 
 The orchestrator uses the standard library only, so it starts on a bare interpreter; the stages import msma
 from ``src/`` with the kit's prefix on ``PYTHONPATH``.

@@ -141,9 +141,9 @@ class OptimConfig:
         interval: ``"epoch"`` or ``"step"``.
         ema_decay: 0 = off; else the decay of an exponential moving average of the encoder's weights, which
             validation, checkpoints and the final evaluation use (:class:`msma.training.ema.EncoderEMA`).
-        fused: torch's fused Adam kernel: null = where msma verified it (CPU only,
-            :func:`msma.training.module.fused_adam_supported`), true = on any device torch has it for (the device
-            check's comparison on CUDA), false = never (torch's default update).
+        fused: torch's fused Adam kernel: null = where msma verified it (CPU and CUDA,
+            :func:`msma.training.module.fused_adam_supported`), true = asked for on any device, false = never
+            (torch's default update).
     """
 
     lr: float = 1e-4

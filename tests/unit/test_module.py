@@ -96,7 +96,7 @@ def test_gradients_reach_the_encoder_only(parts: tuple[Any, nn.Module]) -> None:
 
 def test_fused_adam_matches_the_per_tensor_update() -> None:
     """The fused update is Adam: five steps agree with the per-tensor loop to float32 rounding, and it is chosen
-    only for floating-point tensors on the CPU (CUDA keeps the per-tensor loop the device checks verified)."""
+    only for floating-point tensors on the CPU or CUDA (device checks 8-9 on CUDA, docs/gpu.md)."""
     torch.manual_seed(0)
     ref = [torch.randn(7, 5, requires_grad=True), torch.randn(3, requires_grad=True)]
     fused = [p.detach().clone().requires_grad_(True) for p in ref]
@@ -104,7 +104,7 @@ def test_fused_adam_matches_the_per_tensor_update() -> None:
     assert fused_adam_supported(fused)
     assert not fused_adam_supported([])
     assert not fused_adam_supported([torch.zeros(2, dtype=torch.int64)])
-    assert not fused_adam_supported([torch.zeros(2, device="meta")])  # any other device: the per-tensor loop
+    assert not fused_adam_supported([torch.zeros(2, device="meta")])  # any device but CPU/CUDA: torch's default
     opts = [torch.optim.Adam(ref, lr=1e-2), torch.optim.Adam(fused, lr=1e-2, fused=True)]
     for step in range(5):
         for params, opt in zip((ref, fused), opts):
@@ -114,6 +114,19 @@ def test_fused_adam_matches_the_per_tensor_update() -> None:
     for a, b in zip(ref, fused):
         assert float((a - b).abs().max()) < 1e-6
     assert all(float((a - s).abs().min()) > 1e-3 for a, s in zip(ref, start))  # every value moved
+
+
+@pytest.mark.gpu
+def test_fused_adam_is_chosen_on_cuda() -> None:
+    """CUDA parameters get the fused kernel too (device check run 9, docs/gpu.md), and it moves them like Adam."""
+    ref = [torch.randn(4, 3, requires_grad=True)]
+    gpu = [ref[0].detach().cuda().requires_grad_(True)]
+    assert fused_adam_supported(gpu)
+    opts = [torch.optim.Adam(ref, lr=1e-2), torch.optim.Adam(gpu, lr=1e-2, fused=True)]
+    for params, opt in zip((ref, gpu), opts):
+        (params[0] ** 2).sum().backward()
+        opt.step()
+    assert float((ref[0] - gpu[0].cpu()).abs().max()) < 1e-6
 
 
 def test_optim_fused_setting_chooses_the_update() -> None:
