@@ -82,9 +82,59 @@ def test_no_face_reason_and_box_without_face(backend: MediaPipeLandmarks) -> Non
     img = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
     chain = MediaPipeDetector(backend.mesh)
     assert chain.detect(img) == []
-    assert "no face" in chain.last_reason and "profile" in chain.last_reason
+    assert "no face" in chain.last_reason and "profile" in chain.last_reason and "CNN" in chain.last_reason
     with pytest.raises(LandmarkError, match="no face landmarks"):
         backend.detect(img, FaceBox(20, 20, 120, 120))
+
+
+class _CountingDetector:
+    """A box detector that returns ``boxes`` and counts its calls."""
+
+    name = "counting"
+
+    def __init__(self, boxes: list[FaceBox]) -> None:
+        self.boxes = boxes
+        self.calls = 0
+
+    def detect(self, image: np.ndarray, largest_only: bool = False) -> list[FaceBox]:
+        self.calls += 1
+        return list(self.boxes)
+
+
+def test_last_resort_detector_runs_only_when_nothing_else_found(backend: MediaPipeLandmarks, testdata: Path) -> None:
+    """Stage 4 (dlib's CNN detector by default) runs after every other stage found nothing, and its box is kept
+    (box-only where the landmarker fails on it); it never runs when an earlier stage found a face."""
+    last = _CountingDetector([FaceBox(30, 20, 150, 140, 1.0)])
+    chain = MediaPipeDetector(backend.mesh, fallbacks=[_CountingDetector([])], last_resort=[last])
+    takeo = load_image(testdata / "faces68" / "takeo.ppm").as_uint8()
+    faces = chain.faces(takeo)
+    assert faces and faces[0].points is not None and last.calls == 0
+    yy, xx = np.mgrid[0:160, 0:200]
+    no_face = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    faces = chain.faces(no_face)
+    assert last.calls == 1
+    assert [(f.source, f.points, f.box.to_list()) for f in faces] == [("box:counting", None, [30, 20, 150, 140, 1.0])]
+
+
+@pytest.mark.parametrize(
+    ("image", "annotation"),
+    [("aflw2000_3d/image00251.jpg", "aflw2000_3d/image00251.mat"), ("faces68/takeo.ppm", "faces68/takeo.pts")],
+)
+def test_dlib_cnn_detector_finds_the_turned_face(testdata: Path, image: str, annotation: str) -> None:
+    """dlib's CNN detector finds the -55 degree AFLW2000-3D face (dlib's HOG misses it) and a frontal one, in the
+    photo's pixels; nothing on a synthetic gradient."""
+    from msma.data.detect import DlibCnnDetector
+
+    det = DlibCnnDetector()
+    img = load_image(testdata / image).as_uint8()
+    boxes = det.detect(img)
+    gt_box = FaceBox.from_points(read_gt(testdata / annotation))
+    assert boxes and _overlap(boxes[0], gt_box) > 0.6 and boxes[0].score > 0
+    if min(img.shape[:2]) >= 400:  # half size (faces above ~80 px): the same face at half the coordinates
+        small = det.detect(np.ascontiguousarray(img[::2, ::2]))
+        assert small and abs(small[0].center[0] * 2 - boxes[0].center[0]) < 0.15 * boxes[0].width
+    yy, xx = np.mgrid[0:160, 0:200]
+    assert det.detect(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)) == []
 
 
 def test_shared_chain_is_one_per_process() -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 68
 DLIB_PREDICTOR_NAME = "shape_predictor_68_face_landmarks.dat"
+#: dlib's CNN (max-margin object detection) face detector, shipped beside the predictor by the same packages.
+DLIB_CNN_DETECTOR_NAME = "mmod_human_face_detector.dat"
 #: Debian/Ubuntu ``libdlib-data`` install location.
 DEBIAN_DLIB_DIR = Path("/usr/share/dlib")
 #: face-alignment 1.5's 2D FAN-4 checkpoint file name (``face_alignment/api.py`` ``models_urls['2DFAN-4']``).
@@ -104,28 +106,41 @@ def find_dlib_predictor(path: str | os.PathLike[str] | None = None) -> Path:
     Raises:
         LandmarkBackendUnavailable: not found anywhere (the message lists where it looked).
     """
+    return find_dlib_file(DLIB_PREDICTOR_NAME, "MSMA_DLIB_PREDICTOR", path)
+
+
+def find_dlib_file(name: str, env_var: str, path: str | os.PathLike[str] | None = None) -> Path:
+    """Locates one of dlib's model files ``name`` (the predictor, the CNN face detector).
+
+    Search order: ``path``; ``$<env_var>``; the ``face_recognition_models`` package's ``models/`` folder (found
+    without importing it: its ``__init__`` needs ``pkg_resources``); Debian's ``/usr/share/dlib``;
+    ``$MSMA_HOME/dlib``.
+
+    Raises:
+        LandmarkBackendUnavailable: not found anywhere (the message lists where it looked).
+    """
     candidates: list[Path] = []
     if path is not None:
         given = Path(path)
         if not given.is_file():
-            raise LandmarkBackendUnavailable(f"{given}: dlib predictor file not found")
+            raise LandmarkBackendUnavailable(f"{given}: dlib model file {name} not found")
         return given
-    env = os.environ.get("MSMA_DLIB_PREDICTOR")
+    env = os.environ.get(env_var)
     if env:
         candidates.append(Path(env))
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is not None and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:
-            candidates.append(Path(loc) / "models" / DLIB_PREDICTOR_NAME)
-    candidates.append(DEBIAN_DLIB_DIR / DLIB_PREDICTOR_NAME)
+            candidates.append(Path(loc) / "models" / name)
+    candidates.append(DEBIAN_DLIB_DIR / name)
     from msma.utils.home import msma_home
 
-    candidates.append(msma_home() / "dlib" / DLIB_PREDICTOR_NAME)
+    candidates.append(msma_home() / "dlib" / name)
     for cand in candidates:
         if cand.is_file():
             return cand
     raise LandmarkBackendUnavailable(
-        f"dlib's {DLIB_PREDICTOR_NAME} not found (looked in: {', '.join(str(c) for c in candidates)}); "
+        f"dlib's {name} not found (looked in: {', '.join(str(c) for c in candidates)}); "
         "install it offline with `pip install face-recognition-models` or `apt-get install libdlib-data`, "
         "or pass its path"
     )

@@ -14,7 +14,10 @@ misses faces smaller than about a tenth of the frame and profiles beyond about 6
    (``haarcascade_profileface.xml`` only knows one side) and OpenCV's frontal cascade; overlapping boxes are
    merged;
    and runs the landmarker again on an upsampled square crop around each new box (several margins);
-4. keeps boxes where the landmarker still fails (extreme profiles) as *box-only* faces, so a caller can crop
+4. when all that finds nothing, asks dlib's CNN face detector (``mmod_human_face_detector.dat``, shipped by
+   ``face-recognition-models``; it sees turned profiles the HOG and Haar detectors miss, at 1-3 s an image, so it
+   runs last) and treats its boxes as in 3;
+5. keeps boxes where the landmarker still fails (extreme profiles) as *box-only* faces, so a caller can crop
    them for the network; the reason stays with the face.
 
 All coordinates are pixels of the image given (x right, y down, pixel-index units). MediaPipe's normalised
@@ -66,8 +69,10 @@ class MediaPipeDetector:
 
     Args:
         mesh: the landmarker (default: the shared one for the default bundle).
-        fallbacks: box detectors for stage 2 (default: dlib HOG upsampled, OpenCV profile both sides, OpenCV
+        fallbacks: box detectors for stage 3 (default: dlib HOG upsampled, OpenCV profile both sides, OpenCV
             frontal).
+        last_resort: box detectors for stage 4, run only when every earlier stage found nothing (default: dlib's
+            CNN detector).
 
     Attributes:
         exhaustive: also run the box detectors when the landmarker found faces (finds small faces beside large
@@ -77,12 +82,19 @@ class MediaPipeDetector:
 
     name = "mediapipe_chain"
 
-    def __init__(self, mesh: MediaPipeFaceMesh | None = None, fallbacks: list[object] | None = None) -> None:
+    def __init__(
+        self,
+        mesh: MediaPipeFaceMesh | None = None,
+        fallbacks: list[object] | None = None,
+        last_resort: list[object] | None = None,
+    ) -> None:
         self.mesh = mesh if mesh is not None else shared_face_mesh()
         self._fallbacks = fallbacks
+        self._last_resort = last_resort
         self.exhaustive = False
         self.memo = _Memo()
-        self.version = f"{self.mesh.version}-chain2"  # 2: tiles searched with the detector alone
+        # 2: tiles searched with the detector alone; 3: dlib's CNN detector when every other stage found nothing.
+        self.version = f"{self.mesh.version}-chain3"
         self.last_reason = ""
 
     def _fallback_detectors(self) -> list[object]:
@@ -98,6 +110,19 @@ class MediaPipeDetector:
             self._fallbacks = built
         return self._fallbacks
 
+    def _last_resort_detectors(self) -> list[object]:
+        if self._last_resort is None:
+            from msma.data.detect import DlibCnnDetector
+            from msma.data.landmarks import LandmarkBackendUnavailable
+
+            built: list[object] = []
+            try:
+                built.append(DlibCnnDetector())
+            except (ImportError, LandmarkBackendUnavailable) as exc:  # pragma: no cover - shipped with the extras
+                log.warning("the detection chain runs without dlib's CNN detector: %s", exc)
+            self._last_resort = built
+        return self._last_resort
+
     def faces(self, image: np.ndarray, largest_only: bool = False) -> list[DenseFace]:
         """Every face of an (H, W, 3) uint8 RGB image, largest first (box-only faces after dense ones)."""
         found = self.mesh.run(image)
@@ -108,8 +133,19 @@ class MediaPipeDetector:
                 found.append(f)
         if found and (largest_only or not self.exhaustive):
             return sorted(found, key=lambda f: -f.box.area)
+        self._add_boxes(image, self._fallback_detectors(), found)
+        if not found:
+            # Last: dlib's CNN detector (wider poses than HOG, ~1-3 s an image), only where nothing else looked.
+            self._add_boxes(image, self._last_resort_detectors(), found)
+        dense_faces = sorted([f for f in found if f.points is not None], key=lambda f: -f.box.area)
+        box_only = sorted([f for f in found if f.points is None], key=lambda f: -f.box.area)
+        return dense_faces + box_only
+
+    def _add_boxes(self, image: np.ndarray, detectors: list[object], found: list[DenseFace]) -> None:
+        """Stage 3/4: every new box of ``detectors`` (largest first) goes to the landmarker on upsampled crops; a box
+        where it fails is kept as a box-only face. Appends to ``found``."""
         boxes: list[tuple[FaceBox, str]] = []
-        for det in self._fallback_detectors():
+        for det in detectors:
             for b in det.detect(image, largest_only=False):  # type: ignore[attr-defined]
                 boxes.append((b, str(getattr(det, "name", "detector"))))
         boxes.sort(key=lambda bd: -bd[0].area)
@@ -123,9 +159,6 @@ class MediaPipeDetector:
                 found.append(DenseFace(dense.box, dense.points, f"crop:{det_name}", dense.transform))
             elif dense is None:
                 found.append(DenseFace(b, None, f"box:{det_name}"))
-        dense_faces = sorted([f for f in found if f.points is not None], key=lambda f: -f.box.area)
-        box_only = sorted([f for f in found if f.points is None], key=lambda f: -f.box.area)
-        return dense_faces + box_only
 
     def detect(self, image: np.ndarray, largest_only: bool = False) -> list[FaceBox]:
         """Face boxes, dense faces first (largest first), then box-only faces; remembers the dense points."""
@@ -136,8 +169,8 @@ class MediaPipeDetector:
         if not faces:
             h, w = img.shape[:2]
             self.last_reason = (
-                f"no face: MediaPipe's landmarker ({w}x{h} frame), dlib HOG (upsampled) and OpenCV's frontal and "
-                "profile cascades found none"
+                f"no face: MediaPipe's landmarker ({w}x{h} frame), dlib HOG (upsampled), OpenCV's frontal and "
+                "profile cascades and dlib's CNN detector found none"
             )
         else:
             self.last_reason = ""
