@@ -1,0 +1,165 @@
+"""Profiles: what the MediaPipe detection chain finds on faces turned 55-90 degrees, where no labelled real photo is
+at hand (``../shared/testdata`` stops at 55 degrees).
+
+The faces are msma's own synthetic ICT faces (:class:`msma.data.synthetic.SyntheticFaceDataset`, domain-randomised,
+exact ground truth), drawn with yaw uniform in [-90, 90] and kept where ``|yaw| >= 55``; each 224 px crop is scaled
+to 320 px and padded (edge pixels repeated) to a 450 px frame, the size of an AFLW2000-3D photo. For every face the
+chain's first face is classified by the stage that found it (``landmarker``, ``tiles``, ``crop:<detector>``,
+``box:<detector>`` = box-only, or none), and for dense faces the NME of the 51 inner points (MediaPipe's 478 -> 68
+map; its jaw is a contour, so the jaw is left out) against the exact ground truth, in % of sqrt(w * h) of the
+ground-truth box. A dense face above 20 % is counted as a wrong mesh (a frontal-looking mesh on a profile).
+
+These are renders, not photos: the box detectors (HOG, Haar cascades, dlib's CNN) were trained on photos, so the
+counts say where the chain is weak, not what it finds on AFLW2000-3D.
+
+    python benchmarks/profile_detection.py [--samples 192] [--seed 777]
+
+Writes benchmarks/results/profile_detection-<device>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header, markdown_table, median, write_json, write_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Yaw bins (degrees, lower edge inclusive).
+BINS = ((55.0, 70.0), (70.0, 80.0), (80.0, 90.01))
+FRAME = 450
+FACE = 320
+WRONG_MESH_NME = 20.0
+
+
+def inner_nme(points68: np.ndarray, gt: np.ndarray) -> float:
+    """Mean distance of the 51 inner points (17:) / sqrt(w * h) of the ground-truth box of all 68, in %."""
+    w, h = gt.max(0) - gt.min(0)
+    return float(np.linalg.norm(points68[17:] - gt[17:], axis=1).mean() / np.sqrt(w * h) * 100.0)
+
+
+def frame_of(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The crop scaled to FACE px and padded to a FRAME px photo; its landmarks in the frame's pixels."""
+    import cv2
+
+    size = image.shape[0]
+    big = cv2.resize(image, (FACE, FACE), interpolation=cv2.INTER_LINEAR)
+    pad = (FRAME - FACE) // 2
+    frame = cv2.copyMakeBorder(big, pad, FRAME - FACE - pad, pad, FRAME - FACE - pad, cv2.BORDER_REPLICATE)
+    scale = FACE / size
+    return np.ascontiguousarray(frame), (landmarks + 0.5) * scale - 0.5 + pad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=192, help="synthetic faces drawn (about 40 %% are kept)")
+    parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--cache-dir", default=None, help="keep the generated faces here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    shared = Path(os.environ.get("MSMA_SHARED", ROOT.parent / "shared"))
+    os.environ.setdefault("MSMA_ASSET_MIRROR", str(shared / "assets"))
+
+    from msma.builders import build_face_model
+    from msma.data.mediapipe_backend import shared_chain
+    from msma.data.synthetic import SyntheticFaceDataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = SyntheticFaceDataset(
+            build_face_model("ict"),
+            num_samples=args.samples,
+            seed=args.seed,
+            image_size=224,
+            cache_dir=args.cache_dir or tmp,
+            max_yaw_deg=90.0,
+            extreme_yaw_fraction=0.0,
+        )
+        ds.ensure_generated(workers=1)
+        chain = shared_chain()
+        faces: list[dict[str, Any]] = []
+        for i in range(len(ds)):
+            s = ds[i]
+            yaw = abs(float(s.yaw))
+            if yaw < BINS[0][0]:
+                continue
+            crop = (s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            img, gt = frame_of(crop, s.landmarks.numpy())
+            t0 = time.perf_counter()
+            found = chain.faces(img)
+            seconds = time.perf_counter() - t0
+            first = found[0] if found else None
+            lm = first.landmarks68 if first is not None else None
+            faces.append(
+                {
+                    "index": i,
+                    "yaw": round(yaw, 2),
+                    "source": first.source if first is not None else "none",
+                    "dense": lm is not None,
+                    "inner_nme": inner_nme(lm, gt) if lm is not None else None,
+                    "seconds": seconds,
+                }
+            )
+            print(f"{i:4d} yaw {yaw:5.1f} {faces[-1]['source']:22s} {faces[-1]['inner_nme']}", file=sys.stderr)
+
+    rows, summary = [], []
+    for lo, hi in BINS:
+        sel = [f for f in faces if lo <= f["yaw"] < hi]
+        dense = [f for f in sel if f["dense"]]
+        nmes = [f["inner_nme"] for f in dense]
+        row = {
+            "bin": f"{lo:.0f}-{min(hi, 90):.0f}",
+            "faces": len(sel),
+            "dense": len(dense),
+            "box_only": sum(f["source"].startswith("box:") for f in sel),
+            "none": sum(f["source"] == "none" for f in sel),
+            "by_dlib_cnn": sum(f["source"].endswith(":dlib_cnn") for f in sel),
+            "inner_nme_median": median(nmes) if nmes else None,
+            "wrong_mesh": sum(n > WRONG_MESH_NME for n in nmes),
+            "seconds_median": median([f["seconds"] for f in sel]) if sel else None,
+        }
+        summary.append(row)
+        rows.append(
+            [
+                row["bin"],
+                row["faces"],
+                row["dense"],
+                row["box_only"],
+                row["none"],
+                row["by_dlib_cnn"],
+                "-" if row["inner_nme_median"] is None else f"{row['inner_nme_median']:.2f}",
+                row["wrong_mesh"],
+                "-" if row["seconds_median"] is None else f"{row['seconds_median']:.2f}",
+            ]
+        )
+    columns = [
+        "|yaw| bin",
+        "faces",
+        "dense",
+        "box-only",
+        "none",
+        "found by dlib CNN",
+        "inner-51 NME % (median, dense)",
+        f"wrong meshes (> {WRONG_MESH_NME:.0f} %)",
+        "s per image (median)",
+    ]
+    table = markdown_table(columns, rows)
+    print(table)
+    settings = {"samples": args.samples, "seed": args.seed, "frame": FRAME, "face": FACE, "chain": chain.version}
+    payload = header(torch.device("cpu"), "profile_detection", settings) | {"bins": summary, "faces": faces}
+    name = f"profile_detection-cpu{os.cpu_count()}"
+    print(f"wrote {write_json(name, payload)}")
+    write_markdown(name, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
