@@ -9,10 +9,15 @@ chain's first face is classified by the stage that found it (``landmarker``, ``t
 map; its jaw is a contour, so the jaw is left out) against the exact ground truth, in % of sqrt(w * h) of the
 ground-truth box. A dense face above 20 % is counted as a wrong mesh (a frontal-looking mesh on a profile).
 
+With ``--fit`` each frame also goes through ``msma reconstruct --fit`` (``Reconstructor(ckpt, landmarks="mediapipe",
+fit=True)``, ``--ckpt mean`` by default) and its 68 reported landmarks (the fitted model's own landmark vertices, the
+convention of the synthetic ground truth) are scored against all 68 ground-truth points, per bin and per kind of
+face (dense landmarks fitted / box-only: the network's prediction, the mean face for ``--ckpt mean``).
+
 These are renders, not photos: the box detectors (HOG, Haar cascades, dlib's CNN) were trained on photos, so the
 counts say where the chain is weak, not what it finds on AFLW2000-3D.
 
-    python benchmarks/profile_detection.py [--samples 192] [--seed 777]
+    python benchmarks/profile_detection.py [--samples 192] [--seed 777] [--fit [--ckpt mean|PATH]]
 
 Writes benchmarks/results/profile_detection-<device>.json and prints a table.
 """
@@ -47,6 +52,10 @@ def inner_nme(points68: np.ndarray, gt: np.ndarray) -> float:
     return float(np.linalg.norm(points68[17:] - gt[17:], axis=1).mean() / np.sqrt(w * h) * 100.0)
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def frame_of(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The crop scaled to FACE px and padded to a FRAME px photo; its landmarks in the frame's pixels."""
     import cv2
@@ -59,13 +68,29 @@ def frame_of(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(frame), (landmarks + 0.5) * scale - 0.5 + pad
 
 
+def fit_68(rec: Any, img: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    """``msma reconstruct --fit`` on one frame: the kind of face it reconstructed and its 68-point NME (%)."""
+    from msma.inference import NoFaceError
+
+    try:
+        r = rec.reconstruct(img)
+    except NoFaceError:
+        return {"fit_kind": "none", "fit_nme": None}
+    kind = "box_only" if np.isnan(np.asarray(r.detected_landmarks)).all() else "dense"
+    w, h = gt.max(0) - gt.min(0)
+    nme = float(np.linalg.norm(np.asarray(r.landmarks) - gt, axis=1).mean() / np.sqrt(w * h) * 100.0)
+    return {"fit_kind": kind, "fit_nme": nme}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=192, help="synthetic faces drawn (about 40 %% are kept)")
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--cache-dir", default=None, help="keep the generated faces here (default: a temp dir)")
+    parser.add_argument("--fit", action="store_true", help="also score `msma reconstruct --fit` on every frame")
+    parser.add_argument("--ckpt", default="mean", help="with --fit: the network that starts the fit")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(2 if args.fit else 1)
     shared = Path(os.environ.get("MSMA_SHARED", ROOT.parent / "shared"))
     os.environ.setdefault("MSMA_ASSET_MIRROR", str(shared / "assets"))
 
@@ -85,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         ds.ensure_generated(workers=1)
         chain = shared_chain()
+        rec = None
+        if args.fit:
+            from msma.inference import Reconstructor
+
+            ckpt = None if args.ckpt == "mean" else args.ckpt
+            rec = Reconstructor(ckpt, landmarks="mediapipe", fit=True, renderer_backend="torch")
         faces: list[dict[str, Any]] = []
         for i in range(len(ds)):
             s = ds[i]
@@ -108,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": seconds,
                 }
             )
+            if rec is not None:
+                faces[-1].update(fit_68(rec, img, gt))
             print(f"{i:4d} yaw {yaw:5.1f} {faces[-1]['source']:22s} {faces[-1]['inner_nme']}", file=sys.stderr)
 
     rows, summary = [], []
@@ -126,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             "wrong_mesh": sum(n > WRONG_MESH_NME for n in nmes),
             "seconds_median": median([f["seconds"] for f in sel]) if sel else None,
         }
+        if rec is not None:
+            for kind in ("dense", "box_only"):
+                vals = [f["fit_nme"] for f in sel if f.get("fit_kind") == kind]
+                row[f"fit_nme_median_{kind}"] = median(vals) if vals else None
+            scored = [f["fit_nme"] for f in sel if f.get("fit_nme") is not None]
+            row["fit_nme_mean_found"] = sum(scored) / len(scored) if scored else None
         summary.append(row)
         rows.append(
             [
@@ -139,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
                 row["wrong_mesh"],
                 "-" if row["seconds_median"] is None else f"{row['seconds_median']:.2f}",
             ]
+            + (
+                [
+                    _pct(row["fit_nme_median_dense"]),
+                    _pct(row["fit_nme_median_box_only"]),
+                    _pct(row["fit_nme_mean_found"]),
+                ]
+                if rec is not None
+                else []
+            )
         )
     columns = [
         "|yaw| bin",
@@ -150,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         "inner-51 NME % (median, dense)",
         f"wrong meshes (> {WRONG_MESH_NME:.0f} %)",
         "s per image (median)",
-    ]
+    ] + (["fit NME % (median, dense)", "fit NME % (median, box-only)", "fit NME % (mean, found)"] if rec else [])
     table = markdown_table(columns, rows)
     print(table)
     settings = {"samples": args.samples, "seed": args.seed, "frame": FRAME, "face": FACE, "chain": chain.version}
+    if rec is not None:
+        settings["fit_ckpt"] = args.ckpt
     payload = header(torch.device("cpu"), "profile_detection", settings) | {"bins": summary, "faces": faces}
-    name = f"profile_detection-cpu{os.cpu_count()}"
+    name = f"profile_detection{'-fit' if rec is not None else ''}-cpu{os.cpu_count()}"
     print(f"wrote {write_json(name, payload)}")
     write_markdown(name, table)
     return 0
