@@ -47,9 +47,12 @@ WRONG_MESH_NME = 20.0
 
 
 def inner_nme(points68: np.ndarray, gt: np.ndarray) -> float:
-    """Mean distance of the 51 inner points (17:) / sqrt(w * h) of the ground-truth box of all 68, in %."""
-    w, h = gt.max(0) - gt.min(0)
-    return float(np.linalg.norm(points68[17:] - gt[17:], axis=1).mean() / np.sqrt(w * h) * 100.0)
+    """Mean distance of the 51 inner points (17:) / sqrt(w * h) of the ground-truth box of all 68, in %
+    (:func:`msma.metrics.nme.nme` with :func:`~msma.metrics.nme.landmark_box_size` of the 68 points)."""
+    from msma.metrics.nme import landmark_box_size, nme
+
+    pred_t, gt_t = (torch.as_tensor(a, dtype=torch.float64)[None] for a in (points68, gt))
+    return 100.0 * float(nme(pred_t[:, 17:], gt_t[:, 17:], normalizer=landmark_box_size(gt_t))[0])
 
 
 def _pct(x: float | None) -> str:
@@ -70,6 +73,7 @@ def frame_of(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
 
 def fit_68(rec: Any, img: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
     """``msma reconstruct --fit`` on one frame: the kind of face it reconstructed and its 68-point NME (%)."""
+    from msma.evaluation.photos import photo_nme
     from msma.inference import NoFaceError
 
     try:
@@ -77,9 +81,7 @@ def fit_68(rec: Any, img: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
     except NoFaceError:
         return {"fit_kind": "none", "fit_nme": None}
     kind = "box_only" if np.isnan(np.asarray(r.detected_landmarks)).all() else "dense"
-    w, h = gt.max(0) - gt.min(0)
-    nme = float(np.linalg.norm(np.asarray(r.landmarks) - gt, axis=1).mean() / np.sqrt(w * h) * 100.0)
-    return {"fit_kind": kind, "fit_nme": nme}
+    return {"fit_kind": kind, "fit_nme": 100.0 * photo_nme(np.asarray(r.landmarks), gt)}
 
 
 def main(argv: list[str] | None = None) -> int:

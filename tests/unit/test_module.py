@@ -130,7 +130,7 @@ def test_fused_adam_is_chosen_on_cuda() -> None:
 
 
 def test_optim_fused_setting_chooses_the_update() -> None:
-    """``optim.fused``: null = the fused kernel where msma verified it (CPU), false = torch's default update, true =
+    """``optim.fused``: null = the fused kernel where msma verified it (CPU, CUDA), false = torch's default update, true =
     the fused kernel asked for on any device; anything else is refused naming the key."""
     from msma.training.module import _use_fused, check_optim
 

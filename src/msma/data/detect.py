@@ -150,7 +150,7 @@ class DlibCnnDetector:
     ``face-recognition-models`` package or Debian's ``libdlib-data``; no download).
 
     It finds faces over a wider range of poses than the HOG detector (turned profiles among them) but costs about
-    1-2 s on a 450 px image on a 2-core CPU, so the detection chain runs it last, only when every other stage
+    1-3 s on a 450 px image on a 2-core CPU, so the detection chain runs it last, only when every other stage
     found nothing.
 
     Args:
