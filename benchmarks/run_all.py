@@ -56,6 +56,7 @@ def run_benchmarks(quick: bool) -> None:
         )
     _run("inference.py", ["--repeats", "5" if quick else "20"])
     _run("landmarks_fit.py", ["--repeats", "3" if quick else "5"])
+    _run("face_model_speed.py", ["--rounds", "2" if quick else "5"])
 
 
 def _device_label(payload: dict[str, Any]) -> str:
@@ -111,6 +112,19 @@ def build_tables() -> str:
                     "peak MiB",
                 ],
                 rows,
+            ),
+            "",
+        ]
+    for path, res in _load("face_model_speed-*.json"):
+        st = res["settings"]
+        parts += [
+            f"## Face model: vertex normals as sparse products — `{path.name}`",
+            "",
+            f"Device: {_device_label(res)}; date {res['date']}; ICT, batch {st['batch']} at {st['size']} px.",
+            "",
+            markdown_table(
+                ["forward + backward", "definition ms", "sparse ms", "ratio"],
+                [[r["stage"], r["definition_ms"], r["sparse_ms"], r["ratio"]] for r in res["rows"]],
             ),
             "",
         ]

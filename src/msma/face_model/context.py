@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msma.face_model.normals import mesh_vertex_normals
+
 #: ``part`` labels of context vertices.
 PART_SKIN = 0
 PART_GUMS = 1
@@ -112,10 +114,4 @@ def validate_context(c: ContextMesh, n_face: int | None = None, source: str = "c
 
 def context_vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
     """(B, M, 3) unit vertex normals (sum of unit face normals, as the face model's), for context vertices."""
-    v0, v1, v2 = vertices[:, tri[:, 0]], vertices[:, tri[:, 1]], vertices[:, tri[:, 2]]
-    fn = torch.nn.functional.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1), dim=-1, eps=1e-12)
-    b, nf = fn.shape[:2]
-    acc = torch.zeros_like(vertices).index_add(
-        1, tri.reshape(-1), fn[:, :, None, :].expand(b, nf, 3, 3).reshape(b, -1, 3)
-    )
-    return torch.nn.functional.normalize(acc, dim=-1, eps=1e-12)
+    return mesh_vertex_normals(vertices, tri)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from msma.data.landmark_index import MIRROR_68
-from msma.face_model.model import mesh_vertex_normals
+from msma.face_model.normals import mesh_vertex_normals
 from msma.face_model.rotation import rotation_x
 from msma.utils.geometry import umeyama
 

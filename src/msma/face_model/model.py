@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msma.face_model.camera import PerspectiveCamera
 from msma.face_model.context import ContextMesh, validate_context
+from msma.face_model.normals import MeshNormals
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.face_model.rotation import euler_to_matrix, rotate
@@ -234,25 +234,6 @@ def load_arrays(path: str | os.PathLike[str]) -> FaceModelArrays:
     )
 
 
-def mesh_vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
-    """Unit vertex normals, Deep3D's definition (sum of the unit normals of adjacent faces, normalised).
-
-    Args:
-        vertices: (B, N, 3) in any frame.
-        tri: (F, 3) int64 triangles, counter-clockwise seen from outside.
-
-    Returns:
-        (B, N, 3) unit normals in the same frame, pointing out of the face. Vertices in no triangle get a zero
-        vector.
-    """
-    v0, v1, v2 = vertices[:, tri[:, 0]], vertices[:, tri[:, 1]], vertices[:, tri[:, 2]]
-    face_n = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1), dim=-1, eps=1e-12)
-    b, nf = face_n.shape[:2]
-    src = face_n[:, :, None, :].expand(b, nf, 3, 3).reshape(b, 3 * nf, 3)
-    acc = torch.zeros_like(vertices).index_add(1, tri.reshape(-1), src)
-    return F.normalize(acc, dim=-1, eps=1e-12)
-
-
 class FaceModel(nn.Module):
     """Linear 3DMM with Deep3D's pose, SH shading and camera.
 
@@ -302,6 +283,7 @@ class FaceModel(nn.Module):
             self.register_buffer(key, torch.as_tensor(np.ascontiguousarray(getattr(arrays, key)), dtype=dtype))
         self.register_buffer("uv", None if arrays.uv is None else torch.as_tensor(arrays.uv, dtype=f32))
         self.register_buffer("_tri_i32", self.tri.to(torch.int32), persistent=False)
+        self._normals = MeshNormals(self.mesh_tri, self.n_vertices)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -361,8 +343,9 @@ class FaceModel(nn.Module):
         return self.albedo_mean + torch.einsum("nck,bk->bnc", self.albedo_basis, tex)
 
     def vertex_normals(self, vertices: Tensor) -> Tensor:
-        """Unit vertex normals of ``vertices`` (B, N, 3) over :attr:`mesh_tri` (:func:`mesh_vertex_normals`)."""
-        return mesh_vertex_normals(vertices, self.mesh_tri)
+        """Unit vertex normals of ``vertices`` (B, N, 3) over :attr:`mesh_tri`: :func:`mesh_vertex_normals`'s
+        values, as precomputed sparse products (:class:`~msma.face_model.normals.MeshNormals`)."""
+        return self._normals(vertices)
 
     def rotation(self, angles: Tensor) -> Tensor:
         """(B, 3) pitch, yaw, roll in radians -> (B, 3, 3) ``R = Rz @ Ry @ Rx``."""
