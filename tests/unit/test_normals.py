@@ -55,6 +55,14 @@ def test_ict_normals_and_gradients_match_the_definition(ict_model: FaceModel) ->
     torch.testing.assert_close(fast_grad, ref_grad, atol=1e-5 * scale, rtol=0)
 
 
+def test_half_precision_falls_back_to_the_definition() -> None:
+    v, tri = _sphere(1)
+    x = v.to(torch.bfloat16)[None]
+    out = MeshNormals(tri, v.shape[0])(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, mesh_vertex_normals(x, tri))
+
+
 def test_gradcheck_in_double() -> None:
     v, tri = _sphere(0)
     x = (v + 3.0 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0), dtype=v.dtype))[None]

@@ -80,8 +80,9 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
 class MeshNormals:
     """:func:`mesh_vertex_normals` for one mesh, as sparse products precomputed per device and dtype.
 
-    Not an ``nn.Module`` and never copied: ``copy.deepcopy`` and pickling give an empty instance of the same
-    mesh that rebuilds its matrices on first use (torch cannot deep-copy sparse CSR tensors).
+    Float32 and float64 vertices use the sparse products; other dtypes (half precision) fall back to the
+    definition. Not an ``nn.Module``, and its matrices are never copied: ``copy.deepcopy`` and pickling give an
+    instance of the same mesh that rebuilds them on first use (torch cannot deep-copy sparse CSR tensors).
 
     Args:
         tri: (F, 3) int64 triangles, counter-clockwise seen from outside.
@@ -129,11 +130,13 @@ class MeshNormals:
             vertices: (B, N, 3) float, any frame.
 
         Returns:
-            (B, N, 3) unit normals, equal to ``mesh_vertex_normals(vertices, tri)``; zero for vertices in no
-            triangle.
+            (B, N, 3) unit normals, ``mesh_vertex_normals(vertices, tri)`` up to float rounding; zero for vertices
+            in no triangle.
         """
         if vertices.ndim != 3 or vertices.shape[1] != self.n_vertices or vertices.shape[2] != 3:
             raise ValueError(f"expected vertices (B, {self.n_vertices}, 3), got {tuple(vertices.shape)}")
+        if vertices.dtype not in (torch.float32, torch.float64):
+            return mesh_vertex_normals(vertices, self.tri.to(vertices.device))
         edges, edges_t, gather, gather_t = self._operators(vertices.device, vertices.dtype)
         b, nf = int(vertices.shape[0]), int(self.tri.shape[0])
         columns = vertices.permute(1, 0, 2).reshape(self.n_vertices, 3 * b)  # (N, B*3): one column per (b, xyz)
