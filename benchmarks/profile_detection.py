@@ -55,7 +55,7 @@ def inner_nme(points68: np.ndarray, gt: np.ndarray) -> float:
     return 100.0 * float(nme(pred_t[:, 17:], gt_t[:, 17:], normalizer=landmark_box_size(gt_t))[0])
 
 
-def _pct(x: float | None) -> str:
+def _two_decimals(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
@@ -176,15 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                 row["box_only"],
                 row["none"],
                 row["by_dlib_cnn"],
-                "-" if row["inner_nme_median"] is None else f"{row['inner_nme_median']:.2f}",
+                _two_decimals(row["inner_nme_median"]),
                 row["wrong_mesh"],
-                "-" if row["seconds_median"] is None else f"{row['seconds_median']:.2f}",
+                _two_decimals(row["seconds_median"]),
             ]
             + (
                 [
-                    _pct(row["fit_nme_median_dense"]),
-                    _pct(row["fit_nme_median_box_only"]),
-                    _pct(row["fit_nme_mean_found"]),
+                    _two_decimals(row["fit_nme_median_dense"]),
+                    _two_decimals(row["fit_nme_median_box_only"]),
+                    _two_decimals(row["fit_nme_mean_found"]),
                 ]
                 if rec is not None
                 else []

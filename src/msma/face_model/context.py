@@ -21,8 +21,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from msma.face_model.normals import mesh_vertex_normals
-
 #: ``part`` labels of context vertices.
 PART_SKIN = 0
 PART_GUMS = 1
@@ -110,8 +108,3 @@ def validate_context(c: ContextMesh, n_face: int | None = None, source: str = "c
         raise ValueError(f"{source}: part and hair must be ({m},), got {c.part.shape}, {c.hair.shape}")
     if not (np.isfinite(c.mean_shape).all() and np.isfinite(c.id_basis).all() and np.isfinite(c.exp_basis).all()):
         raise ValueError(f"{source}: non-finite geometry")
-
-
-def context_vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
-    """(B, M, 3) unit vertex normals (sum of unit face normals, as the face model's), for context vertices."""
-    return mesh_vertex_normals(vertices, tri)

@@ -36,7 +36,7 @@ def cgroup_cpu_limit(
         if controllers == "":  # cgroup v2 (unified)
             bases, reader = [root, root / "unified"], _v2_limit
         elif "cpu" in controllers.split(","):
-            bases, reader = [root / controllers, root / "cpu", root / "cpu,cpuacct"], _v1_limit
+            bases, reader = list(dict.fromkeys([root / controllers, root / "cpu", root / "cpu,cpuacct"])), _v1_limit
         else:
             continue
         for base in bases:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msma.face_model.context import PART_GUMS, PART_SKIN, PART_TEETH, context_vertex_normals
+from msma.face_model.context import PART_GUMS, PART_SKIN, PART_TEETH
 from msma.face_model.model import FaceModel
+from msma.face_model.normals import mesh_vertex_normals
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix, rotate
@@ -130,7 +131,7 @@ def render_head(
         ctri = torch.as_tensor(ctx.tri, device=dev)
         rot = euler_to_matrix(params.angles.to(dev))
         cverts = rotate(canonical, rot) + params.trans.to(dev)[:, None, :]
-        cnormals = rotate(context_vertex_normals(canonical, ctri), rot)
+        cnormals = rotate(mesh_vertex_normals(canonical, ctri), rot)
         calb, attrs = context_colours(model, face, draws.to(dev))
         m = cverts.shape[1]
         zeros = torch.zeros(b, m, 1, device=dev)
