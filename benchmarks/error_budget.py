@@ -4,8 +4,9 @@ coefficient group at a time replaced by the ground truth.
 The split is the run's own (the one of its ``metrics.json`` and ``msma eval --data synthetic``). For every face:
 the NME of the network's coefficients; of the same coefficients with the ground truth's angles, yaw only,
 translation (x, y), translation z, pose (angles + translation), identity, expression or shape (identity +
-expression) put in; of the flip-averaged pose (:func:`msma.pipeline.predict_params`, what ``msma reconstruct``
-uses); and of the mean face (the untrained network). NME: mean 68-point distance / sqrt(w * h) of the ground-truth
+expression) put in; of the flip-averaged pose and of the flip average of every group
+(:func:`msma.pipeline.predict_params` with the face model's :class:`~msma.face_model.mirror.CoefficientMirror`,
+what ``msma reconstruct`` uses); and of the mean face (the untrained network). NME: mean 68-point distance / sqrt(w * h) of the ground-truth
 box, in % (as the held-out evaluator). A substitution that lowers the NME a lot names the group whose error
 dominates; one that raises it means the network's other groups compensate that group's error.
 
@@ -33,6 +34,7 @@ from msma.config import experiment_from_dict
 from msma.data.batch import FaceBatch
 from msma.data.datamodule import FaceDataModule
 from msma.evaluation.split import synthetic_split_config
+from msma.face_model.mirror import CoefficientMirror
 from msma.face_model.params import CoeffLayout, FaceParams
 from msma.metrics.nme import nme
 from msma.pipeline import predict_params
@@ -57,19 +59,21 @@ def _yaw_only(params: FaceParams, gt: FaceParams) -> FaceParams:
     return params.replace(angles=angles)
 
 
-#: Variant name -> (network coefficients, flip-averaged coefficients, ground truth, mean face) -> coefficients.
-VARIANTS: dict[str, Callable[[FaceParams, FaceParams, FaceParams, FaceParams], FaceParams]] = {
-    "network": lambda p, f, g, z: p,
-    "network, flip-averaged pose": lambda p, f, g, z: f,
-    "ground-truth angles": lambda p, f, g, z: _with(p, g, ("angles",)),
-    "ground-truth yaw only": lambda p, f, g, z: _yaw_only(p, g),
-    "ground-truth translation x, y": lambda p, f, g, z: _with(p, g, (), (0, 1)),
-    "ground-truth translation z": lambda p, f, g, z: _with(p, g, (), (2,)),
-    "ground-truth pose (angles + translation)": lambda p, f, g, z: _with(p, g, ("angles", "trans")),
-    "ground-truth identity": lambda p, f, g, z: _with(p, g, ("id",)),
-    "ground-truth expression": lambda p, f, g, z: _with(p, g, ("exp",)),
-    "ground-truth shape (identity + expression)": lambda p, f, g, z: _with(p, g, ("id", "exp")),
-    "mean face (untrained)": lambda p, f, g, z: z,
+#: Variant name -> (predictions by kind, ground truth, mean face) -> coefficients; the predictions are the
+#: network's single pass ``"plain"``, its flip-averaged pose ``"pose"`` and its flip average of every group ``"all"``.
+VARIANTS: dict[str, Callable[[dict[str, FaceParams], FaceParams, FaceParams], FaceParams]] = {
+    "network": lambda p, g, z: p["plain"],
+    "network, flip-averaged pose": lambda p, g, z: p["pose"],
+    "network, flip-averaged (every group)": lambda p, g, z: p["all"],
+    "ground-truth angles": lambda p, g, z: _with(p["plain"], g, ("angles",)),
+    "ground-truth yaw only": lambda p, g, z: _yaw_only(p["plain"], g),
+    "ground-truth translation x, y": lambda p, g, z: _with(p["plain"], g, (), (0, 1)),
+    "ground-truth translation z": lambda p, g, z: _with(p["plain"], g, (), (2,)),
+    "ground-truth pose (angles + translation)": lambda p, g, z: _with(p["plain"], g, ("angles", "trans")),
+    "ground-truth identity": lambda p, g, z: _with(p["plain"], g, ("id",)),
+    "ground-truth expression": lambda p, g, z: _with(p["plain"], g, ("exp",)),
+    "ground-truth shape (identity + expression)": lambda p, g, z: _with(p["plain"], g, ("id", "exp")),
+    "mean face (untrained)": lambda p, g, z: z,
 }
 
 
@@ -80,20 +84,25 @@ def error_budget(ckpt: str, limit: int | None = None) -> dict[str, Any]:
     cfg = experiment_from_dict(model.config)
     data = synthetic_split_config(cfg.data)
     loader, split = FaceDataModule(data, model.face_model).heldout_dataloader(limit)
+    mirror = CoefficientMirror.from_face_model(model.face_model)
     per_face: dict[str, list[torch.Tensor]] = {name: [] for name in VARIANTS}
     yaws: list[torch.Tensor] = []
     for batch in loader:
         assert isinstance(batch, FaceBatch)
         size = int(batch.image.shape[-1])
         p = predict_params(model.encoder, batch.image)
-        f = predict_params(model.encoder, batch.image, flip_average=True)
+        preds = {
+            "plain": p,
+            "pose": predict_params(model.encoder, batch.image, flip_average=True),
+            "all": predict_params(model.encoder, batch.image, flip_average=True, mirror=mirror),
+        }
         layout = CoeffLayout(int(p.id.shape[-1]), int(p.exp.shape[-1]), int(p.tex.shape[-1]))
         gt = batch.gt_params(layout)
         if gt is None or not bool(batch.params_valid.all()) or not bool(batch.landmark_valid.all()):
             raise ValueError(f"{ckpt}: the {split} split lacks ground-truth coefficients or landmarks")
         z = model.face_model.layout.zeros(batch.batch_size)
         for name, make in VARIANTS.items():
-            lm = model.face_model(make(p, f, gt, z), image_size=size).landmarks_2d.float()
+            lm = model.face_model(make(preds, gt, z), image_size=size).landmarks_2d.float()
             per_face[name].append(100.0 * nme(lm, batch.landmarks.float()))
         yaws.append(batch.yaw.float().abs())
     yaw = torch.cat(yaws)

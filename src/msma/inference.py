@@ -36,6 +36,7 @@ from msma.data.align import (
 )
 from msma.data.detect import detect_faces, make_detector
 from msma.data.io import BadImageError, array_to_float_rgb, load_image
+from msma.face_model.mirror import CoefficientMirror
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
 from msma.pipeline import FacePipeline, predict_params
@@ -163,8 +164,10 @@ class Reconstructor:
         texture: also bake a UV texture from the photo per face (:mod:`msma.texture`; needs a model with UVs).
         fallback: when the dlib / OpenCV detector finds no face (profiles beyond ~45 degrees), try MediaPipe's
             detection chain and its 68 points for the alignment (if MediaPipe and its bundle are available).
-        flip_average: average the network's pose over the crop and its mirror image
-            (:func:`msma.pipeline.predict_params`; crops and mirrors in one encoder batch); False: the crop's prediction alone.
+        flip_average: average the network's coefficients over the crop and its mirror image
+            (:func:`msma.pipeline.predict_params`; crops and mirrors in one encoder batch): every group with the
+            face model's :class:`~msma.face_model.mirror.CoefficientMirror`, the pose alone when its mesh is not
+            mirror-symmetric; False: the crop's prediction alone.
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
@@ -216,6 +219,7 @@ class Reconstructor:
         self._fallback_pair: tuple[Any, Any] | None = None
         self.fit = bool(fit)
         self.flip_average = bool(flip_average)
+        self.mirror = CoefficientMirror.from_face_model(self.face_model) if self.flip_average else None
         self.texture = bool(texture)
         if self.texture and self.face_model.uv is None:
             raise ValueError(f"face model {self.face_model.name!r} has no UVs: texture export needs ICT-FaceKit")
@@ -364,7 +368,7 @@ class Reconstructor:
             group = faces[start : start + max(1, batch_size)]
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
             with torch.no_grad():
-                params = predict_params(self.model.encoder, crops, self.flip_average)
+                params = predict_params(self.model.encoder, crops, self.flip_average, self.mirror)
             if self.fit:
                 params = self._fit(group, crops, params)
             with torch.no_grad():

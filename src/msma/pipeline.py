@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from msma.face_model.mirror import CoefficientMirror
 from msma.face_model.model import FaceModel
 from msma.face_model.output import FaceOutput
 from msma.face_model.params import CoeffLayout, FaceParams, mirror_pose
@@ -44,18 +45,23 @@ class StepOutput:
         )
 
 
-def predict_params(encoder: nn.Module, image: Tensor, flip_average: bool = False) -> FaceParams:
-    """The encoder's coefficients of square crops, optionally with the pose averaged over the crop's mirror image.
+def predict_params(
+    encoder: nn.Module, image: Tensor, flip_average: bool = False, mirror: CoefficientMirror | None = None
+) -> FaceParams:
+    """The encoder's coefficients of square crops, optionally averaged over the crop's mirror image.
 
     Args:
         encoder: image (B, 3, S, S) float RGB in [0, 1] -> :class:`FaceParams`.
         image: (B, 3, S, S) crops.
-        flip_average: also run the horizontally mirrored crops and average each face's pose (pitch, yaw, roll in
-            radians; translation in mm) with the mirrored pose of its mirror image
-            (:func:`msma.face_model.params.mirror_pose`); identity, expression, albedo and light stay the
-            crop's own. A mirror-equivariant network predicts the same pose either way; one that is not gets
-            the mean of its two estimates (test-time augmentation). The crops and their mirrors go through the
-            encoder as one (2B, 3, S, S) batch: the encoder must treat the rows independently (eval mode).
+        flip_average: also run the horizontally mirrored crops and average each face's coefficients with the
+            mirrored coefficients of its mirror image (test-time augmentation). With ``mirror`` (the face
+            model's :class:`~msma.face_model.mirror.CoefficientMirror`) every group is averaged (identity,
+            expression, albedo, light and pose); without it the pose alone (pitch, yaw, roll in radians;
+            translation in mm; :func:`msma.face_model.params.mirror_pose`) and the other groups stay the crop's
+            own. A mirror-equivariant network predicts the same either way; one that is not gets the mean of its
+            two estimates. The crops and their mirrors go through the encoder as one (2B, 3, S, S) batch: the
+            encoder must treat the rows independently (eval mode).
+        mirror: the coefficient mirror of the encoder's face model, or None (pose only).
 
     Returns:
         :class:`FaceParams` of the batch.
@@ -65,6 +71,8 @@ def predict_params(encoder: nn.Module, image: Tensor, flip_average: bool = False
         return out
     b = int(image.shape[0])
     both: FaceParams = encoder(torch.cat([image, image.flip(-1)]))
+    if mirror is not None:
+        return mirror.average(both[:b], both[b:])
     params, mirrored = both[:b], mirror_pose(both[b:])
     return params.replace(angles=0.5 * (params.angles + mirrored.angles), trans=0.5 * (params.trans + mirrored.trans))
 

@@ -46,8 +46,9 @@ EXPECTED: dict[str, dict[str, list[int] | None]] = {
 @pytest.mark.parametrize("variant", list(EXPECTED))
 def test_each_variant_substitutes_exactly_its_ground_truth(bench: Any, variant: str) -> None:
     layout = CoeffLayout(6, 5, 4)
-    p, f, g, z = (_random(layout, s) for s in range(4))
-    got = bench.VARIANTS[variant](p, f, g, z)
+    p, f, a, g, z = (_random(layout, s) for s in range(5))
+    preds = {"plain": p, "pose": f, "all": a}
+    got = bench.VARIANTS[variant](preds, g, z)
     for group in GROUPS:
         want = getattr(p, group).clone()
         cols = EXPECTED[variant].get(group, [])
@@ -56,6 +57,12 @@ def test_each_variant_substitutes_exactly_its_ground_truth(bench: Any, variant: 
         elif cols:
             want[:, cols] = getattr(g, group)[:, cols]
         torch.testing.assert_close(getattr(got, group), want, rtol=0, atol=0, msg=f"{variant}: {group}")
-    assert bench.VARIANTS["network, flip-averaged pose"](p, f, g, z) is f
-    assert bench.VARIANTS["mean face (untrained)"](p, f, g, z) is z
-    assert set(bench.VARIANTS) == {*EXPECTED, "network, flip-averaged pose", "mean face (untrained)"}
+    assert bench.VARIANTS["network, flip-averaged pose"](preds, g, z) is f
+    assert bench.VARIANTS["network, flip-averaged (every group)"](preds, g, z) is a
+    assert bench.VARIANTS["mean face (untrained)"](preds, g, z) is z
+    assert set(bench.VARIANTS) == {
+        *EXPECTED,
+        "network, flip-averaged pose",
+        "network, flip-averaged (every group)",
+        "mean face (untrained)",
+    }

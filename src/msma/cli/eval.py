@@ -86,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-flip-average",
         action="store_true",
-        help="photos / micc / now: the network's pose from the crop alone (default: averaged with its mirror "
-        "image's, as msma reconstruct)",
+        help="photos / micc / now: the network's coefficients from the crop alone (default: averaged with its "
+        "mirror image's, as msma reconstruct)",
     )
     return p
 

@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-flip-average",
         action="store_true",
-        help="the network's pose from the crop alone (default: averaged with its mirror image's, two passes)",
+        help="the network's coefficients from the crop alone (default: averaged with its mirror image's, two passes)",
     )
     return p
 

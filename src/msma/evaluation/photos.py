@@ -153,8 +153,9 @@ def evaluate_photos(
         image_size: crop size (default: the checkpoint's).
         limit: evaluate the first N photos only.
         fit: score ``msma reconstruct --fit`` for the checkpoint (needs ``landmarks="mediapipe"``).
-        flip_average: the checkpoint's pose averaged over the crop and its mirror image, as ``msma reconstruct``
-            (:func:`msma.pipeline.predict_params`); the mean face is the same either way.
+        flip_average: the checkpoint's coefficients averaged over the crop and its mirror image, as ``msma
+            reconstruct`` (:func:`msma.pipeline.predict_params`, every group with the face model's
+            :class:`~msma.face_model.mirror.CoefficientMirror`); the mean face is the same either way.
 
     Returns:
         ``{"images": [{"image", "nme", "nme_mean_face", "faces_detected", "yaw", "yaw_bin"} | {"image",
@@ -249,7 +250,8 @@ def evaluate_photos(
             "nme": "68 points, original-image pixels, / sqrt(w*h) of the ground-truth landmark box, percent",
             "alignment": f"detector {detector}, landmarks {landmarks}, 5-point similarity (no ground truth)",
             "fit": "checkpoint column: 3DMM fitting to MediaPipe's dense landmarks" if fit else "none",
-            "flip_average": "checkpoint column: pose averaged over the crop and its mirror image"
+            "flip_average": "checkpoint column: coefficients averaged over the crop and its mirror image "
+            + ("(every group)" if trained.mirror is not None else "(pose only: the mesh is not mirror-symmetric)")
             if flip_average
             else "none",
             "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files, binned as msma eval --data aflw2000_3d "
