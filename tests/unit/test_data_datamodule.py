@@ -202,3 +202,21 @@ def test_real_photos_aligned_to_the_training_model(ict_model, testdata: Path) ->
     dm.setup("fit")
     assert dm.train_set is not None
     np.testing.assert_allclose(dm.train_set.dataset.template, tmpl)  # type: ignore[attr-defined]
+
+
+def test_flip_params_choose_the_coefficients_a_flipped_sample_keeps(ict_model) -> None:  # type: ignore[no-untyped-def]
+    """``data.flip_params``: ``pose`` (the default) gives the augmentation no coefficient mirror, ``mirror`` the face
+    model's (built once); no flips, no mirror; an unknown value is refused naming the key."""
+    from msma.data.config import validate_data_config
+
+    pose = FaceDataModule(DataConfig(image_size=64, num_workers=0), ict_model)._augmentation(geometric=False)
+    assert pose is not None and pose.mirror is None and pose.layout == ict_model.layout
+    dm = FaceDataModule(DataConfig(image_size=64, num_workers=0, flip_params="mirror"), ict_model)
+    aug = dm._augmentation(geometric=False)
+    assert aug is not None and aug.mirror is not None
+    assert dm._augmentation(geometric=False).mirror is aug.mirror  # built once per datamodule
+    assert aug.mirror.residual["exp"] < 0.03  # ICT-FaceKit's blendshapes map onto each other
+    unflipped = FaceDataModule(DataConfig(image_size=64, flip=False, flip_params="mirror"), ict_model)
+    assert unflipped._augmentation(geometric=False).mirror is None
+    with pytest.raises(ValueError, match="data.flip_params"):
+        validate_data_config(DataConfig(flip_params="both"), has_face_model=True)

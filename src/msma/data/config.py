@@ -88,6 +88,10 @@ class DataConfig:
         seed: split / synthetic-generation seed.
         augment: apply :class:`~msma.data.transforms.FaceAugment` to the training split.
         flip: allow horizontal flips in the augmentation.
+        flip_params: the coefficients a flipped sample keeps: ``"pose"`` (the mirrored pose alone, the other groups
+            masked; the default) or ``"mirror"`` (every group, mapped to the mirror image by the face model's
+            :class:`~msma.face_model.mirror.CoefficientMirror`; the pose alone when the mesh is not
+            mirror-symmetric).
         color_jitter: colour jitter in the augmentation (msma's addition; Deep3D's augmentation has none).
         blur: Gaussian / motion blur in the augmentation (msma's addition; not in Deep3D).
         randconv: probability that a training image reaches the encoder through a random convolution
@@ -130,6 +134,7 @@ class DataConfig:
     seed: int = 0
     augment: bool = True
     flip: bool = True
+    flip_params: str = "pose"
     color_jitter: bool = True
     blur: bool = True
     randconv: float = 0.0
@@ -195,6 +200,8 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"test data kind {c.test_kind!r} needs a test_root folder")
     if c.synthetic_workers is not None and c.synthetic_workers < 1:
         raise ValueError(f"data.synthetic_workers must be >= 1 (or null: one per core), got {c.synthetic_workers}")
+    if c.flip_params not in ("mirror", "pose"):
+        raise ValueError(f"data.flip_params must be 'mirror' or 'pose', got {c.flip_params!r}")
     if c.faces not in ("all", "largest"):
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):

@@ -43,6 +43,7 @@ from msma.face_model.model import FaceModel
 
 if TYPE_CHECKING:
     from msma.data.synthetic import SyntheticFaceDataset
+    from msma.face_model.mirror import CoefficientMirror
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class FaceDataModule(L.LightningDataModule):
         self.test_set: Dataset[FaceSample] | None = None
         #: seconds :meth:`prepare_data` took in this process (labelling, synthetic generation or verification).
         self.prepare_seconds = 0.0
+        self._mirror: tuple[CoefficientMirror | None] | None = None
 
     # ----------------------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -252,11 +254,23 @@ class FaceDataModule(L.LightningDataModule):
             "geometric": geometric,
             "color_jitter": c.color_jitter,
             "blur": c.blur,
-            # The mirrored pose of a flipped sample stays ground truth (msma.data.transforms).
+            # The mirrored pose of a flipped sample stays ground truth (msma.data.transforms), and with
+            # data.flip_params=mirror every other group too, through the face model's coefficient mirror.
             "layout": None if self.face_model is None else self.face_model.layout,
+            "mirror": self._coefficient_mirror() if c.flip and c.flip_params == "mirror" else None,
         }
         kwargs.update(self.augment_kwargs)
         return FaceAugment(**kwargs)
+
+    def _coefficient_mirror(self) -> CoefficientMirror | None:
+        """The face model's coefficient mirror (built once), or None without a face model or a symmetric mesh."""
+        if self.face_model is None:
+            return None
+        if self._mirror is None:
+            from msma.face_model.mirror import CoefficientMirror
+
+            self._mirror = (CoefficientMirror.from_face_model(self.face_model),)
+        return self._mirror[0]
 
     def _synthetic_dataset(self, num_samples: int, seed: int, vertices: bool = True) -> SyntheticFaceDataset:
         from msma.data.synthetic import SyntheticFaceDataset
