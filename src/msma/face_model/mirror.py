@@ -30,7 +30,6 @@ from torch import Tensor
 from msma.face_model.landmark_convention import mirror_vertices
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams, mirror_pose
-from msma.face_model.shading import SH_BANDS
 
 #: Sign of each of the 9 SH coefficients of a colour channel under ``x -> -x`` (Deep3D's basis order
 #: 1, y, z, x, xy, yz, 3z^2 - 1, xz, x^2 - y^2; :func:`msma.face_model.shading.sh_basis`).
@@ -107,9 +106,7 @@ class CoefficientMirror:
         for name, p in self.maps.items():
             c: Tensor = getattr(params, name)
             changes[name] = c @ p.to(c).T
-        signs = params.sh.new_tensor(SH_MIRROR_SIGNS * 3)
-        if params.sh.shape[1] != 3 * SH_BANDS:  # FaceParams guarantees (B, 27); kept explicit for the sign layout
-            raise ValueError(f"expected (B, {3 * SH_BANDS}) SH coefficients, got {tuple(params.sh.shape)}")
+        signs = params.sh.new_tensor(SH_MIRROR_SIGNS * 3)  # channel-major (B, 3 * 9): FaceParams checks the shape
         changes["sh"] = params.sh * signs
         return out.replace(**changes)
 
