@@ -13,7 +13,8 @@ from PIL import Image
 
 from msma.data.batch import FaceBatch
 from msma.data.config import DataConfig, build_datamodule
-from msma.data.datamodule import FaceDataModule, TransformedSubset
+from msma.data.datamodule import FaceDataModule
+from msma.data.subset import TransformedSubset
 
 
 def _faces68_copy(testdata: Path, dst: Path) -> Path:

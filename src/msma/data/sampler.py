@@ -23,7 +23,7 @@ class EpochSeededSampler(RandomSampler):
         data_source: the dataset.
         seed: the data seed.
         epoch_keys: yield ``epoch * len + index`` instead of ``index`` (for a dataset that seeds its augmentation
-            by epoch and sample, :class:`~msma.data.datamodule.TransformedSubset`).
+            by epoch and sample, :class:`~msma.data.subset.TransformedSubset`).
     """
 
     def __init__(self, data_source: Sized, seed: int, epoch_keys: bool = False) -> None:
