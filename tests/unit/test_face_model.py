@@ -152,6 +152,18 @@ def test_layout_round_trip() -> None:
     assert CoeffLayout(80, 64, 80).total == 257
 
 
+def test_params_index_selects_batch_items_and_refuses_group_names() -> None:
+    layout = CoeffLayout(10, 6, 4)
+    flat = torch.randn(3, layout.total)
+    params = layout.split(flat)
+    one = params[1]
+    assert one.exp.shape == (1, 6)
+    torch.testing.assert_close(layout.join(one), flat[1:2])
+    torch.testing.assert_close(layout.join(params[torch.tensor([2, 0])]), flat[[2, 0]])
+    with pytest.raises(TypeError, match=r"params\.exp"):
+        params["exp"]  # type: ignore[index]
+
+
 def test_ict_landmarks_plausible(ict_model: FaceModel) -> None:
     m = ict_model
     lm = m(m.layout.zeros(1), image_size=224).landmarks_2d[0]

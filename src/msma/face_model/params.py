@@ -76,7 +76,15 @@ class FaceParams:
         return dataclasses.replace(self, **changes)
 
     def __getitem__(self, index: int | slice | Tensor) -> FaceParams:
-        """Selects a subset of the batch (keeps the batch dimension for int indices)."""
+        """Selects a subset of the batch (keeps the batch dimension for int indices).
+
+        A group is an attribute (``params.exp``), not an index: ``params["exp"]`` raises ``TypeError`` saying so.
+        """
+        if isinstance(index, str):
+            raise TypeError(
+                f"FaceParams[...] selects batch items; for the coefficient group {index!r} use params.{index} "
+                f"(groups: {', '.join(GROUPS)})"
+            )
         if isinstance(index, int):
             index = slice(index, index + 1)
         return FaceParams(**{g: t[index] for g, t in self.items()})
