@@ -109,6 +109,11 @@ class DataConfig:
         synthetic_cache_dir: where synthetic samples are generated once and cached (``"auto"``:
             ``$MSMA_HOME/synthetic``; None: rendered on the fly in the loader workers).
         synthetic_renderer: renderer of synthetic generation: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
+        expression_prototypes: fraction of the expressive synthetic *training* faces whose expression is a
+            FACS-coded prototype (smiles, laughter, basic emotions;
+            :data:`msma.data.synthetic.sampling.EXPRESSION_PROTOTYPES`) instead of a random combination of
+            blendshapes; the validation and test splits keep the plain prior, so their figures stay comparable. 0:
+            off (the default).
         synthetic_workers: processes that generate the missing synthetic shards before training (None: one per
             usable core; 1: in the training process). Forked on Linux and for CPU rendering only; the cache is the
             same whichever number (:mod:`msma.data.synthetic.parallel`).
@@ -148,6 +153,7 @@ class DataConfig:
     val_samples: int = 256
     synthetic_cache_dir: Optional[str] = "auto"
     synthetic_renderer: str = "torch"
+    expression_prototypes: float = 0.0
     synthetic_workers: Optional[int] = None
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
@@ -202,6 +208,8 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"data.synthetic_workers must be >= 1 (or null: one per core), got {c.synthetic_workers}")
     if c.flip_params not in ("mirror", "pose"):
         raise ValueError(f"data.flip_params must be 'mirror' or 'pose', got {c.flip_params!r}")
+    if not 0.0 <= c.expression_prototypes <= 1.0:
+        raise ValueError(f"data.expression_prototypes must lie in [0, 1], got {c.expression_prototypes}")
     if c.faces not in ("all", "largest"):
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):

@@ -153,21 +153,24 @@ class FaceDataModule(L.LightningDataModule):
                     if src.kind == "synthetic":
                         seed = self._source_seed(i, src)
                         specs += [
-                            (src.num_samples or c.num_samples, seed, f"{src.name or 'synthetic'} train"),
-                            (c.val_samples, seed + VAL_SEED_OFFSET, f"{src.name or 'synthetic'} validation"),
+                            (src.num_samples or c.num_samples, seed, f"{src.name or 'synthetic'} train", True),
+                            (c.val_samples, seed + VAL_SEED_OFFSET, f"{src.name or 'synthetic'} validation", False),
                         ]
             elif c.kind == "synthetic":
-                specs += [(c.num_samples, c.seed, "train"), (c.val_samples, c.seed + VAL_SEED_OFFSET, "validation")]
+                specs += [
+                    (c.num_samples, c.seed, "train", True),
+                    (c.val_samples, c.seed + VAL_SEED_OFFSET, "validation", False),
+                ]
             if c.test_kind == "synthetic":
-                specs.append((c.val_samples, c.seed + TEST_SEED_OFFSET, "test"))
+                specs.append((c.val_samples, c.seed + TEST_SEED_OFFSET, "test", False))
             if specs:
                 from msma.data.synthetic.parallel import generate_shards
 
                 # All splits at once, so that the generation processes stay busy across them.
                 t0 = time.perf_counter()
-                datasets = [self._synthetic_dataset(num, seed) for num, seed, _ in specs]
+                datasets = [self._synthetic_dataset(num, seed, train=train) for num, seed, _, train in specs]
                 generate_shards(datasets, workers=c.synthetic_workers)
-                for (_, _, name), ds in zip(specs, datasets):
+                for (_, _, name, _), ds in zip(specs, datasets):
                     log.info("synthetic %s split ready (%s)", name, ds.cache_root)
                 log.info("synthetic splits ready in %.1f s", time.perf_counter() - t0)
         for kind, root, landmarks in self._real_sources():
@@ -225,11 +228,17 @@ class FaceDataModule(L.LightningDataModule):
             self._mirror = (CoefficientMirror.from_face_model(self.face_model),)
         return self._mirror[0]
 
-    def _synthetic_dataset(self, num_samples: int, seed: int, vertices: bool = True) -> SyntheticFaceDataset:
+    def _synthetic_dataset(
+        self, num_samples: int, seed: int, vertices: bool = True, train: bool = False
+    ) -> SyntheticFaceDataset:
+        """A synthetic split; ``train=True`` draws expressions with ``data.expression_prototypes`` (training only)."""
         from msma.data.synthetic import SyntheticFaceDataset
 
         if self.face_model is None:
             raise ValueError("synthetic data needs the face model")
+        sampling: dict[str, Any] = {}
+        if train and self.cfg.expression_prototypes > 0:
+            sampling["expression_prototypes"] = self.cfg.expression_prototypes
         return SyntheticFaceDataset(
             self.face_model,
             num_samples=num_samples,
@@ -238,13 +247,14 @@ class FaceDataModule(L.LightningDataModule):
             cache_dir=self.cfg.synthetic_cache_dir,
             renderer_backend=self.cfg.synthetic_renderer,
             return_vertices=vertices,
+            **sampling,
         )
 
     def _synthetic(
-        self, num_samples: int, seed: int, transform: Transform | None, vertices: bool = True
+        self, num_samples: int, seed: int, transform: Transform | None, vertices: bool = True, train: bool = False
     ) -> Dataset[FaceSample]:
         """A synthetic split; ``vertices=False`` leaves out the ground-truth posed vertices (see ``_train_synthetic``)."""
-        dataset = self._synthetic_dataset(num_samples, seed, vertices)
+        dataset = self._synthetic_dataset(num_samples, seed, vertices, train=train)
         if transform is None:
             return dataset
         return TransformedSubset(dataset, range(len(dataset)), transform, seed=self.cfg.seed + AUGMENT_SEED_OFFSET)
@@ -255,7 +265,7 @@ class FaceDataModule(L.LightningDataModule):
         No training loss reads the posed vertices (only the held-out metrics do), and computing them from the stored
         coefficients (a (3N x 180) product per face) was 70 % of a cached sample's loading time.
         """
-        return self._synthetic(num_samples, seed, self._augmentation(geometric=False), vertices=False)
+        return self._synthetic(num_samples, seed, self._augmentation(geometric=False), vertices=False, train=True)
 
     def _real(
         self, kind: str, root: str, landmarks: str | None = None

@@ -205,7 +205,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             "head_context": self.head_context,
             "effects": list(self.effects),
             "jitter_std": self.jitter_std,
-            "sampling": dataclasses.asdict(self.settings),
+            "sampling": _sampling_key(self.settings),
         }
 
     def cache_key(self) -> str:
@@ -470,3 +470,17 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
         state["_device_model"] = None
         state["_shape_basis"] = None
         return state
+
+
+#: Sampling settings added after :data:`SYNTHETIC_VERSION` 5, with the value that reproduces the generator as it was:
+#: at that value they stay out of the cache key, so caches made before they existed stay valid.
+_LATER_SETTINGS: dict[str, Any] = {"expression_prototypes": 0.0}
+
+
+def _sampling_key(settings: SamplingSettings) -> dict[str, Any]:
+    """The sampling settings as the cache key hashes them (later settings only where they change the output)."""
+    out = dataclasses.asdict(settings)
+    for name, neutral_value in _LATER_SETTINGS.items():
+        if out[name] == neutral_value:
+            del out[name]
+    return out

@@ -32,6 +32,57 @@ _EXCLUSIVE_BASES: tuple[tuple[str, str], ...] = (
 )
 _GAZE_BASES = ("eyeLookIn", "eyeLookOut", "eyeLookUp", "eyeLookDown")
 
+#: Prototypical facial expressions as ARKit blendshape weights at full intensity (``_L``/``_R`` sides together),
+#: from the Action Units the Facial Action Coding System gives each (Ekman & Friesen, FACS 1978; EMFACS's basic
+#: emotions) through the usual AU -> ARKit correspondence: AU1 browInnerUp, AU2 browOuterUp, AU4 browDown,
+#: AU5 eyeWide, AU6 cheekSquint, AU7 eyeSquint, AU9 noseSneer, AU10 mouthUpperUp, AU12 mouthSmile,
+#: AU14 mouthDimple, AU15 mouthFrown, AU16 mouthLowerDown, AU17 mouthShrugLower, AU20 mouthStretch,
+#: AU23/24 mouthPress, AU25/26 lips part / jawOpen. Random combinations of single shapes rarely build these (a
+#: toothy smile needs AU6 + 12 + 25 at once): photos show them far more often than any other expression.
+EXPRESSION_PROTOTYPES: dict[str, dict[str, float]] = {
+    # Happiness, closed lips (AU6 + 12, a Duchenne smile).
+    "smile": {"cheekSquint": 0.5, "mouthSmile": 0.8, "mouthDimple": 0.2, "eyeSquint": 0.2},
+    # Happiness, lips apart and upper teeth showing (AU6 + 12 + 25 + 26).
+    "open_smile": {
+        "cheekSquint": 0.6,
+        "mouthSmile": 0.9,
+        "mouthUpperUp": 0.4,
+        "mouthLowerDown": 0.3,
+        "jawOpen": 0.15,
+        "eyeSquint": 0.3,
+    },
+    # Laughter (AU6 + 7 + 12 + 25 + 27).
+    "laugh": {
+        "cheekSquint": 0.8,
+        "mouthSmile": 1.0,
+        "mouthUpperUp": 0.5,
+        "mouthLowerDown": 0.5,
+        "jawOpen": 0.45,
+        "eyeSquint": 0.5,
+    },
+    # Surprise (AU1 + 2 + 5 + 26).
+    "surprise": {"browInnerUp": 0.8, "browOuterUp": 0.8, "eyeWide": 0.6, "jawOpen": 0.5},
+    # Sadness (AU1 + 4 + 15 + 17).
+    "sadness": {"browInnerUp": 0.7, "browDown": 0.3, "mouthFrown": 0.6, "mouthShrugLower": 0.3},
+    # Anger (AU4 + 5 + 7 + 23).
+    "anger": {"browDown": 0.9, "eyeWide": 0.2, "eyeSquint": 0.4, "mouthPress": 0.6},
+    # Disgust (AU9 + 10 + 15 + 16).
+    "disgust": {"noseSneer": 0.8, "mouthUpperUp": 0.6, "mouthFrown": 0.3, "mouthLowerDown": 0.3, "browDown": 0.4},
+    # Fear (AU1 + 2 + 4 + 5 + 20 + 26).
+    "fear": {
+        "browInnerUp": 0.8,
+        "browOuterUp": 0.5,
+        "browDown": 0.3,
+        "eyeWide": 0.7,
+        "mouthStretch": 0.6,
+        "jawOpen": 0.25,
+    },
+    # Contempt (unilateral AU12 + 14): one side only.
+    "contempt": {"mouthSmile": 0.5, "mouthDimple": 0.5},
+}
+#: Prototypes whose shapes are raised on one side only (the side drawn per sample).
+_UNILATERAL_PROTOTYPES = frozenset({"contempt"})
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -58,6 +109,7 @@ class SamplingSettings:
     depth_range_mm: float = 80.0
     skin_tone_mixture: bool = True
     pitch_mean_deg: float = 0.0
+    expression_prototypes: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_yaw_deg <= self.extreme_yaw_limit_deg <= 90.0:
@@ -67,6 +119,8 @@ class SamplingSettings:
             )
         if not 0.0 <= self.extreme_yaw_fraction <= 1.0 or not 0.0 <= self.neutral_fraction <= 1.0:
             raise ValueError("extreme_yaw_fraction and neutral_fraction must lie in [0, 1]")
+        if not 0.0 <= self.expression_prototypes <= 1.0:
+            raise ValueError(f"expression_prototypes must lie in [0, 1], got {self.expression_prototypes}")
         for name in ("pitch_std_deg", "max_pitch_deg", "roll_std_deg", "max_roll_deg", "id_scale", "exp_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -135,6 +189,28 @@ def _expression_structure(names: tuple[str, ...]) -> tuple[dict[str, list[int]],
     return bases, gaze
 
 
+def _set_prototype(gen: torch.Generator, w: Tensor, bases: dict[str, list[int]], pick: float, side: float) -> None:
+    """Writes one of :data:`EXPRESSION_PROTOTYPES` into ``w`` (in place), at a random intensity.
+
+    The prototype is ``pick`` in [0, 1) scaled to the table's rows; its intensity is uniform in [0.35, 1] (a mild to a
+    full expression), each shape and side jittered by a factor uniform in [0.8, 1.2] (faces are not symmetric);
+    ``side`` < 0.5 picks the left side of a one-sided prototype. Shapes the model does not have are left out.
+    """
+    names = sorted(EXPRESSION_PROTOTYPES)
+    name = names[min(int(pick * len(names)), len(names) - 1)]
+    intensity = float(_uniform(gen, 1, 0.35, 1.0))
+    shapes = EXPRESSION_PROTOTYPES[name]
+    factors = _uniform(gen, 2 * len(shapes), 0.8, 1.2)
+    for k, (base, weight) in enumerate(sorted(shapes.items())):
+        sides = bases.get(base)
+        if sides is None:
+            continue
+        if name in _UNILATERAL_PROTOTYPES and len(sides) == 2:
+            sides = [sides[0] if side < 0.5 else sides[1]]
+        for j, idx in enumerate(sides):
+            w[idx] = min(1.0, weight * intensity * float(factors[2 * k + j]))
+
+
 def _sample_blendshapes(gen: torch.Generator, names: tuple[str, ...], settings: SamplingSettings) -> Tensor:
     """One sparse ARKit-style weight vector (n_exp,) in [0, 1] (float64)."""
     n = len(names)
@@ -157,7 +233,13 @@ def _sample_blendshapes(gen: torch.Generator, names: tuple[str, ...], settings: 
     sym = torch.rand(len(order), generator=gen, dtype=torch.float64) < 0.7
     jitter = _uniform(gen, 2 * len(order), -0.15, 0.15)
     side_pick = torch.rand(len(order), generator=gen, dtype=torch.float64)
-    if not neutral:
+    # A fraction of the expressive samples takes a prototypical expression instead of a random combination (the
+    # draws above are made either way, and the prototype's own only when chosen: with expression_prototypes = 0
+    # every sample is the one the generator made before the setting existed).
+    prototype = not neutral and bool(r[3] < settings.expression_prototypes)
+    if prototype:
+        _set_prototype(gen, w, bases, float(r[4]), float(r[5]))
+    elif not neutral:
         chosen: list[str] = []
         for p in perm:
             if len(chosen) >= k:
@@ -256,6 +338,7 @@ def sample_params(
     shift_std_mm: float = 8.0,
     max_shift_mm: float = 20.0,
     depth_range_mm: float = 80.0,
+    expression_prototypes: float = 0.0,
 ) -> FaceParams:
     """Random coefficients from the face model's prior and plausible pose, light and placement.
 
@@ -276,6 +359,9 @@ def sample_params(
         neutral_fraction: fraction of blendshape samples with a neutral expression (gaze still varies).
         max_active_expressions: blendshape samples activate 1..max expression shapes (``_L``/``_R`` pairs count
             once, mutually exclusive shapes such as ``jawLeft``/``jawRight`` never together).
+        expression_prototypes: fraction of the non-neutral blendshape samples (ARKit names) whose expression is one
+            of :data:`EXPRESSION_PROTOTYPES` (FACS-coded smiles, laughter and basic emotions at an intensity
+            uniform in [0.35, 1]) instead of a random combination; 0 (the default): random combinations only.
         light_strength: scales the directional light intensity (see :func:`sample_sh`).
         shift_std_mm, max_shift_mm: x/y translation ~ N(0, std) truncated at +-max (mm; 1 mm ~ 1 px at 224).
         depth_range_mm: z translation uniform in +-range (mm): a scale change of about +-range/1000.
@@ -301,6 +387,7 @@ def sample_params(
         shift_std_mm=shift_std_mm,
         max_shift_mm=max_shift_mm,
         depth_range_mm=depth_range_mm,
+        expression_prototypes=expression_prototypes,
     )
     return sample_params_with(face_model, batch, generator, settings)
 
