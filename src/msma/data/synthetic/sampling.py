@@ -38,7 +38,7 @@ _GAZE_BASES = ("eyeLookIn", "eyeLookOut", "eyeLookUp", "eyeLookDown")
 #: AU5 eyeWide, AU6 cheekSquint, AU7 eyeSquint, AU9 noseSneer, AU10 mouthUpperUp, AU12 mouthSmile,
 #: AU14 mouthDimple, AU15 mouthFrown, AU16 mouthLowerDown, AU17 mouthShrugLower, AU20 mouthStretch,
 #: AU23/24 mouthPress, AU25/26 lips part / jawOpen. Random combinations of single shapes rarely build these (a
-#: toothy smile needs AU6 + 12 + 25 at once): photos show them far more often than any other expression.
+#: toothy smile needs AU6 + 12 + 25 at once), while photographed faces show these combinations, smiles above all.
 EXPRESSION_PROTOTYPES: dict[str, dict[str, float]] = {
     # Happiness, closed lips (AU6 + 12, a Duchenne smile).
     "smile": {"cheekSquint": 0.5, "mouthSmile": 0.8, "mouthDimple": 0.2, "eyeSquint": 0.2},
@@ -194,7 +194,8 @@ def _set_prototype(gen: torch.Generator, w: Tensor, bases: dict[str, list[int]],
 
     The prototype is ``pick`` in [0, 1) scaled to the table's rows; its intensity is uniform in [0.35, 1] (a mild to a
     full expression), each shape and side jittered by a factor uniform in [0.8, 1.2] (faces are not symmetric);
-    ``side`` < 0.5 picks the left side of a one-sided prototype. Shapes the model does not have are left out.
+    ``side`` < 0.5 picks the first listed side (``_L`` on ICT) of a one-sided prototype. Shapes the model does not
+    have are left out.
     """
     names = sorted(EXPRESSION_PROTOTYPES)
     name = names[min(int(pick * len(names)), len(names) - 1)]
