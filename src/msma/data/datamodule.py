@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sized
@@ -108,7 +109,6 @@ class FaceDataModule(L.LightningDataModule):
         self.test_set: Dataset[FaceSample] | None = None
         #: seconds :meth:`prepare_data` took in this process (labelling, synthetic generation or verification).
         self.prepare_seconds = 0.0
-        self._mirror: tuple[CoefficientMirror | None] | None = None
 
     # ----------------------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -213,20 +213,19 @@ class FaceDataModule(L.LightningDataModule):
             # The mirrored pose of a flipped sample stays ground truth (msma.data.transforms), and with
             # data.flip_params=mirror every other group too, through the face model's coefficient mirror.
             "layout": None if self.face_model is None else self.face_model.layout,
-            "mirror": self._coefficient_mirror() if c.flip and c.flip_params == "mirror" else None,
+            "mirror": self._coefficient_mirror if c.flip and c.flip_params == "mirror" else None,
         }
         kwargs.update(self.augment_kwargs)
         return FaceAugment(**kwargs)
 
+    @functools.cached_property
     def _coefficient_mirror(self) -> CoefficientMirror | None:
         """The face model's coefficient mirror (built once), or None without a face model or a symmetric mesh."""
         if self.face_model is None:
             return None
-        if self._mirror is None:
-            from msma.face_model.mirror import CoefficientMirror
+        from msma.face_model.mirror import CoefficientMirror
 
-            self._mirror = (CoefficientMirror.from_face_model(self.face_model),)
-        return self._mirror[0]
+        return CoefficientMirror.from_face_model(self.face_model)
 
     def _synthetic_dataset(
         self, num_samples: int, seed: int, vertices: bool = True, train: bool = False
