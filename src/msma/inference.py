@@ -168,6 +168,9 @@ class Reconstructor:
             (:func:`msma.pipeline.predict_params`; crops and mirrors in one encoder batch): every group with the
             face model's :class:`~msma.face_model.mirror.CoefficientMirror`, the pose alone when its mesh is not
             mirror-symmetric; False: the crop's prediction alone.
+        clamp_expressions: project the network's blendshape weights onto the face model's [0, 1]
+            (:meth:`~msma.face_model.model.FaceModel.in_range`; after the flip average, before fitting); PCA
+            expressions are left as they are. False: the network's raw output.
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
@@ -188,6 +191,7 @@ class Reconstructor:
         texture: bool = False,
         fallback: bool = True,
         flip_average: bool = True,
+        clamp_expressions: bool = True,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.landmarks import make_landmark_backend
@@ -219,6 +223,7 @@ class Reconstructor:
         self._fallback_pair: tuple[Any, Any] | None = None
         self.fit = bool(fit)
         self.flip_average = bool(flip_average)
+        self.clamp_expressions = bool(clamp_expressions)
         self.mirror = CoefficientMirror.from_face_model(self.face_model) if self.flip_average else None
         self.texture = bool(texture)
         if self.texture and self.face_model.uv is None:
@@ -369,6 +374,8 @@ class Reconstructor:
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
             with torch.no_grad():
                 params = predict_params(self.model.encoder, crops, self.flip_average, self.mirror)
+                if self.clamp_expressions:
+                    params = self.face_model.in_range(params)
             if self.fit:
                 params = self._fit(group, crops, params)
             with torch.no_grad():

@@ -57,6 +57,13 @@ def test_eval_photos_mean_face_against_a_hand_computation(testdata: Path, tmp_pa
     assert rows["takeo.ppm"]["nme"] == pytest.approx(by_hand, rel=1e-6)
     assert 1.0 < by_hand < 15.0
     assert result["mean"] == pytest.approx(np.mean([r["nme"] for r in result["images"] if "nme" in r]))
+    assert json.loads(out.read_text())["result"]["protocol"]["clamp_expressions"].startswith(
+        "checkpoint column: blendshape weights clamped to [0, 1]"
+    )
+    raw = tmp_path / "raw.json"
+    argv = ["--ckpt", "mean", "--data", "photos", "--root", str(testdata), "--limit", "1", "--out", str(raw)]
+    assert cli_main([*argv, "--no-clamp-expressions"]) == 0
+    assert json.loads(raw.read_text())["result"]["protocol"]["clamp_expressions"] == "none"
 
 
 def test_eval_photos_rejects_bad_inputs(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

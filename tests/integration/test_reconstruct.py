@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,3 +180,36 @@ def test_profile_missed_by_dlib_found_through_the_mediapipe_fallback(reconstruct
     strict = msma.Reconstructor(None, device="cpu", renderer_backend="torch", fallback=False)
     with pytest.raises(NoFaceError, match="no_face"):
         strict.reconstruct(str(path))
+
+
+class _FixedExpression(torch.nn.Module):
+    """An encoder whose blendshape weights leave [0, 1] (a regressor's output is unbounded)."""
+
+    def __init__(self, layout: Any) -> None:
+        super().__init__()
+        self.layout = layout
+        self.exp = torch.linspace(-0.6, 1.4, layout.n_exp)[None]
+
+    def forward(self, image: torch.Tensor) -> Any:
+        p = self.layout.zeros(image.shape[0])
+        return p.replace(exp=self.exp.repeat(image.shape[0], 1))
+
+
+def test_reconstructor_clamps_blendshape_weights_to_the_model_range(testdata: Path) -> None:
+    import msma
+
+    photo = str(testdata / "faces68" / "takeo.ppm")
+    out = {}
+    for clamp in (True, False):
+        rec = msma.Reconstructor(
+            None, device="cpu", renderer_backend="torch", flip_average=False, clamp_expressions=clamp
+        )
+        fake = _FixedExpression(rec.face_model.layout)
+        rec.model.encoder = fake
+        out[clamp] = rec.reconstruct(photo)
+        raw = fake.exp
+    torch.testing.assert_close(out[False].params.exp, raw)
+    torch.testing.assert_close(out[True].params.exp, raw.clamp(0.0, 1.0))
+    # the same crop, a different face: the landmarks are those of the clamped weights
+    np.testing.assert_allclose(out[True].crop_to_image, out[False].crop_to_image)
+    assert np.abs(out[True].landmarks - out[False].landmarks).max() > 0.5

@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         help="photos / micc / now: the network's coefficients from the crop alone (default: averaged with its "
         "mirror image's, as msma reconstruct)",
     )
+    p.add_argument(
+        "--no-clamp-expressions",
+        action="store_true",
+        help="photos / micc / now: the network's blendshape weights as it outputs them (default: clamped to the "
+        "model's [0, 1], as msma reconstruct)",
+    )
     return p
 
 
@@ -156,6 +162,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             limit=args.limit,
             fit=args.fit,
             flip_average=not args.no_flip_average,
+            clamp_expressions=not args.no_clamp_expressions,
         )
     if args.data in ("micc", "now"):
         from msma.data.scans import micc_items, now_items
@@ -174,6 +181,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             image_size=args.image_size,
             renderer_backend="torch" if device.type == "cpu" else "auto",
             flip_average=not args.no_flip_average,
+            clamp_expressions=not args.no_clamp_expressions,
         )
         return evaluate_scans(
             rec,

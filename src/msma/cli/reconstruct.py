@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the network's coefficients from the crop alone (default: averaged with its mirror image's, two passes)",
     )
+    p.add_argument(
+        "--no-clamp-expressions",
+        action="store_true",
+        help="the network's blendshape weights as it outputs them (default: clamped to the model's [0, 1])",
+    )
     return p
 
 
@@ -122,6 +127,7 @@ def cli_main(argv: list[str]) -> int:
             texture=args.texture,
             fallback=not args.no_fallback,
             flip_average=not args.no_flip_average,
+            clamp_expressions=not args.no_clamp_expressions,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)

@@ -140,6 +140,7 @@ def evaluate_photos(
     limit: int | None = None,
     fit: bool = False,
     flip_average: bool = True,
+    clamp_expressions: bool = True,
 ) -> dict[str, Any]:
     """Per-photo and mean NME of a checkpoint and of the mean face (same detections and crops).
 
@@ -156,6 +157,8 @@ def evaluate_photos(
         flip_average: the checkpoint's coefficients averaged over the crop and its mirror image, as ``msma
             reconstruct`` (:func:`msma.pipeline.predict_params`, every group with the face model's
             :class:`~msma.face_model.mirror.CoefficientMirror`); the mean face is the same either way.
+        clamp_expressions: the checkpoint's blendshape weights projected onto [0, 1], as ``msma reconstruct``
+            (:meth:`msma.face_model.model.FaceModel.in_range`).
 
     Returns:
         ``{"images": [{"image", "nme", "nme_mean_face", "faces_detected", "yaw", "yaw_bin"} | {"image",
@@ -183,6 +186,7 @@ def evaluate_photos(
         renderer_backend=backend,
         fit=fit,
         flip_average=flip_average,
+        clamp_expressions=clamp_expressions,
     )
     mean = Reconstructor(
         None,
@@ -253,6 +257,9 @@ def evaluate_photos(
             "flip_average": "checkpoint column: coefficients averaged over the crop and its mirror image "
             + ("(every group)" if trained.mirror is not None else "(pose only: the mesh is not mirror-symmetric)")
             if flip_average
+            else "none",
+            "clamp_expressions": "checkpoint column: blendshape weights clamped to [0, 1]"
+            if clamp_expressions and trained.face_model.exp_kind == "blendshape"
             else "none",
             "yaw_bins": "absolute Pose_Para yaw of AFLW-style .mat files, binned as msma eval --data aflw2000_3d "
             "(<= 30, <= 60, above, degrees); balanced = mean over the bins present",

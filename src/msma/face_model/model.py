@@ -337,6 +337,24 @@ class FaceModel(nn.Module):
         offset = torch.einsum("nck,bk->bnc", self.id_basis, id) + torch.einsum("nck,bk->bnc", self.exp_basis, exp)
         return self.mean_shape + offset
 
+    def in_range(self, params: FaceParams) -> FaceParams:
+        """The coefficients with the expression projected onto the model's range.
+
+        Blendshape weights (``exp_kind == "blendshape"``: ICT-FaceKit, ARKit names) are defined on [0, 1]: a
+        negative weight or one above 1 extrapolates a shape past what was scanned. A regressor's output is not
+        bounded, so it is clamped to [0, 1] here (the fitter keeps the weights there and the synthetic prior
+        draws them there). PCA expressions (BFM, ~N(0, 1)) are unbounded and returned unchanged.
+
+        Args:
+            params: coefficients sized like :attr:`layout` (B rows).
+
+        Returns:
+            :class:`FaceParams`: the same tensors except ``exp`` (B, n_exp), clamped for a blendshape model.
+        """
+        if self.exp_kind != "blendshape":
+            return params
+        return params.replace(exp=params.exp.clamp(0.0, 1.0))
+
     def albedo(self, tex: Tensor) -> Tensor:
         """Per-vertex albedo ``albedo_mean + albedo_basis @ tex``, (B, N, 3) RGB (nominally [0, 1], not clamped)."""
         self._check("tex", tex, self.layout.n_tex)
