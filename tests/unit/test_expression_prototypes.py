@@ -117,3 +117,22 @@ def test_datamodule_gives_prototypes_to_the_training_split_only(ict_model, tmp_p
         assert isinstance(split, SyntheticFaceDataset) and split.settings.expression_prototypes == 0.0
     with pytest.raises(ValueError, match="data.expression_prototypes"):
         FaceDataModule(face_model=ict_model, kind="synthetic", expression_prototypes=-0.1)
+
+
+def test_datamodule_gives_neutral_fraction_to_the_training_split_only(ict_model) -> None:  # type: ignore[no-untyped-def]
+    dm = FaceDataModule(
+        face_model=ict_model,
+        kind="synthetic",
+        image_size=32,
+        num_samples=8,
+        val_samples=4,
+        synthetic_cache_dir=None,
+        neutral_fraction=0.4,
+        num_workers=0,
+    )
+    train = dm._synthetic_dataset(8, 0, train=True)
+    val = dm._synthetic_dataset(4, 1, train=False)
+    assert train.settings.neutral_fraction == 0.4 and val.settings.neutral_fraction == 0.1
+    assert train.settings_dict()["sampling"]["neutral_fraction"] == 0.4  # a different training cache
+    with pytest.raises(ValueError, match="neutral_fraction"):
+        FaceDataModule(face_model=ict_model, kind="synthetic", neutral_fraction=1.5)

@@ -114,6 +114,9 @@ class DataConfig:
             :data:`msma.data.synthetic.sampling.EXPRESSION_PROTOTYPES`) instead of a random combination of
             blendshapes; the validation and test splits keep the plain prior, so their figures stay comparable. 0:
             off (the default).
+        neutral_fraction: fraction of the synthetic *training* faces drawn with a neutral expression (gaze still
+            varies; :func:`msma.data.synthetic.sampling.sample_params`); the others draw 1-5 blendshapes. The
+            validation and test splits keep the generator's 0.1, so their figures stay comparable.
         synthetic_workers: processes that generate the missing synthetic shards before training (None: one per
             usable core; 1: in the training process). Forked on Linux and for CPU rendering only; the cache is the
             same whichever number (:mod:`msma.data.synthetic.parallel`).
@@ -154,6 +157,7 @@ class DataConfig:
     synthetic_cache_dir: Optional[str] = "auto"
     synthetic_renderer: str = "torch"
     expression_prototypes: float = 0.0
+    neutral_fraction: float = 0.1
     synthetic_workers: Optional[int] = None
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
@@ -210,6 +214,8 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"data.flip_params must be 'mirror' or 'pose', got {c.flip_params!r}")
     if not 0.0 <= c.expression_prototypes <= 1.0:
         raise ValueError(f"data.expression_prototypes must lie in [0, 1], got {c.expression_prototypes}")
+    if not 0.0 <= c.neutral_fraction <= 1.0:
+        raise ValueError(f"data.neutral_fraction must lie in [0, 1], got {c.neutral_fraction}")
     if c.faces not in ("all", "largest"):
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):

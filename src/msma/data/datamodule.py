@@ -230,7 +230,8 @@ class FaceDataModule(L.LightningDataModule):
     def _synthetic_dataset(
         self, num_samples: int, seed: int, vertices: bool = True, train: bool = False
     ) -> SyntheticFaceDataset:
-        """A synthetic split; ``train=True`` draws expressions with ``data.expression_prototypes`` (training only)."""
+        """A synthetic split; ``train=True`` draws expressions with ``data.expression_prototypes`` and
+        ``data.neutral_fraction`` (training only)."""
         from msma.data.synthetic import SyntheticFaceDataset
 
         if self.face_model is None:
@@ -238,6 +239,8 @@ class FaceDataModule(L.LightningDataModule):
         sampling: dict[str, Any] = {}
         if train and self.cfg.expression_prototypes > 0:
             sampling["expression_prototypes"] = self.cfg.expression_prototypes
+        if train:
+            sampling["neutral_fraction"] = self.cfg.neutral_fraction
         return SyntheticFaceDataset(
             self.face_model,
             num_samples=num_samples,
