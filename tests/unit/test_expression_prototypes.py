@@ -136,3 +136,16 @@ def test_datamodule_gives_neutral_fraction_to_the_training_split_only(ict_model)
     assert train.settings_dict()["sampling"]["neutral_fraction"] == 0.4  # a different training cache
     with pytest.raises(ValueError, match="neutral_fraction"):
         FaceDataModule(face_model=ict_model, kind="synthetic", neutral_fraction=1.5)
+
+
+def test_blendshape_only_settings_are_refused_for_a_pca_model(synthetic_bfm_dir) -> None:  # type: ignore[no-untyped-def]
+    """BFM's expressions are PCA coefficients: a neutral fraction or prototypes would be ignored, so they raise."""
+    from msma.face_model.bfm import load_bfm_arrays
+    from msma.face_model.model import FaceModel
+
+    bfm = FaceModel(load_bfm_arrays(synthetic_bfm_dir))
+    plain = SyntheticFaceDataset(bfm, 2, image_size=32, progress=False, neutral_fraction=0.1)  # the default: fine
+    assert plain.settings.neutral_fraction == 0.1
+    for setting in ({"neutral_fraction": 0.4}, {"expression_prototypes": 0.5}):
+        with pytest.raises(ValueError, match=f"PCA expressions.*{next(iter(setting))}"):
+            SyntheticFaceDataset(bfm, 2, image_size=32, progress=False, **setting)  # type: ignore[arg-type]

@@ -30,7 +30,13 @@ from msma.data.synthetic.jitter import jitter_params
 from msma.data.synthetic.lighting import sample_extra_light, shade
 from msma.data.synthetic.occluders import OCCLUDER_KINDS, occluder_layers
 from msma.data.synthetic.parallel import generate_shards
-from msma.data.synthetic.sampling import SYNTHETIC_VERSION, SamplingSettings, sample_params_with, sample_seed
+from msma.data.synthetic.sampling import (
+    SYNTHETIC_VERSION,
+    SamplingSettings,
+    check_expression_settings,
+    sample_params_with,
+    sample_seed,
+)
 from msma.data.synthetic.shards import ShardCache
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
@@ -161,6 +167,7 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             extreme_yaw_limit_deg=extreme_yaw_limit_deg,
             **sampling,
         )
+        check_expression_settings(self.face_model, self.settings)
         if renderer_backend not in ("torch", "nvdiffrast", "auto"):
             raise ValueError(f"renderer_backend must be 'torch', 'nvdiffrast' or 'auto', got {renderer_backend!r}")
         if device is None:

@@ -393,6 +393,37 @@ def sample_params(
     return sample_params_with(face_model, batch, generator, settings)
 
 
+def check_expression_settings(face_model: FaceModel, settings: SamplingSettings) -> None:
+    """Raises ``ValueError`` for expression settings the face model's expressions cannot follow.
+
+    ``neutral_fraction`` and ``expression_prototypes`` shape the blendshape prior (ARKit-style names, e.g.
+    ICT-FaceKit); PCA expressions (BFM) are drawn from ``N(0, exp_scale^2)`` and the prototypes need the named shapes.
+    Rather than ignoring such a setting, the dataset refuses it.
+    """
+    name = face_model.name
+    if face_model.exp_kind != "blendshape":
+        changed = [
+            f"{field}={getattr(settings, field)}"
+            for field in ("neutral_fraction", "expression_prototypes")
+            if getattr(settings, field) != getattr(SamplingSettings, field)
+        ]
+        if changed:
+            raise ValueError(
+                f"face model {name!r} has PCA expressions (drawn from N(0, exp_scale^2)): {', '.join(changed)} "
+                "apply to blendshape models (ICT-FaceKit) only; leave them at their defaults"
+            )
+        return
+    if settings.expression_prototypes > 0:
+        structure = _expression_structure(tuple(face_model.exp_names))
+        wanted = {shape for proto in EXPRESSION_PROTOTYPES.values() for shape in proto}
+        if structure is None or not wanted & set(structure[0]):
+            raise ValueError(
+                f"face model {name!r}: expression_prototypes={settings.expression_prototypes} needs ARKit-named "
+                "blendshapes (e.g. mouthSmile_L / mouthSmile_R), and its expression names have none of the prototypes' "
+                "shapes"
+            )
+
+
 def sample_params_with(face_model: FaceModel, batch: int, gen: torch.Generator, s: SamplingSettings) -> FaceParams:
     """:func:`sample_params` with the settings as a :class:`SamplingSettings` record."""
     if batch < 1:
