@@ -94,8 +94,9 @@ def test_cache_key_keeps_old_caches_and_names_the_setting(ict_model, tmp_path) -
         SamplingSettings(expression_prototypes=1.5)
 
 
-def test_datamodule_gives_prototypes_to_the_training_split_only(ict_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    dm = FaceDataModule(
+def _synthetic_datamodule(ict_model, **setting: float) -> FaceDataModule:  # type: ignore[no-untyped-def]
+    """A small synthetic datamodule (no cache, training / validation / test splits) with one sampling setting."""
+    return FaceDataModule(
         face_model=ict_model,
         kind="synthetic",
         image_size=32,
@@ -103,9 +104,13 @@ def test_datamodule_gives_prototypes_to_the_training_split_only(ict_model, tmp_p
         val_samples=4,
         test_kind="synthetic",
         synthetic_cache_dir=None,
-        expression_prototypes=0.4,
         num_workers=0,
+        **setting,
     )
+
+
+def test_datamodule_gives_prototypes_to_the_training_split_only(ict_model) -> None:  # type: ignore[no-untyped-def]
+    dm = _synthetic_datamodule(ict_model, expression_prototypes=0.4)
     train = dm._synthetic_dataset(8, 0, train=True)
     val = dm._synthetic_dataset(4, 1, train=False)
     assert train.settings.expression_prototypes == 0.4 and val.settings.expression_prototypes == 0.0
@@ -120,16 +125,7 @@ def test_datamodule_gives_prototypes_to_the_training_split_only(ict_model, tmp_p
 
 
 def test_datamodule_gives_neutral_fraction_to_the_training_split_only(ict_model) -> None:  # type: ignore[no-untyped-def]
-    dm = FaceDataModule(
-        face_model=ict_model,
-        kind="synthetic",
-        image_size=32,
-        num_samples=8,
-        val_samples=4,
-        synthetic_cache_dir=None,
-        neutral_fraction=0.4,
-        num_workers=0,
-    )
+    dm = _synthetic_datamodule(ict_model, neutral_fraction=0.4)
     train = dm._synthetic_dataset(8, 0, train=True)
     val = dm._synthetic_dataset(4, 1, train=False)
     assert train.settings.neutral_fraction == 0.4 and val.settings.neutral_fraction == 0.1
