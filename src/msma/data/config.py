@@ -117,6 +117,9 @@ class DataConfig:
         neutral_fraction: fraction of the synthetic *training* faces drawn with a neutral expression (gaze still
             varies; :func:`msma.data.synthetic.sampling.sample_params`); the others draw 1-5 blendshapes. The
             validation and test splits keep the generator's 0.1, so their figures stay comparable.
+        skin_creases: fraction of the synthetic *training* faces drawn with static skin creases (forehead lines,
+            nasolabial folds; :mod:`msma.data.synthetic.creases`) whatever their expression; validation and test
+            keep none. 0: off (the default).
         synthetic_workers: processes that generate the missing synthetic shards before training (None: one per
             usable core; 1: in the training process). Forked on Linux and for CPU rendering only; the cache is the
             same whichever number (:mod:`msma.data.synthetic.parallel`).
@@ -158,6 +161,7 @@ class DataConfig:
     synthetic_renderer: str = "torch"
     expression_prototypes: float = 0.0
     neutral_fraction: float = 0.1
+    skin_creases: float = 0.0
     synthetic_workers: Optional[int] = None
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
@@ -214,6 +218,8 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"data.flip_params must be 'mirror' or 'pose', got {c.flip_params!r}")
     if not 0.0 <= c.expression_prototypes <= 1.0:
         raise ValueError(f"data.expression_prototypes must lie in [0, 1], got {c.expression_prototypes}")
+    if not 0.0 <= c.skin_creases <= 1.0:
+        raise ValueError(f"data.skin_creases must lie in [0, 1], got {c.skin_creases}")
     if not 0.0 <= c.neutral_fraction <= 1.0:
         raise ValueError(f"data.neutral_fraction must lie in [0, 1], got {c.neutral_fraction}")
     if c.faces not in ("all", "largest"):

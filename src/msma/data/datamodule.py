@@ -230,8 +230,8 @@ class FaceDataModule(L.LightningDataModule):
     def _synthetic_dataset(
         self, num_samples: int, seed: int, vertices: bool = True, train: bool = False
     ) -> SyntheticFaceDataset:
-        """A synthetic split; ``train=True`` draws expressions with ``data.expression_prototypes`` and
-        ``data.neutral_fraction`` (training only)."""
+        """A synthetic split; ``train=True`` draws with ``data.expression_prototypes``, ``data.neutral_fraction``
+        and ``data.skin_creases`` (training only)."""
         from msma.data.synthetic import SyntheticFaceDataset
 
         if self.face_model is None:
@@ -241,6 +241,8 @@ class FaceDataModule(L.LightningDataModule):
             sampling["expression_prototypes"] = self.cfg.expression_prototypes
         if train:
             sampling["neutral_fraction"] = self.cfg.neutral_fraction
+        if train and self.cfg.skin_creases > 0:
+            sampling["skin_creases"] = self.cfg.skin_creases
         return SyntheticFaceDataset(
             self.face_model,
             num_samples=num_samples,

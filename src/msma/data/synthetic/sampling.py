@@ -110,6 +110,7 @@ class SamplingSettings:
     skin_tone_mixture: bool = True
     pitch_mean_deg: float = 0.0
     expression_prototypes: float = 0.0
+    skin_creases: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_yaw_deg <= self.extreme_yaw_limit_deg <= 90.0:
@@ -121,6 +122,8 @@ class SamplingSettings:
             raise ValueError("extreme_yaw_fraction and neutral_fraction must lie in [0, 1]")
         if not 0.0 <= self.expression_prototypes <= 1.0:
             raise ValueError(f"expression_prototypes must lie in [0, 1], got {self.expression_prototypes}")
+        if not 0.0 <= self.skin_creases <= 1.0:
+            raise ValueError(f"skin_creases must lie in [0, 1], got {self.skin_creases}")
         for name in ("pitch_std_deg", "max_pitch_deg", "roll_std_deg", "max_roll_deg", "id_scale", "exp_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
