@@ -236,13 +236,11 @@ class FaceDataModule(L.LightningDataModule):
 
         if self.face_model is None:
             raise ValueError("synthetic data needs the face model")
+        # At their defaults these settings leave the generator and its cache key as they were (dataset._sampling_key).
         sampling: dict[str, Any] = {}
-        if train and self.cfg.expression_prototypes > 0:
-            sampling["expression_prototypes"] = self.cfg.expression_prototypes
         if train:
-            sampling["neutral_fraction"] = self.cfg.neutral_fraction
-        if train and self.cfg.skin_creases > 0:
-            sampling["skin_creases"] = self.cfg.skin_creases
+            for name in ("expression_prototypes", "neutral_fraction", "skin_creases"):
+                sampling[name] = getattr(self.cfg, name)
         return SyntheticFaceDataset(
             self.face_model,
             num_samples=num_samples,

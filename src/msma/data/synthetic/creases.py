@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+from torch import Tensor
 
 #: Landmarks (iBUG 68, 0-based): nose wings, mouth corners, nose tip, the jaw points beside the folds, brows.
 NOSE_WINGS = (31, 35)
@@ -94,3 +96,27 @@ def crease_layer(lm: np.ndarray, size: int, r: np.ndarray) -> np.ndarray:
             curve = _bezier(centre - side * half, centre + 2 * sag, centre + side * half)
             _draw(layer, curve, (0.08 + 0.22 * float(r[14])) * (1.0 - 0.2 * k), width * (0.8 + 0.4 * float(r[15])))
     return np.clip(layer, 0.0, MAX_DARKENING)
+
+
+def creased_albedo(albedo: Tensor, skin: Tensor, landmarks: Tensor, fraction: float, seed: int) -> Tensor:
+    """One sample's albedo with its static creases, for a fraction ``fraction`` of the samples.
+
+    Args:
+        albedo: (3, S, S) the rendered albedo.
+        skin: (1, S, S) the face model's skin weight (the creases darken the skin only).
+        landmarks: (68, 2) projected landmarks, crop pixels.
+        fraction: share of samples that get creases (``SamplingSettings.skin_creases``); 0 returns ``albedo``.
+        seed: the sample's seed (:func:`msma.data.synthetic.sampling.sample_seed`); the creases draw from a generator
+            of their own, so every other draw of the sample is the one it had without them.
+
+    Returns:
+        (3, S, S) albedo.
+    """
+    if fraction <= 0:
+        return albedo
+    gen = torch.Generator().manual_seed(seed ^ 0xC4EA5E)
+    u = torch.rand(1 + CREASE_DRAWS, generator=gen, dtype=torch.float64).numpy()
+    if u[0] >= fraction:
+        return albedo
+    layer = torch.from_numpy(crease_layer(landmarks.numpy(), albedo.shape[-1], u[1:])).to(albedo)
+    return albedo * (1.0 - layer[None] * skin.to(albedo))

@@ -25,7 +25,7 @@ from msma.data.synthetic.camera_effects import EFFECTS, apply_camera_effects
 from msma.data.synthetic.clothing import clothing_layer
 from msma.data.synthetic.clutter import clutter
 from msma.data.synthetic.compositing import head_context, mouth_cavity, to_uint8
-from msma.data.synthetic.creases import CREASE_DRAWS, crease_layer
+from msma.data.synthetic.creases import creased_albedo
 from msma.data.synthetic.head import hair_layers, render_head
 from msma.data.synthetic.jitter import jitter_params
 from msma.data.synthetic.lighting import sample_extra_light, shade
@@ -346,7 +346,13 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             d = draws[b]
             cov = head.coverage[b]
             colour, irradiance = shade(
-                self._creased_albedo(indices[b], head.albedo[b], head.skin[b], landmarks[b]),
+                creased_albedo(
+                    head.albedo[b],
+                    head.skin[b],
+                    landmarks[b],
+                    self.settings.skin_creases,
+                    sample_seed(self.seed, indices[b]),
+                ),
                 head.normals[b],
                 head.depth[b],
                 cov,
@@ -402,20 +408,6 @@ class SyntheticFaceDataset(Dataset[FaceSample]):
             params=layout.join(params).numpy().astype(np.float32),
             landmarks=landmarks.numpy().astype(np.float32),
         )
-
-    def _creased_albedo(self, index: int, albedo: Tensor, skin: Tensor, landmarks: Tensor) -> Tensor:
-        """``albedo`` (3, S, S) with static skin creases for a fraction ``skin_creases`` of the samples
-        (:mod:`msma.data.synthetic.creases`), on the skin (``skin``: (1, S, S) weight); drawn from a generator of
-        their own, so every other draw of the sample is the one it had without creases."""
-        fraction = self.settings.skin_creases
-        if fraction <= 0:
-            return albedo
-        gen = torch.Generator().manual_seed(sample_seed(self.seed, index) ^ 0xC4EA5E)
-        u = torch.rand(1 + CREASE_DRAWS, generator=gen, dtype=torch.float64).numpy()
-        if u[0] >= fraction:
-            return albedo
-        layer = torch.from_numpy(crease_layer(landmarks.numpy(), self.image_size, u[1:])).to(albedo)
-        return albedo * (1.0 - layer[None] * skin.to(albedo))
 
     # ------------------------------------------------------------------------------------- Dataset API
     def __len__(self) -> int:
