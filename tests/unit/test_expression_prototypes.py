@@ -7,7 +7,8 @@ import torch
 
 from msma.data.datamodule import FaceDataModule
 from msma.data.synthetic import SamplingSettings, SyntheticFaceDataset, sample_params_with
-from msma.data.synthetic.sampling import _GAZE_BASES, EXPRESSION_PROTOTYPES, _expression_structure
+from msma.data.synthetic.prototypes import EXPRESSION_PROTOTYPES
+from msma.data.synthetic.sampling import _GAZE_BASES, _expression_structure
 
 N = 240
 

@@ -111,7 +111,7 @@ class DataConfig:
         synthetic_renderer: renderer of synthetic generation: ``"torch"``, ``"nvdiffrast"`` or ``"auto"``.
         expression_prototypes: fraction of the expressive synthetic *training* faces whose expression is a
             FACS-coded prototype (smiles, laughter, basic emotions;
-            :data:`msma.data.synthetic.sampling.EXPRESSION_PROTOTYPES`) instead of a random combination of
+            :data:`msma.data.synthetic.prototypes.EXPRESSION_PROTOTYPES`) instead of a random combination of
             blendshapes; the validation and test splits keep the plain prior, so their figures stay comparable. 0:
             off (the default).
         neutral_fraction: fraction of the synthetic *training* faces drawn with a neutral expression (gaze still
