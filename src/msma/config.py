@@ -144,6 +144,9 @@ class OptimConfig:
         fused: torch's fused Adam kernel: null = where msma verified it (CPU and CUDA,
             :func:`msma.training.module.fused_adam_supported`), true = asked for on any device, false = never
             (torch's default update).
+        warmup_steps: 0 = off (the authors' recipe); else the learning rate rises linearly over the first
+            ``warmup_steps`` optimiser steps (``lr * (k + 1) / warmup_steps`` at step k), multiplying whatever
+            ``scheduler`` gives (:func:`msma.training.schedule.lr_factor`).
     """
 
     lr: float = 1e-4
@@ -155,6 +158,7 @@ class OptimConfig:
     interval: str = "epoch"
     ema_decay: float = 0.0
     fused: bool | None = None
+    warmup_steps: int = 0
 
 
 @dataclass

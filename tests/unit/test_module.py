@@ -61,7 +61,9 @@ def parts(ict_model: Any) -> tuple[Any, nn.Module]:
     return ict_model, build_renderer("torch")
 
 
-def _module(face_model: Any, renderer: nn.Module, loss: nn.Module | None = None, **cfg: Any) -> FaceReconModule:
+def _module(
+    face_model: Any, renderer: nn.Module, loss: nn.Module | None = None, optim: OptimConfig | None = None, **cfg: Any
+) -> FaceReconModule:
     torch.manual_seed(0)
     enc = build_encoder("deep3d_r50", face_model.layout, backbone="resnet18", pretrained=False)
     return FaceReconModule(
@@ -69,7 +71,7 @@ def _module(face_model: Any, renderer: nn.Module, loss: nn.Module | None = None,
         face_model=face_model,
         renderer=renderer,
         loss=loss if loss is not None else build_loss(LossConfig()),
-        optim=OptimConfig(lr=1e-3),
+        optim=optim if optim is not None else OptimConfig(lr=1e-3),
         config={"name": "unit", **cfg},
     )
 
@@ -165,12 +167,15 @@ class _NaNLoss(nn.Module):
         return out
 
 
-def _fit(module: FaceReconModule, batches: list[FaceBatch], root: Any) -> Any:
+def _fit(
+    module: FaceReconModule, batches: list[FaceBatch], root: Any, max_epochs: int = 1, callbacks: Any = None
+) -> Any:
     from lightning.pytorch import Trainer
 
     trainer = Trainer(
         accelerator="cpu",
-        max_epochs=1,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -199,6 +204,25 @@ def test_nonfinite_loss_is_skipped_and_counted(parts: tuple[Any, nn.Module], tmp
     after = dict(module.encoder.named_parameters())
     assert all(torch.isfinite(v).all() for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_warmup_multiplies_the_epoch_step_schedule_in_training(parts: tuple[Any, nn.Module], tmp_path: Any) -> None:
+    """``optim.warmup_steps`` in a real fit: the rate Adam uses at step k is lr * min(1, (k+1)/4) * 0.2 ** epoch, so
+    the epoch-interval StepLR is turned into optimiser steps from the trainer's batches per epoch (3 here)."""
+    from lightning.pytorch import Callback
+
+    fm, renderer = parts
+    seen: list[float] = []
+
+    class Rates(Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    optim = OptimConfig(lr=1e-3, step_size=1, gamma=0.2, interval="epoch", warmup_steps=4)
+    module = _module(fm, renderer, optim=optim)
+    _fit(module, [_gt_batch(fm, renderer, n=2)] * 3, tmp_path, max_epochs=2, callbacks=[Rates()])
+    expected = [1e-3 * min(1.0, (k + 1) / 4) * 0.2 ** (k // 3) for k in range(6)]
+    assert seen == pytest.approx(expected, rel=1e-9)
 
 
 def test_checkpoint_holds_encoder_and_config_only(parts: tuple[Any, nn.Module]) -> None:
@@ -367,6 +391,8 @@ def test_build_module_turns_input_augmentation_on_from_the_config(ict_model: Any
         ("ema_decay", 1.0, "optim.ema_decay"),
         ("ema_decay", -0.5, "optim.ema_decay"),
         ("interval", "batch", "optim.interval"),
+        ("warmup_steps", -1, "optim.warmup_steps"),
+        ("warmup_steps", 2.5, "optim.warmup_steps"),
     ],
 )
 def test_bad_optimiser_settings_name_the_field(field: str, value: Any, message: str) -> None:

@@ -32,6 +32,7 @@ from msma.models.encoder import FaceEncoder
 from msma.pipeline import StepOutput, reconstruct
 from msma.render.renderer import MeshRenderer
 from msma.training.ema import check_decay
+from msma.training.schedule import build_lr_scheduler
 from msma.utils.precision import full_precision
 
 
@@ -47,8 +48,15 @@ def check_optim(optim: OptimConfig) -> None:
         raise ValueError(f"optim.interval must be 'epoch' or 'step', got {optim.interval!r}")
     if len(optim.betas) != 2:
         raise ValueError(f"optim.betas must have two values, got {list(optim.betas)}")
+    if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be a whole number >= 0, got {optim.warmup_steps!r}")
     if not optim.lr > 0 or optim.step_size < 1 or not 0 < optim.gamma <= 1:
         raise ValueError(f"invalid optimiser settings: {optim}")
+
+
+def _finite_int(value: float) -> int:
+    """``value`` as an int, 0 for an unbounded count (Lightning reports an endless run's steps as ``inf``)."""
+    return int(value) if math.isfinite(value) else 0
 
 
 def fused_adam_supported(params: Sequence[Tensor]) -> bool:
@@ -246,16 +254,13 @@ class FaceReconModule(LightningModule):
             weight_decay=o.weight_decay,
             fused=_use_fused(o.fused, params),
         )
-        if o.scheduler == "cosine":
-            total = int(self.trainer.estimated_stepping_batches)
-            if total < 1:
-                raise ValueError(
-                    "optim.scheduler=cosine needs a finite number of steps (trainer.max_epochs or max_steps)"
-                )
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step", "frequency": 1}}
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": o.interval, "frequency": 1}}
+        total = steps_per_epoch = 0
+        if o.scheduler == "cosine" or o.warmup_steps > 0:
+            total = _finite_int(self.trainer.estimated_stepping_batches)
+            per_epoch = self.trainer.num_training_batches / max(1, self.trainer.accumulate_grad_batches)
+            steps_per_epoch = math.ceil(per_epoch) if math.isfinite(per_epoch) else 0
+        scheduler = build_lr_scheduler(opt, o, total_steps=total, steps_per_epoch=steps_per_epoch)
+        return {"optimizer": opt, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
