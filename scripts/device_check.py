@@ -147,8 +147,6 @@ class Settings:
                 "trainer.log_every_n=10",
                 "trainer.grid_every_n=0",
                 "optim.lr=2e-4",
-                # A linear warm-up over the first epoch: without it 2 of 6 runs spiked near step 100 (runs 4-9).
-                "optim.warmup_steps=24",
                 "optim.step_size=144",
                 "optim.interval=step",
                 "data.augment=false",
