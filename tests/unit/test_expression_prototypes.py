@@ -146,3 +146,22 @@ def test_blendshape_only_settings_are_refused_for_a_pca_model(synthetic_bfm_dir)
     for setting in ({"neutral_fraction": 0.4}, {"expression_prototypes": 0.5}):
         with pytest.raises(ValueError, match=f"PCA expressions.*{next(iter(setting))}"):
             SyntheticFaceDataset(bfm, 2, image_size=32, progress=False, **setting)  # type: ignore[arg-type]
+
+
+def test_prototypes_are_refused_for_blendshapes_without_arkit_names(synthetic_bfm_dir) -> None:  # type: ignore[no-untyped-def]
+    """A blendshape model whose shapes carry no ARKit names (here the synthetic BFM's basis relabelled as blendshapes
+    ``bs0``, ``bs1``, ...) can take a neutral fraction, but not prototypes, which name the shapes they move."""
+    import dataclasses
+
+    from msma.face_model.bfm import load_bfm_arrays
+    from msma.face_model.model import FaceModel
+
+    arrays = load_bfm_arrays(synthetic_bfm_dir)
+    names = tuple(f"bs{i}" for i in range(len(arrays.exp_names)))
+    generic = FaceModel(dataclasses.replace(arrays, exp_kind="blendshape", exp_names=names))
+    assert (
+        SyntheticFaceDataset(generic, 2, image_size=32, progress=False, neutral_fraction=0.4).settings.neutral_fraction
+        == 0.4
+    )
+    with pytest.raises(ValueError, match="expression_prototypes=0.5 needs ARKit-named"):
+        SyntheticFaceDataset(generic, 2, image_size=32, progress=False, expression_prototypes=0.5)
