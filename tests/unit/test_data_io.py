@@ -105,6 +105,22 @@ def test_16bit_grayscale(tmp_path: Path) -> None:
     assert loaded.image.max() <= 1.0 and loaded.image[-1, -1, 0] == pytest.approx(1.0)
 
 
+def test_float_tiff_with_nonfinite_pixels(tmp_path: Path) -> None:
+    """A float TIFF: NaN / inf pixels become 0 and are noted; one with no finite pixel is refused with its reason."""
+    arr = np.linspace(0, 200, 40 * 50).reshape(40, 50).astype(np.float32)
+    arr[0, :5] = np.nan
+    arr[1, :5] = np.inf
+    Image.fromarray(arr).save(tmp_path / "f.tif")
+    loaded = load_image(tmp_path / "f.tif")
+    assert "nonfinite_zeroed" in loaded.notes and np.isfinite(loaded.image).all()
+    assert np.all(loaded.image[:2, :5] == 0.0)
+    np.testing.assert_allclose(loaded.image[-1, -1], [200 / 255.0] * 3, atol=1e-6)  # peak > 1: a 0-255 scale
+    Image.fromarray(np.full((40, 50), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(BadImageError, match="no_pixel_values") as err:
+        load_image(tmp_path / "nan.tif")
+    assert err.value.reason == "no_pixel_values" and err.value.path == tmp_path / "nan.tif"
+
+
 def test_16bit_rgb_png(tmp_path: Path) -> None:
     import cv2
 
@@ -236,6 +252,10 @@ def test_array_to_float_rgb_dtypes_shapes_and_errors() -> None:
         array_to_float_rgb(np.full((2, 2, 3), 2.0), "shot.png")
     with pytest.raises(ValueError, match="shot.png: expected an"):
         array_to_float_rgb(np.zeros((2, 2, 2), np.uint8), "shot.png")
+    with pytest.raises(ValueError, match="shot.png: the image holds NaN or infinite"):
+        array_to_float_rgb(np.full((2, 2, 3), np.nan, np.float32), "shot.png")
+    with pytest.raises(ValueError, match="frame 3: a floating-point image whose every pixel is NaN"):
+        array_to_float_rgb(Image.fromarray(np.full((3, 4), np.nan, np.float32)), "frame 3")
 
 
 @pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "LA"])

@@ -56,6 +56,11 @@ REASON_NOT_AN_IMAGE = "not_an_image"
 REASON_TRUNCATED = "truncated"
 REASON_TOO_SMALL = "too_small"
 REASON_TOO_LARGE = "too_large"
+REASON_NO_PIXEL_VALUES = "no_pixel_values"
+
+
+class _NoPixelValues(ValueError):
+    """A floating-point image without a single finite pixel (NaN / inf everywhere)."""
 
 
 class BadImageError(ValueError):
@@ -136,8 +141,13 @@ def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
         arr = np.asarray(img).astype(np.float64)
         notes.append("float")
         notes.append("grayscale")
-        peak = float(np.nanmax(arr)) if arr.size else 0.0
-        arr = np.nan_to_num(arr / (255.0 if peak > 1.0 else 1.0))
+        finite = np.isfinite(arr)
+        if not finite.any():
+            raise _NoPixelValues("a floating-point image whose every pixel is NaN or infinite")
+        if not finite.all():
+            notes.append("nonfinite_zeroed")
+        peak = float(arr[finite].max())
+        arr = np.where(finite, arr, 0.0) / (255.0 if peak > 1.0 else 1.0)
         return np.repeat(np.clip(arr, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
     if mode in ("L", "1", "LA", "La"):
@@ -165,10 +175,14 @@ def array_to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarr
         source: the name used in error messages.
 
     Raises:
-        ValueError: another shape, or float values outside [0, 1] (the message names ``source``).
+        ValueError: another shape, float values outside [0, 1] or not finite, a float PIL image without a finite
+            pixel (the message names ``source``).
     """
     if isinstance(image, Image.Image):
-        return _to_float_rgb(image, [])
+        try:
+            return _to_float_rgb(image, [])
+        except _NoPixelValues as exc:
+            raise ValueError(f"{source}: {exc}") from exc
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -180,6 +194,8 @@ def array_to_float_rgb(image: np.ndarray | Image.Image, source: str) -> np.ndarr
         out = arr.astype(np.float32) / 65535.0
     else:
         out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{source}: the image holds NaN or infinite values")
         if out.size and (out.min() < 0.0 or out.max() > 1.0):
             raise ValueError(f"{source}: float images must lie in [0, 1] (got {out.min():.3g}..{out.max():.3g})")
     if out.shape[2] == 4:
@@ -203,8 +219,8 @@ def load_image(
         The decoded image (see :class:`LoadedImage`).
 
     Raises:
-        BadImageError: the file is missing, unreadable, empty, not an image, truncated, too small or
-            a decompression bomb; ``reason`` says which.
+        BadImageError: the file is missing, unreadable, empty, not an image, truncated, too small, a
+            decompression bomb or a floating-point image without a finite pixel; ``reason`` says which.
     """
     p = Path(path)
     try:
@@ -253,6 +269,8 @@ def load_image(
                 image = _to_float_rgb(upright, notes)
     except BadImageError:
         raise
+    except _NoPixelValues as exc:
+        raise BadImageError(p, REASON_NO_PIXEL_VALUES, str(exc)) from exc
     except PermissionError as exc:
         raise BadImageError(p, REASON_UNREADABLE, str(exc)) from exc
     except Image.DecompressionBombError as exc:
