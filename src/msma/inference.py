@@ -57,6 +57,7 @@ LANDMARK_COLOR = (235, 40, 40)
 # Skip reasons (stable codes in summaries).
 SKIP_NO_FACE = "no_face"
 SKIP_LANDMARKS = "landmarks_failed"
+SKIP_DETECTOR = "detector_failed"
 
 
 class NoFaceError(ValueError):
@@ -265,7 +266,8 @@ class Reconstructor:
 
         Returns:
             One entry per input: its reconstructions, or a skip reason string
-            (``"<code>: <detail>"``, codes: msma.data.io reasons, ``no_face``, ``landmarks_failed``).
+            (``"<code>: <detail>"``, codes: msma.data.io reasons, ``no_face``, ``landmarks_failed``,
+            ``detector_failed``).
         """
         results: list[list[Reconstruction] | str] = []
         for start in range(0, len(images), max(1, batch_size)):
@@ -310,18 +312,22 @@ class Reconstructor:
         from msma.data.landmarks import LandmarkError
 
         u8 = np.ascontiguousarray(np.clip(np.rint(inp.image * 255.0), 0, 255).astype(np.uint8))
-        boxes = detect_faces(self.detector, u8, all_faces)
-        backend = self.landmark_backend
-        if not boxes:
-            why = getattr(self.detector, "last_reason", "") or "the face detector found no face"
-            pair = self._mediapipe_fallback() if self.fallback else None
-            if pair is not None:
-                boxes = detect_faces(pair[0], u8, all_faces)
-                backend = pair[1]
-                if not boxes:
-                    why += "; MediaPipe's detection chain found none either"
+        try:
+            boxes = detect_faces(self.detector, u8, all_faces)
+            backend = self.landmark_backend
             if not boxes:
-                return [], f"{SKIP_NO_FACE}: {why} in {inp.source}"
+                why = getattr(self.detector, "last_reason", "") or "the face detector found no face"
+                pair = self._mediapipe_fallback() if self.fallback else None
+                if pair is not None:
+                    boxes = detect_faces(pair[0], u8, all_faces)
+                    backend = pair[1]
+                    if not boxes:
+                        why += "; MediaPipe's detection chain found none either"
+                if not boxes:
+                    return [], f"{SKIP_NO_FACE}: {why} in {inp.source}"
+        except RuntimeError as exc:  # a detector library aborting on one odd image must not end a folder's run
+            log.warning("%s: the face detector failed: %s", inp.source, exc)
+            return [], f"{SKIP_DETECTOR}: {inp.source}: {type(exc).__name__}: {str(exc).strip()[:300]}"
         faces: list[_Face] = []
         errors: list[str] = []
         dense_fn = getattr(backend, "dense", None)

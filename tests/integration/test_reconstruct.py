@@ -99,11 +99,15 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
     (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)  # JPEG magic, garbage body
     yy, xx = np.mgrid[0:160, 0:200]
     Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)).save(src / "noface.png")
+    # 4000 x 40 px: a few pixels wide once downscaled for detection, where dlib's CNN (the last resort of the
+    # MediaPipe chain) used to abort the whole run with a RuntimeError
+    Image.fromarray(np.full((4000, 40, 3), 128, np.uint8)).save(src / "strip.png")
     out = tmp_path / "out"
     code = cli_main([str(src), str(tmp_path / "nonexistent.jpg"), "--out", str(out), "--batch-size", "2"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "skipped 3 input(s)" in printed
+    assert "skipped 4 input(s)" in printed
+    assert "strip.png: no_face" in printed
     corrupt_line = next(line for line in printed.splitlines() if "corrupt.jpg" in line)
     assert "truncated" in corrupt_line or "not_an_image" in corrupt_line
     assert "noface.png: no_face" in printed
@@ -120,6 +124,26 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
         assert set(meta["coefficients"]) == {"id", "exp", "tex", "angles", "sh", "trans"}
         assert len(meta["landmarks_2d"]) == 68
     assert not list(out.glob("corrupt*")) and not list(out.glob("noface*"))
+
+
+def test_a_detector_that_aborts_skips_that_image_only(reconstructor, astronaut: np.ndarray, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A detector library raising on one image (dlib's CNN on a few-pixel strip did) skips that image with
+    ``detector_failed`` and the next image is reconstructed as before."""
+    real = reconstructor.detector
+
+    class AbortsOnce:
+        name, version, calls = "aborts_once", "1", 0
+
+        def detect(self, image: np.ndarray, largest_only: bool = False) -> list:  # type: ignore[type-arg]
+            AbortsOnce.calls += 1
+            if AbortsOnce.calls == 1:
+                raise RuntimeError("Error detected in file ../../dlib/cuda/tensor.h")
+            return real.detect(image, largest_only=largest_only)
+
+    monkeypatch.setattr(reconstructor, "detector", AbortsOnce())
+    first, second = reconstructor.reconstruct_many([astronaut, astronaut])
+    assert isinstance(first, str) and first.startswith("detector_failed: <array>: RuntimeError: Error detected")
+    assert isinstance(second, list) and len(second) == 1 and second[0].landmarks.shape == (68, 2)
 
 
 def test_cli_output_names_never_collide(tmp_path: Path, testdata: Path) -> None:

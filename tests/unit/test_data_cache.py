@@ -199,6 +199,19 @@ def test_landmarks_outside_the_image_are_dropped(tmp_path: Path) -> None:
     assert not labels.ok and labels.skip_reason == "landmarks_outside"
 
 
+def test_a_detector_that_aborts_skips_the_image_with_its_reason(tmp_path: Path) -> None:
+    """A detector library raising on one odd image (dlib's CNN on a few-pixel strip did) skips that image."""
+    (img,) = _make_images(tmp_path, 1)
+
+    class Aborting(FakeDetector):
+        def detect(self, image):  # type: ignore[no-untyped-def]
+            raise RuntimeError("Error detected in file ../../dlib/cuda/tensor.h")
+
+    labels = label_image(img, file_sha256(img), FakeLandmarks(), Aborting(), "k")
+    assert not labels.ok and labels.skip_reason == "detector_failed" and "tensor.h" in labels.detail
+    assert labels.image_size == Image.open(img).size[::-1]
+
+
 def test_gt_backend_has_no_detector_in_key() -> None:
     assert labeller_key(GroundTruthLandmarks(), FakeDetector()) == "gt-1"
     assert labeller_key(FakeLandmarks(), FakeDetector()) == "fake-1__fake_det-1"

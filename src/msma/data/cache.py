@@ -44,6 +44,7 @@ CACHE_FORMAT = 1
 REASON_NO_FACE = "no_face"
 REASON_LANDMARKS_OUTSIDE = "landmarks_outside"
 REASON_LANDMARK_ERROR = "landmark_error"
+REASON_DETECTOR = "detector_failed"
 
 #: A face is dropped when more than this fraction of its 68 landmarks fall outside the image.
 MAX_OUTSIDE_FRACTION = 0.1
@@ -326,7 +327,11 @@ def label_image(
         else:
             if detector is None:
                 raise ValueError(f"landmark backend {backend.name!r} needs a face detector")
-            boxes = select_faces(detector.detect(image), "all")
+            try:
+                boxes = select_faces(detector.detect(image), "all")
+            except RuntimeError as exc:  # a detector library aborting on one odd image: skip it, keep the run
+                log.warning("skip %s: the face detector failed: %s", p, exc)
+                return ImageLabels(sha256, key, (), REASON_DETECTOR, str(exc).strip()[:300], size)
             faces = []
             errors: list[LandmarkError] = []
             dense_fn = getattr(backend, "dense", None)

@@ -164,6 +164,8 @@ class DlibCnnDetector:
     """
 
     name = "dlib_cnn"
+    #: Shorter side (pixels, after downscaling and upsampling) below which no detection is tried.
+    MIN_SIDE = 40
 
     def __init__(self, path: str | Path | None = None, max_side: int = 480, upsample: int = 0) -> None:
         import dlib
@@ -177,8 +179,15 @@ class DlibCnnDetector:
         self.version = f"dlib{dlib.__version__}-mmod-up{self.upsample}-m{self.max_side}"
 
     def detect(self, image: np.ndarray, largest_only: bool = False) -> list[FaceBox]:
-        """Face boxes in ``image`` pixels, most confident first (``largest_only`` changes nothing here)."""
+        """Face boxes in ``image`` pixels, most confident first (``largest_only`` changes nothing here).
+
+        An image whose shorter side, as the network sees it, is below :attr:`MIN_SIDE` holds no face it can find
+        (its window is about 80 px) and gets none: dlib's network aborts with a ``RuntimeError`` below about 8 px
+        (a 5000 x 40 px strip downscaled for detection, say).
+        """
         small, factor = _downscale_for_detection(_check_uint8(image), self.max_side)
+        if min(small.shape[:2]) * 2**self.upsample < self.MIN_SIDE:
+            return []
         found = self._detector(np.ascontiguousarray(small), self.upsample)
         boxes = [
             FaceBox(
