@@ -37,6 +37,8 @@ _READABLE_VERSIONS = (1, 2)
 _CONTEXT_KEYS = ("face_ref", "mean_shape", "id_basis", "exp_basis", "tri", "part", "hair")
 #: Expression coefficient semantics: blendshape weights in [0, 1] (ICT, ARKit names) or PCA ~N(0, 1) (BFM).
 EXP_KINDS = ("blendshape", "pca")
+#: The domain of a blendshape weight (``exp_kind == "blendshape"``): 0 = the neutral face, 1 = the scanned shape.
+BLENDSHAPE_RANGE: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class FaceModel(nn.Module):
         """
         if self.exp_kind != "blendshape":
             return params
-        return params.replace(exp=params.exp.clamp(0.0, 1.0))
+        return params.replace(exp=params.exp.clamp(*BLENDSHAPE_RANGE))
 
     def albedo(self, tex: Tensor) -> Tensor:
         """Per-vertex albedo ``albedo_mean + albedo_basis @ tex``, (B, N, 3) RGB (nominally [0, 1], not clamped)."""

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from msma.data.mediapipe_mesh import FACE_OVAL, NUM_MESH
-from msma.face_model.model import FaceModel
+from msma.face_model.model import BLENDSHAPE_RANGE, FaceModel
 from msma.face_model.params import FaceParams
 from msma.face_model.rotation import euler_to_matrix, matrix_to_euler, rotate
 from msma.fitting.correspondence import SKIN_THRESHOLD, DenseCorrespondence, oval_visibility
@@ -362,7 +362,7 @@ def _fit(
             opt.step()
             if blendshape:
                 with torch.no_grad():
-                    p["exp"].clamp_(0.0, 1.0)
+                    p["exp"].clamp_(*BLENDSHAPE_RANGE)
 
     with torch.no_grad():
         final = FaceParams(**{k: v.detach() for k, v in p.items()})
@@ -404,4 +404,4 @@ def _landmark_stage(p: dict[str, Tensor], cfg: FitConfig, landmark_energy, prior
         opt.step()
         if blendshape:
             with torch.no_grad():
-                p["exp"].clamp_(0.0, 1.0)
+                p["exp"].clamp_(*BLENDSHAPE_RANGE)
