@@ -200,12 +200,23 @@ def test_bad_image_error_pickles() -> None:
 def test_list_images(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / ".hidden").mkdir()
-    for name in ["b.JPG", "a.png", "sub/c.jpeg", ".hidden/d.jpg", "notes.txt", ".e.jpg"]:
+    for name in ["b.JPG", "a.png", "sub/c.jpeg", ".hidden/d.jpg", "notes.txt", ".e.jpg", "f.gif"]:
         (tmp_path / name).write_bytes(b"x")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
-    assert found == ["a.png", "b.JPG", "sub/c.jpeg"]
+    assert found == ["a.png", "b.JPG", "f.gif", "sub/c.jpeg"]
     with pytest.raises(FileNotFoundError, match="not a directory"):
         list_images(tmp_path / "missing")
+
+
+def test_animated_gif_and_multipage_tiff_give_their_first_frame(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((40, 50, 3), v, np.uint8)) for v in (200, 30, 90)]
+    for name in ("a.gif", "a.tif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        loaded = load_image(tmp_path / name)
+        assert "first_frame" in loaded.notes and loaded.image.shape == (40, 50, 3)
+        np.testing.assert_allclose(loaded.image, 200 / 255.0, atol=1e-6)
+    frames[1].save(tmp_path / "still.gif")
+    assert "first_frame" not in load_image(tmp_path / "still.gif").notes
 
 
 def test_big_but_not_a_bomb_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

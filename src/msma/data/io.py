@@ -46,6 +46,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tif",
     ".tiff",
     ".webp",
+    ".gif",
 )
 
 # Stable reason codes (used as counters in summaries and as cache skip reasons).
@@ -244,6 +245,8 @@ def load_image(
             with Image.open(p) as opened:
                 w_raw, h_raw = opened.size
                 orientation = opened.getexif().get(0x0112, 1)  # EXIF Orientation tag
+                if getattr(opened, "is_animated", False):  # animated GIF / WebP, multi-page TIFF: the first frame
+                    notes.append("first_frame")
                 rotated = orientation not in (1, None)
                 # Upright size (orientations 5-8 swap width and height).
                 w0, h0 = (h_raw, w_raw) if orientation in (5, 6, 7, 8) else (w_raw, h_raw)
