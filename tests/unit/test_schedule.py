@@ -75,3 +75,7 @@ def test_lr_factor_values_and_refusals() -> None:
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     with pytest.raises(ValueError, match="finite number of steps"):
         build_lr_scheduler(opt, OptimConfig(scheduler="cosine", warmup_steps=3), total_steps=0, steps_per_epoch=0)
+    with pytest.raises(ValueError, match="known number of batches per epoch"):  # an endless / unsized loader
+        build_lr_scheduler(opt, OptimConfig(interval="epoch", warmup_steps=3), total_steps=0, steps_per_epoch=0)
+    step_interval = OptimConfig(interval="step", warmup_steps=3)  # needs no epoch length
+    assert build_lr_scheduler(opt, step_interval, total_steps=0, steps_per_epoch=0)["interval"] == "step"

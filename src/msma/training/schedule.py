@@ -8,9 +8,9 @@ per step), exactly the authors' recipe. With ``optim.warmup_steps = W > 0`` the 
                                              = (1 + cos(pi * k / total_steps)) / 2 (``scheduler: cosine``)
 
 ``step_size_steps`` is ``step_size`` itself for ``interval: step`` and ``step_size`` epochs' worth of optimiser steps
-for ``interval: epoch``; the cosine is the closed form of ``CosineAnnealingLR`` with ``eta_min = 0``. Why: the
-device check's 144-step bf16 run at ``lr = 2e-4`` from the first step spiked near step 100 in 2 of 6 runs
-(docs/gpu.md, runs 4-9); a warm-up is the usual cure for an Adam run that starts at its full rate.
+for ``interval: epoch``; the cosine is the closed form of ``CosineAnnealingLR`` with ``eta_min = 0``. Added for the
+device check's 144-step bf16 run at ``lr = 2e-4``, which spiked near step 100 in 2 of 6 runs (docs/gpu.md, runs
+4-9); with a 24-step warm-up it did not become reliable (run 10), so no shipped recipe uses it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,12 @@ def build_lr_scheduler(
             return {"scheduler": cosine, "interval": "step", "frequency": 1}
         sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
         return {"scheduler": sched, "interval": optim.interval, "frequency": 1}
-    period = optim.step_size * (max(1, steps_per_epoch) if optim.interval == "epoch" else 1)
+    if optim.interval == "epoch" and optim.scheduler == "step" and steps_per_epoch < 1:
+        raise ValueError(
+            "optim.warmup_steps with an epoch-interval StepLR needs a known number of batches per epoch "
+            "(a sized training set); use optim.interval=step"
+        )
+    period = optim.step_size * (steps_per_epoch if optim.interval == "epoch" else 1)
     total = max(1, total_steps)
 
     def factor(step: int) -> float:
