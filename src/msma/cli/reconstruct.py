@@ -1,5 +1,5 @@
 """``msma reconstruct``: per face an OBJ, the coefficients as JSON and an overlay PNG (a thin command over
-:class:`msma.inference.Reconstructor` and :func:`msma.inference.save_reconstruction`)."""
+:class:`msma.inference.Reconstructor` and :func:`msma.reconstruction.save_reconstruction`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from msma.inference import Reconstructor, save_reconstruction
+from msma.inference import Reconstructor
+from msma.reconstruction import save_reconstruction
 from msma.utils.progress import progress_bar
 
 
