@@ -306,14 +306,11 @@ class Reconstructor:
     def _mediapipe_fallback(self) -> tuple[Any, Any] | None:
         """MediaPipe's detection chain and landmark backend, built on first use; None when unavailable."""
         if self._fallback_pair is None:
-            from msma.data.landmarks import make_landmark_backend
+            from msma.data.landmarks import mediapipe_fallback
 
-            try:
-                self._fallback_pair = (make_detector("mediapipe"), make_landmark_backend("mediapipe"))
-            except (ImportError, OSError, RuntimeError, ValueError) as exc:  # no mediapipe or no bundle
-                log.info("no MediaPipe fallback for faces the detector misses: %s", exc)
+            self._fallback_pair = mediapipe_fallback("faces the detector misses")
+            if self._fallback_pair is None:
                 self.fallback = False
-                return None
         return self._fallback_pair
 
     def _run(self, inputs: list[_Input], faces: list[_Face], batch_size: int = 8) -> list[Reconstruction]:

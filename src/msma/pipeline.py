@@ -77,23 +77,39 @@ def predict_params(
     return params.replace(angles=0.5 * (params.angles + mirrored.angles), trans=0.5 * (params.trans + mirrored.trans))
 
 
-def reconstruct(encoder: nn.Module, face_model: FaceModel, renderer: MeshRenderer | None, image: Tensor) -> StepOutput:
+def reconstruct(
+    encoder: nn.Module,
+    face_model: FaceModel,
+    renderer: MeshRenderer | None,
+    image: Tensor,
+    flip_average: bool = False,
+    mirror: CoefficientMirror | None = None,
+    clamp_expressions: bool = False,
+) -> StepOutput:
     """Runs encoder, face model and (when ``renderer`` is given) the renderer on square crops.
 
     The encoder runs under the caller's autocast (if any); its coefficients are cast to float32 and the face
-    model and renderer run in float32 (:func:`msma.utils.precision.full_precision`).
+    model and renderer run in float32 (:func:`msma.utils.precision.full_precision`). The defaults are the
+    network's raw single pass (training, validation, the synthetic split); inference and the real-photo
+    benchmarks add the test-time treatment of ``msma reconstruct``.
 
     Args:
         encoder: image (B, 3, S, S) float RGB in [0, 1] -> :class:`FaceParams` in ``face_model.layout``.
         face_model: the face model.
         renderer: the rasteriser, or None to skip rendering.
         image: (B, 3, S, S) float RGB in [0, 1].
+        flip_average / mirror: average over the crop and its mirror image (:func:`predict_params`; the encoder
+            must be in eval mode).
+        clamp_expressions: project the coefficients onto the face model's range
+            (:meth:`~msma.face_model.model.FaceModel.in_range`: blendshape weights to [0, 1]).
     """
     if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] != image.shape[-2]:
         raise ValueError(f"expected square images (B, 3, S, S), got {tuple(image.shape)}")
-    params: FaceParams = encoder(image)
+    params = predict_params(encoder, image, flip_average, mirror)
     with full_precision(image.device):
         params = params.to(torch.float32)
+        if clamp_expressions:
+            params = face_model.in_range(params)
         face = face_model(params, image_size=int(image.shape[-1]))
         rendered = renderer.render(face, face_model.tri) if renderer is not None else None
     return StepOutput(params=params, face=face, render=rendered)
@@ -132,6 +148,14 @@ class FacePipeline(nn.Module):
         params: FaceParams = self.encoder(image)
         return params
 
-    def reconstruct(self, image: Tensor, render: bool = True) -> StepOutput:
+    def reconstruct(
+        self,
+        image: Tensor,
+        render: bool = True,
+        flip_average: bool = False,
+        mirror: CoefficientMirror | None = None,
+        clamp_expressions: bool = False,
+    ) -> StepOutput:
         """:func:`reconstruct` with this pipeline's parts."""
-        return reconstruct(self.encoder, self.face_model, self.renderer if render else None, image)
+        renderer = self.renderer if render else None
+        return reconstruct(self.encoder, self.face_model, renderer, image, flip_average, mirror, clamp_expressions)

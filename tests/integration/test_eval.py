@@ -32,8 +32,9 @@ class _OracleModule:
         self.config: dict[str, object] = {}
         self.current: FaceBatch | None = None
 
-    def reconstruct(self, image: torch.Tensor, render: bool = False) -> SimpleNamespace:
+    def reconstruct(self, image: torch.Tensor, render: bool = False, **treatment: object) -> SimpleNamespace:
         assert self.current is not None
+        self.treatment = treatment
         lm = self.current.landmarks + self.offset
         return SimpleNamespace(face=SimpleNamespace(landmarks_2d=lm, landmarks_3d=torch.zeros(*lm.shape[:2], 3)))
 
@@ -72,6 +73,67 @@ def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: 
     np.testing.assert_allclose(res["bins"][:2], expected, rtol=1e-3)
     assert res["protocol"]["crop"] == "gt_box"
     assert "original" in res["protocol"]["ground_truth"]
+    # the test-time treatment of msma reconstruct is on by default and handed to the pipeline
+    assert oracle.treatment["flip_average"] is True and oracle.treatment["clamp_expressions"] is True
+    assert "every group" in res["protocol"]["flip_average"] and "[0, 1]" in res["protocol"]["clamp_expressions"]
+
+
+class _Asymmetric(torch.nn.Module):
+    """A fixed, non-mirror-equivariant regressor: a random linear map of the 8x8-pooled crop, scaled so that
+    blendshape weights leave [0, 1] and the pose moves a few degrees / millimetres."""
+
+    def __init__(self, layout) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.layout = layout
+        g = torch.Generator().manual_seed(3)
+        self.weight = torch.nn.Parameter(torch.randn(layout.total, 3 * 64, generator=g) * 0.2)
+
+    def forward(self, image: torch.Tensor):  # type: ignore[no-untyped-def]
+        x = torch.nn.functional.adaptive_avg_pool2d(image, 8).flatten(1) - 0.5
+        flat = x @ self.weight.T
+        scale = torch.ones(self.layout.total)
+        scale[self.layout.slices["angles"]] = 0.05
+        return self.layout.split(flat * scale)
+
+
+def test_aflw2000_test_time_treatment_matches_the_reconstructor_path(ict_model, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    """``evaluate_aflw2000`` scores what ``predict_params`` + ``in_range`` + the face model give (the path of
+    ``msma reconstruct``), and differs from the raw single pass when the network is not mirror-equivariant."""
+    from msma.evaluation.aflw2000 import _aflw_dataset
+    from msma.face_model.mirror import CoefficientMirror
+    from msma.metrics.nme import transform_points
+    from msma.pipeline import FacePipeline, predict_params
+    from msma.render.renderer import MeshRenderer
+
+    pipe = FacePipeline(_Asymmetric(ict_model.layout), ict_model, MeshRenderer(backend="torch"), {}).eval()
+    root, size = testdata / "aflw2000_3d", 64
+    raw = evaluate_aflw2000(
+        pipe, root, "box_aligned", size, torch.device("cpu"), 2, None, flip_average=False, clamp_expressions=False
+    )
+    tta = evaluate_aflw2000(pipe, root, "box_aligned", size, torch.device("cpu"), 2, None)
+    assert tta["protocol"]["flip_average"].startswith("coefficients averaged")
+    assert raw["protocol"]["flip_average"] == "none (single pass)" and raw["protocol"]["clamp_expressions"] == "none"
+
+    mirror = CoefficientMirror.from_face_model(ict_model)
+    dataset = _aflw_dataset(root, "box_aligned", size, ict_model, "dlib", "dlib")
+    expected = {}
+    for flip, clamp in ((False, False), (True, True)):
+        nmes = []
+        for i in range(len(dataset)):
+            s = dataset[i]
+            with torch.no_grad():
+                params = predict_params(pipe.encoder, s.image[None], flip, mirror if flip else None)
+                if clamp:
+                    assert (params.exp < 0).any() or (params.exp > 1).any()  # the clamp has work to do
+                    params = ict_model.in_range(params)
+                lm = ict_model(params, image_size=size).landmarks_2d[0].double()
+            pred = transform_points(lm[None], s.crop_to_image[None].double())[0]
+            gt = s.landmarks_3d[:, :2].double()
+            nmes.append(100 * float((pred - gt).norm(dim=-1).mean()) / float(landmark_box_size(gt[None])))
+        expected[(flip, clamp)] = nmes
+    np.testing.assert_allclose(raw["bins"][:2], expected[(False, False)], rtol=1e-4)
+    np.testing.assert_allclose(tta["bins"][:2], expected[(True, True)], rtol=1e-4)
+    assert abs(tta["bins"][0] - raw["bins"][0]) > 0.05
 
 
 def test_cli_aflw2000_and_synthetic_mean(tmp_path: Path, testdata: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -83,9 +145,10 @@ def test_cli_aflw2000_and_synthetic_mean(tmp_path: Path, testdata: Path, capsys)
         == 0
     )
     printed = capsys.readouterr().out
-    assert "NME 2D |yaw| 0-30" in printed and "gt_box" in printed
+    assert "NME 2D |yaw| 0-30" in printed and "detect crop" in printed  # the default: msma's own detection
     report = json.loads(out.read_text())
     r = report["result"]
+    assert r["protocol"]["crop"] == "detect" and r["protocol"]["detect_fallbacks_to_gt_box"] == 0
     assert r["counts"] == [1, 1, 0] and r["count"] == 2
     assert 0 < r["mean"] < 60 and math.isfinite(r["mean_3d"])
     assert report["checkpoint"] == "mean" and report["device"] == "cpu"
@@ -198,4 +261,7 @@ def test_cli_aflw2000_crop_modes(tmp_path: Path, testdata: Path) -> None:
         assert results[crop]["protocol"]["crop"] == crop and results[crop]["count"] == 2
     assert results["box_aligned"]["bins"][0] < results["gt_box"]["bins"][0]
     assert "own detector" in results["detect"]["protocol"]["crop_detail"]
-    assert results["detect"]["protocol"]["detect_fallbacks_to_gt_box"] in (0, 1, 2)
+    # dlib misses the 55-degree profile; MediaPipe's chain (msma reconstruct's fallback) finds it: no gt_box crop
+    assert results["detect"]["protocol"]["detect_fallbacks_to_gt_box"] == 0
+    assert results["detect"]["protocol"]["detected_by_mediapipe_fallback"] == 1
+    assert results["detect"]["bins"][1] < results["gt_box"]["bins"][1]

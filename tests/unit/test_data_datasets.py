@@ -62,16 +62,28 @@ def test_aflw_gt_box(testdata: Path) -> None:
 
 
 def test_aflw_detect_crop_never_uses_ground_truth(testdata: Path, tmp_path: Path) -> None:
-    ds = AFLW2000Dataset(testdata / "aflw2000_3d", crop="detect", cache_dir=str(tmp_path / "cache"))
+    cache = str(tmp_path / "cache")
+    ds = AFLW2000Dataset(testdata / "aflw2000_3d", crop="detect", cache_dir=cache, mediapipe_fallback=False)
     # dlib's frontal HOG detector finds the frontal face but not the 55-degree profile: that one falls back.
     assert ds.detect_fallbacks == 1 and ds.detected[0] is not None and ds.detected[1] is None
+    assert ds.detected_by_fallback == 0
     gt_box = AFLW2000Dataset(testdata / "aflw2000_3d")
     assert not np.allclose(ds.crop_transform(0), gt_box.crop_transform(0))
     np.testing.assert_allclose(ds.crop_transform(1), gt_box.crop_transform(1))
-    sample = ds[0]
+    # With MediaPipe's chain as msma reconstruct's fallback (the default) the profile is found and aligned too.
+    fb = AFLW2000Dataset(testdata / "aflw2000_3d", crop="detect", cache_dir=cache)
+    assert fb.detect_fallbacks == 0 and fb.detected_by_fallback == 1
+    np.testing.assert_allclose(fb.detected[0], ds.detected[0])  # dlib's labels, from the cache
+    assert fb.detected[1] is not None and not np.allclose(fb.crop_transform(1), gt_box.crop_transform(1))
     # Deep3D alignment on detected landmarks puts the ground-truth 5 points near the template positions.
-    err = np.abs(five_points_np(sample.landmarks.double().numpy()) - template_positions())
+    err = np.abs(five_points_np(ds[0].landmarks.double().numpy()) - template_positions())
     assert err.max() < 15.0, err
+    # The profile cannot meet the frontal template, but its ground truth lies inside the crop at the frontal
+    # face's scale (not at the gt_box crop's, where the face fills 1/sqrt(2) of the side).
+    lm = fb[1].landmarks.double().numpy()
+    assert lm.min() > 0 and lm.max() < 224, lm
+    ext, ext0 = np.ptp(lm, axis=0), np.ptp(ds[0].landmarks.double().numpy(), axis=0)
+    assert 0.6 < ext[1] / ext0[1] < 1.4, (ext, ext0)
     with pytest.raises(ValueError, match="ground-truth"):
         AFLW2000Dataset(testdata / "aflw2000_3d", crop="detect", landmarks="gt")
 

@@ -48,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint from 'msma train', or 'mean' (untrained network)")
     p.add_argument("--data", required=True, choices=DATASETS)
     p.add_argument("--root", default=None, help="dataset folder (synthetic: cache folder, optional)")
-    p.add_argument("--crop", default="gt_box", choices=CROPS, help="AFLW2000-3D crop protocol")
+    p.add_argument(
+        "--crop",
+        default="detect",
+        choices=CROPS,
+        help="AFLW2000-3D crop: detect (default: msma's own detection and 5-point alignment, as msma reconstruct), "
+        "gt_box (3DDFA's square on the ground-truth box) or box_aligned",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -86,14 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-flip-average",
         action="store_true",
-        help="photos / micc / now: the network's coefficients from the crop alone (default: averaged with its "
-        "mirror image's, as msma reconstruct)",
+        help="aflw2000_3d / photos / micc / now: the network's coefficients from the crop alone (default: averaged "
+        "with its mirror image's, as msma reconstruct)",
     )
     p.add_argument(
         "--no-clamp-expressions",
         action="store_true",
-        help="photos / micc / now: the network's blendshape weights as it outputs them (default: clamped to the "
-        "model's [0, 1], as msma reconstruct)",
+        help="aflw2000_3d / photos / micc / now: the network's blendshape weights as it outputs them (default: "
+        "clamped to the model's [0, 1], as msma reconstruct)",
     )
     return p
 
@@ -204,6 +210,8 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             args.limit,
             landmarks=args.landmarks,
             detector=args.detector,
+            flip_average=not args.no_flip_average,
+            clamp_expressions=not args.no_clamp_expressions,
         )
     from msma.evaluation.split import evaluate_synthetic_split
 

@@ -394,3 +394,19 @@ def make_landmark_backend(
         except (FileNotFoundError, AssetError) as exc:
             raise LandmarkBackendUnavailable(str(exc)) from exc
     raise ValueError(f"unknown landmark backend {name!r}; use 'dlib', 'fan', 'mediapipe' or 'gt'")
+
+
+def mediapipe_fallback(purpose: str) -> tuple[FaceDetector, LandmarkBackend] | None:
+    """MediaPipe's detection chain and landmark backend, for faces another detector missed; None (with a log
+    line naming ``purpose``) when the ``mediapipe`` package or its model bundle is unavailable.
+
+    The one fallback of ``msma reconstruct`` (:class:`~msma.inference.Reconstructor`) and of AFLW2000-3D's
+    ``detect`` crops (:class:`~msma.data.mat_datasets.AFLW2000Dataset`).
+    """
+    from msma.data.detect import make_detector
+
+    try:
+        return make_detector("mediapipe"), make_landmark_backend("mediapipe")
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:  # no mediapipe or no bundle
+        log.info("no MediaPipe fallback for %s: %s", purpose, exc)
+        return None

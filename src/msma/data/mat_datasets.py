@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,9 +24,10 @@ import torch
 from msma.data.align import DEEP3D_CROP_SIZE, ICT_TEMPLATE_5P_MM, alignment_transform, box_crop_transform
 from msma.data.batch import FaceSample
 from msma.data.dataset_base import RobustDataset, SkipRecord, Transform, crop_loaded, make_sample
-from msma.data.detect import FaceBox, make_detector
+from msma.data.detect import FaceBox, FaceDetector, make_detector
 from msma.data.io import load_image
-from msma.data.landmarks import make_landmark_backend
+from msma.data.landmarks import LandmarkBackend, make_landmark_backend
+from msma.data.landmarks import mediapipe_fallback as landmark_fallback
 from msma.data.prepare import default_cache_dir, label_files
 from msma.data.threeddfa import (
     MatRecord,
@@ -85,8 +87,10 @@ class AFLW2000Dataset(_MatDataset):
         root: folder with ``image*.jpg`` + ``.mat``.
         crop: ``"gt_box"`` - the benchmark protocol (square on the ground-truth 68-point box, side sqrt(2) x
             max(w, h); see DESIGN.md), or ``"detect"`` - the package's own detector + landmark backend +
-            Deep3D alignment (never ground-truth points); a photo where that finds no face falls back to
-            ``gt_box`` (logged, counted in ``detect_fallbacks``).
+            Deep3D alignment (never ground-truth points); where that finds no face, MediaPipe's detection chain
+            and landmarks are tried as ``msma reconstruct`` does (``mediapipe_fallback``; counted in
+            ``detected_by_fallback``), and a photo still without a face falls back to ``gt_box`` (logged, counted
+            in ``detect_fallbacks``).
         image_size: crop side S.
         landmarks: backend for ``crop="detect"``.
         detector: face detector for ``crop="detect"``.
@@ -94,6 +98,9 @@ class AFLW2000Dataset(_MatDataset):
         cache_dir: label cache for ``crop="detect"``.
         template: alignment template for ``crop="detect"``.
         transform: applied to each sample.
+        mediapipe_fallback: for ``crop="detect"`` with another detector, retry the photos it finds no face in
+            with MediaPipe's chain (:class:`~msma.inference.Reconstructor`'s fallback); skipped with a log line
+            when MediaPipe or its bundle is unavailable.
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class AFLW2000Dataset(_MatDataset):
         cache_dir: str | os.PathLike[str] | None = None,
         template: np.ndarray = ICT_TEMPLATE_5P_MM,
         transform: Transform | None = None,
+        mediapipe_fallback: bool = True,
     ) -> None:
         if crop not in ("gt_box", "detect"):
             raise ValueError(f"crop must be 'gt_box' or 'detect', got {crop!r}")
@@ -117,19 +125,37 @@ class AFLW2000Dataset(_MatDataset):
         self.transform = transform
         self.detected: list[np.ndarray | None] = [None] * len(self.records)
         self.detect_fallbacks = 0
+        self.detected_by_fallback = 0
         if crop == "detect" and self.records:
             backend = make_landmark_backend(landmarks, landmark_weights)
             if not backend.needs_detector:
                 raise ValueError("crop='detect' must not use ground-truth landmarks (the 'gt' backend)")
-            det = make_detector(detector)
             cache = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
-            run = label_files([r.image for r in self.records], backend, det, cache, faces="largest")
-            for i, (_, labels) in enumerate(run.labels):
-                if labels is not None and labels.ok:
-                    self.detected[i] = labels.select("largest")[0].landmarks
-                else:
+            self._label(range(len(self.records)), backend, make_detector(detector), cache)
+            missing = [i for i, d in enumerate(self.detected) if d is None]
+            pair = None
+            if missing and mediapipe_fallback and detector != "mediapipe":
+                pair = landmark_fallback(f"the AFLW2000-3D photos {detector} finds no face in")
+            if pair is not None:
+                self.detected_by_fallback = self._label(missing, pair[1], pair[0], cache)
+            for i, d in enumerate(self.detected):
+                if d is None:
                     self.detect_fallbacks += 1
                     log.warning("%s: no face detected; using the ground-truth box crop", self.records[i].image)
+
+    def _label(self, indices: Sequence[int], backend: LandmarkBackend, det: FaceDetector, cache: Path) -> int:
+        """Labels the records ``indices`` through the cache; stores the largest face's 68 points; returns how
+        many got one."""
+        indices = list(indices)
+        run = label_files([self.records[i].image for i in indices], backend, det, cache, faces="largest")
+        by_path = dict(run.labels)  # a file that vanished or cannot be read has no entry
+        found = 0
+        for i in indices:
+            labels = by_path.get(self.records[i].image)
+            if labels is not None and labels.ok:
+                self.detected[i] = labels.select("largest")[0].landmarks
+                found += 1
+        return found
 
     def crop_transform(self, index: int) -> np.ndarray:
         """(3, 3) crop -> image affine of item ``index`` (no image decoding)."""

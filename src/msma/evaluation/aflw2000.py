@@ -116,9 +116,21 @@ def evaluate_aflw2000(
     limit: int | None,
     landmarks: str = "dlib",
     detector: str = "dlib",
+    *,
+    flip_average: bool = True,
+    clamp_expressions: bool = True,
 ) -> dict[str, Any]:
-    """AFLW2000-3D 68-point NME (2D and 3D) per yaw bin; see :mod:`msma.metrics.nme`."""
+    """AFLW2000-3D 68-point NME (2D and 3D) per yaw bin; see :mod:`msma.metrics.nme`.
+
+    ``flip_average`` and ``clamp_expressions`` are the test-time treatment of ``msma reconstruct`` and ``msma eval
+    --data photos`` (:func:`msma.pipeline.reconstruct`): the coefficients averaged over the crop and its mirror
+    image (every group with the face model's :class:`~msma.face_model.mirror.CoefficientMirror`, else the pose),
+    blendshape weights clamped to [0, 1]. Both False: the network's raw single pass.
+    """
+    from msma.face_model.mirror import CoefficientMirror
+
     dataset = _aflw_dataset(root, crop, image_size, module.face_model, landmarks, detector)
+    mirror = CoefficientMirror.from_face_model(module.face_model) if flip_average else None
     if len(dataset) == 0:
         raise FileNotFoundError(f"{root}: no AFLW2000-3D samples (image*.jpg + .mat)")
     data = Subset(dataset, range(limit)) if limit is not None and limit < len(dataset) else dataset
@@ -129,7 +141,13 @@ def evaluate_aflw2000(
         for batch in progress_bar(loader, total=len(loader), desc="aflw2000_3d", unit="batch"):
             batch = batch.to(device)
             assert isinstance(batch, FaceBatch) and batch.landmarks_3d is not None
-            out = module.reconstruct(batch.image, render=False)
+            out = module.reconstruct(
+                batch.image,
+                render=False,
+                flip_average=flip_average,
+                mirror=mirror,
+                clamp_expressions=clamp_expressions,
+            )
             lm3 = predicted_landmarks_3d(
                 out.face.landmarks_2d, out.face.landmarks_3d, camera.focal(image_size), camera.distance
             )
@@ -147,9 +165,20 @@ def evaluate_aflw2000(
                 "gt_box": "square on the ground-truth 68-point box, side sqrt(2)*max(w,h) (3DDFA benchmark)",
                 "box_aligned": "the ground-truth 68-point box mapped onto the mean face's box in a Deep3D-aligned "
                 "crop (scale max(w/w0, h/h0), centres matched): the box alone, at the training crops' scale",
-                "detect": f"own detector ({detector}) + {landmarks} landmarks + Deep3D 5-point alignment",
+                "detect": f"own detector ({detector}) + {landmarks} landmarks + Deep3D 5-point alignment"
+                + ("" if detector == "mediapipe" else "; where it finds no face, MediaPipe's chain and landmarks"),
             }[crop],
             "detect_fallbacks_to_gt_box": int(getattr(dataset, "detect_fallbacks", 0)),
+            "detected_by_mediapipe_fallback": int(getattr(dataset, "detected_by_fallback", 0)),
+            "flip_average": (
+                "coefficients averaged over the crop and its mirror image "
+                + ("(every group)" if mirror is not None else "(pose only: the mesh is not mirror-symmetric)")
+            )
+            if flip_average
+            else "none (single pass)",
+            "clamp_expressions": "blendshape weights clamped to [0, 1]"
+            if clamp_expressions and module.face_model.exp_kind == "blendshape"
+            else "none",
             "yaw_bins_deg": list(YAW_BIN_NAMES),
             "reference_bin_counts_full_set_3ddfa": [1312, 383, 305],
             "nme_3d": "x,y,z of pt3d_68, each set's z centred on its mean, same normaliser",
