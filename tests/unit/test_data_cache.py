@@ -211,6 +211,15 @@ def test_a_detector_that_aborts_skips_the_image_with_its_reason(tmp_path: Path) 
     assert not labels.ok and labels.skip_reason == "detector_failed" and "tensor.h" in labels.detail
     assert labels.image_size == Image.open(img).size[::-1]
 
+    # The abort is the run's failure, not the image's: it is not cached, so the next run labels the image again.
+    cache = LabelCache(tmp_path / "cache", labeller_key(FakeLandmarks(), Aborting()))
+    first, status = cached_labels(img, file_sha256(img), cache, FakeLandmarks(), Aborting())
+    assert status == "computed" and first.skip_reason == "detector_failed"
+    assert cache.get(file_sha256(img)) is None and not list(cache.entries())
+    again, status = cached_labels(img, file_sha256(img), cache, FakeLandmarks(), FakeDetector())
+    assert status == "computed" and again.ok and len(again.faces) >= 1
+    assert cached_labels(img, file_sha256(img), cache, FakeLandmarks(), FakeDetector())[1] == "cached"
+
 
 def test_gt_backend_has_no_detector_in_key() -> None:
     assert labeller_key(GroundTruthLandmarks(), FakeDetector()) == "gt-1"

@@ -46,6 +46,10 @@ REASON_LANDMARKS_OUTSIDE = "landmarks_outside"
 REASON_LANDMARK_ERROR = "landmark_error"
 REASON_DETECTOR = "detector_failed"
 
+#: Skip reasons that describe a failure of the labelling run rather than the image: not cached, so the next run
+#: (another library version, more memory) labels the image again instead of skipping it for good.
+UNCACHED_REASONS = frozenset({REASON_DETECTOR})
+
 #: A face is dropped when more than this fraction of its 68 landmarks fall outside the image.
 MAX_OUTSIDE_FRACTION = 0.1
 
@@ -388,11 +392,16 @@ def cached_labels(
     backend: LandmarkBackend,
     detector: FaceDetector | None,
 ) -> tuple[ImageLabels, Status]:
-    """The cache entry of an image, computing and storing it when missing/invalid."""
+    """The cache entry of an image, computing and storing it when missing/invalid.
+
+    An image skipped for a reason of :data:`UNCACHED_REASONS` (its detector aborted) is returned but not stored.
+    """
     hit = cache.get(sha256)
     if hit is not None:
         return hit, "cached"
     labels = label_image(path, sha256, backend, detector, cache.key)
+    if labels.skip_reason in UNCACHED_REASONS:
+        return labels, "computed"
     cache.put(labels)
     # Return exactly what a later read returns (stored precision), so cached and fresh runs agree.
     return ImageLabels.from_payload(labels.payload()), "computed"
