@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nets = {"checkpoint": load_model(args.ckpt, device), "mean face": load_model("mean", device)}
     tag = args.tag or str(nets["checkpoint"].config.get("name") or "checkpoint")
+    size = nets["checkpoint"].image_size  # the mean face is scored on the checkpoint's crops
     results: dict[str, Any] = {}
     rows = []
     for crop in ("detect", *[c for c in CROPS if c != "detect"]):
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     net,
                     root,
                     crop,
-                    net.image_size if net_name == "checkpoint" else nets["checkpoint"].image_size,
+                    size,
                     device,
                     16,
                     args.limit,

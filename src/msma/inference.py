@@ -38,7 +38,7 @@ from msma.data.io import BadImageError, array_to_float_rgb, load_image
 from msma.face_model.mirror import CoefficientMirror
 from msma.face_model.model import FaceModel
 from msma.face_model.params import FaceParams
-from msma.pipeline import FacePipeline, predict_params
+from msma.pipeline import FacePipeline, treated_params
 from msma.reconstruction import Reconstruction
 from msma.reconstruction import save_reconstruction as save_reconstruction  # re-exported: msma.inference API
 from msma.render.renderer import MeshRenderer
@@ -319,9 +319,9 @@ class Reconstructor:
             group = faces[start : start + max(1, batch_size)]
             crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
             with torch.no_grad():
-                params = predict_params(self.model.encoder, crops, self.flip_average, self.mirror)
-                if self.clamp_expressions:
-                    params = self.face_model.in_range(params)
+                params = treated_params(
+                    self.model.encoder, self.face_model, crops, self.flip_average, self.mirror, self.clamp_expressions
+                )
             if self.fit:
                 params = self._fit(group, crops, params)
             with torch.no_grad():

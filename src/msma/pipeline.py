@@ -77,6 +77,28 @@ def predict_params(
     return params.replace(angles=0.5 * (params.angles + mirrored.angles), trans=0.5 * (params.trans + mirrored.trans))
 
 
+def treated_params(
+    encoder: nn.Module,
+    face_model: FaceModel,
+    image: Tensor,
+    flip_average: bool = False,
+    mirror: CoefficientMirror | None = None,
+    clamp_expressions: bool = False,
+) -> FaceParams:
+    """The encoder's coefficients of square crops with ``msma reconstruct``'s test-time treatment, float32.
+
+    Args:
+        encoder / image: as :func:`predict_params` (runs under the caller's autocast, if any).
+        face_model: the face model of the encoder's layout.
+        flip_average / mirror: average over the crop and its mirror image (:func:`predict_params`; the encoder
+            must be in eval mode).
+        clamp_expressions: project the coefficients onto the face model's range
+            (:meth:`~msma.face_model.model.FaceModel.in_range`: blendshape weights to [0, 1]).
+    """
+    params = predict_params(encoder, image, flip_average, mirror).to(torch.float32)
+    return face_model.in_range(params) if clamp_expressions else params
+
+
 def reconstruct(
     encoder: nn.Module,
     face_model: FaceModel,
@@ -98,18 +120,12 @@ def reconstruct(
         face_model: the face model.
         renderer: the rasteriser, or None to skip rendering.
         image: (B, 3, S, S) float RGB in [0, 1].
-        flip_average / mirror: average over the crop and its mirror image (:func:`predict_params`; the encoder
-            must be in eval mode).
-        clamp_expressions: project the coefficients onto the face model's range
-            (:meth:`~msma.face_model.model.FaceModel.in_range`: blendshape weights to [0, 1]).
+        flip_average / mirror / clamp_expressions: the test-time treatment (:func:`treated_params`).
     """
     if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] != image.shape[-2]:
         raise ValueError(f"expected square images (B, 3, S, S), got {tuple(image.shape)}")
-    params = predict_params(encoder, image, flip_average, mirror)
+    params = treated_params(encoder, face_model, image, flip_average, mirror, clamp_expressions)
     with full_precision(image.device):
-        params = params.to(torch.float32)
-        if clamp_expressions:
-            params = face_model.in_range(params)
         face = face_model(params, image_size=int(image.shape[-1]))
         rendered = renderer.render(face, face_model.tri) if renderer is not None else None
     return StepOutput(params=params, face=face, render=rendered)
