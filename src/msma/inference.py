@@ -12,6 +12,7 @@ zero-initialised heads give the mean face, frontal, centred in the aligned crop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from msma.data.align import (
     alignment_transform,
     apply_affine,
     box_crop_transform,
+    recrop_transform,
     template_from_face_model,
     warp_crop,
 )
@@ -82,11 +84,24 @@ class _Face:
     box: tuple[float, float, float, float]  # loaded pixels
     dense: np.ndarray | None = None  # (478, 3) MediaPipe points, loaded pixels (z: relative depth, pixels)
 
+    @property
+    def box_only(self) -> bool:
+        """Found as a box without landmarks (an extreme profile): cropped from the box, not aligned."""
+        return self.dense is None and not bool(np.isfinite(self.detected).any())
+
 
 def _pixel_rescale(src: int, dst: int) -> np.ndarray:
     """Affine from pixel-index coordinates of a ``dst``-px square image to those of a ``src``-px one."""
     k = src / dst
     return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5], [0.0, 0.0, 1.0]])
+
+
+def _replace_rows(params: FaceParams, rows: Tensor, new: FaceParams) -> FaceParams:
+    """A copy of ``params`` (B faces) whose faces ``rows`` (K indices) are ``new`` (K faces), detached."""
+    merged = {g: t.detach().clone() for g, t in params.items()}
+    for g, t in new.items():
+        merged[g][rows] = t.detach().to(merged[g].dtype)
+    return FaceParams(**merged)
 
 
 class Reconstructor:
@@ -115,10 +130,14 @@ class Reconstructor:
         clamp_expressions: project the network's blendshape weights onto the face model's [0, 1]
             (:meth:`~msma.face_model.model.FaceModel.in_range`; after the flip average, before fitting); PCA
             expressions are left as they are. False: the network's raw output.
+        recrop: passes of the two-step crop for box-only faces (below): the network's predicted landmarks,
+            taken back to the photo, give Deep3D's 5-point-aligned crop for another pass
+            (:func:`msma.data.align.recrop_transform`); 0: the box crop's prediction alone.
 
     ``detector=None`` picks the MediaPipe detection chain for ``landmarks="mediapipe"`` and dlib otherwise.
     With the ``mediapipe`` backend a face whose box is found but whose landmarks are not (an extreme profile)
-    is cropped from its box for the network and not fitted.
+    is cropped from its box for the network, re-cropped on the network's own landmarks (``recrop``) and not
+    fitted.
     """
 
     def __init__(
@@ -136,6 +155,7 @@ class Reconstructor:
         fallback: bool = True,
         flip_average: bool = True,
         clamp_expressions: bool = True,
+        recrop: int = 1,
     ) -> None:
         from msma.checkpoint import load_inference_model, untrained_pipeline
         from msma.data.landmarks import make_landmark_backend
@@ -168,6 +188,9 @@ class Reconstructor:
         self.fit = bool(fit)
         self.flip_average = bool(flip_average)
         self.clamp_expressions = bool(clamp_expressions)
+        if int(recrop) < 0:
+            raise ValueError(f"recrop must be >= 0, got {recrop}")
+        self.recrop = int(recrop)
         self.mirror = CoefficientMirror.from_face_model(self.face_model) if self.flip_average else None
         self.texture = bool(texture)
         if self.texture and self.face_model.uv is None:
@@ -317,11 +340,11 @@ class Reconstructor:
         out: list[Reconstruction] = []
         for start in range(0, len(faces), max(1, batch_size)):
             group = faces[start : start + max(1, batch_size)]
-            crops = torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
-            with torch.no_grad():
-                params = treated_params(
-                    self.model.encoder, self.face_model, crops, self.flip_average, self.mirror, self.clamp_expressions
-                )
+            crops = self._stack_crops(group)
+            params = self._predict(crops)
+            rows = [i for i, f in enumerate(group) if f.box_only]
+            for _ in range(self.recrop if rows else 0):
+                group, crops, params = self._recrop(inputs, group, rows, crops, params)
             if self.fit:
                 params = self._fit(group, crops, params)
             with torch.no_grad():
@@ -329,6 +352,35 @@ class Reconstructor:
             for i, f in enumerate(group):
                 out.append(self._finish(inputs[f.image_index], f, params[i], face, i))
         return out
+
+    def _stack_crops(self, group: Sequence[_Face]) -> Tensor:
+        """(B, 3, S, S) float32 crops of the faces on the reconstructor's device."""
+        return torch.stack([torch.from_numpy(f.crop.transpose(2, 0, 1).copy()) for f in group]).to(self.device)
+
+    @torch.no_grad()
+    def _predict(self, crops: Tensor) -> FaceParams:
+        """The network's coefficients of (B, 3, S, S) crops with the test-time treatment."""
+        return treated_params(
+            self.model.encoder, self.face_model, crops, self.flip_average, self.mirror, self.clamp_expressions
+        )
+
+    @torch.no_grad()
+    def _recrop(
+        self, inputs: list[_Input], group: list[_Face], rows: list[int], crops: Tensor, params: FaceParams
+    ) -> tuple[list[_Face], Tensor, FaceParams]:
+        """One pass of the two-step crop: faces ``rows`` re-cropped on their predicted landmarks and predicted again."""
+        idx = torch.as_tensor(rows, device=self.device)
+        lm = self.face_model(params[idx], image_size=self.image_size).landmarks_2d.double().cpu().numpy()
+        group = list(group)
+        for j, i in enumerate(rows):
+            f = group[i]
+            m = recrop_transform(lm[j], f.crop_to_loaded, self.template, self.image_size)
+            crop = warp_crop(inputs[f.image_index].image, m, self.image_size)
+            group[i] = dataclasses.replace(f, crop=crop, crop_to_loaded=m)
+        sub = self._stack_crops([group[i] for i in rows])
+        crops = crops.clone()
+        crops[idx] = sub
+        return group, crops, _replace_rows(params, idx, self._predict(sub))
 
     def _fit(self, group: list[_Face], crops: Tensor, params: FaceParams) -> FaceParams:
         """Refines the network's coefficients of the faces with dense landmarks (crop frame) by fitting."""
@@ -357,10 +409,7 @@ class Reconstructor:
             self.renderer,
             self.fit_config,
         )
-        merged = {g: t.detach().clone() for g, t in params.items()}
-        for g, t in res.params.items():
-            merged[g][idx] = t
-        return FaceParams(**merged)
+        return _replace_rows(params, idx, res.params)
 
     @torch.no_grad()
     def _finish(self, inp: _Input, f: _Face, params: FaceParams, face: Any, i: int) -> Reconstruction:

@@ -59,7 +59,7 @@ def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: 
     monkeypatch.setattr(ev, "progress_bar", progress)
     monkeypatch.setattr(ev, "transform_points", spy)
     res = evaluate_aflw2000(oracle, testdata / "aflw2000_3d", "gt_box", 224, torch.device("cpu"), 2, None)
-    assert res["counts"] == (1, 1, 0) and res["count"] == 2
+    assert res["counts"] == (1, 1, 0) and res["count"] == 2 and res["protocol"]["recrop"] == "none"
     from msma.data.datasets import AFLW2000Dataset
 
     ds = AFLW2000Dataset(testdata / "aflw2000_3d")
@@ -76,6 +76,23 @@ def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: 
     # the test-time treatment of msma reconstruct is on by default and handed to the pipeline
     assert oracle.treatment["flip_average"] is True and oracle.treatment["clamp_expressions"] is True
     assert "every group" in res["protocol"]["flip_average"] and "[0, 1]" in res["protocol"]["clamp_expressions"]
+
+    # The two-step crop (--recrop 1): the second pass sees the crop aligned on the first pass's landmarks (here the
+    # ground truth + the offset), and its predictions are the ones scored.
+    from msma.data.align import recrop_transform
+
+    res2 = evaluate_aflw2000(oracle, testdata / "aflw2000_3d", "gt_box", 224, torch.device("cpu"), 2, None, recrop=1)
+    assert res2["protocol"]["recrop"].startswith("1 pass(es)") and "2 photo(s)" in res2["protocol"]["recrop"]
+    expected2 = []
+    for i in range(2):
+        s = ds[i]
+        m1 = recrop_transform(
+            s.landmarks.double().numpy() + [3.0, 4.0], s.crop_to_image.double().numpy(), ds.template, 224
+        )
+        box = float(landmark_box_size(s.landmarks_3d[None].double()))
+        expected2.append(100 * 5.0 * math.sqrt(abs(np.linalg.det(m1[:2, :2]))) / box)
+    np.testing.assert_allclose(res2["bins"][:2], expected2, rtol=1e-3)
+    assert all(abs(a - b) > 1e-2 * b for a, b in zip(expected2, expected))  # the crops did change
 
 
 class _Asymmetric(torch.nn.Module):
@@ -255,7 +272,7 @@ def test_cli_aflw2000_crop_modes(tmp_path: Path, testdata: Path) -> None:
     results = {}
     for crop in ("gt_box", "box_aligned", "detect"):
         out = tmp_path / f"{crop}.json"
-        args = ["--ckpt", "mean", "--data", "aflw2000_3d", "--root", str(testdata / "aflw2000_3d")]
+        args = ["--ckpt", "mean", "--data", "aflw2000_3d", "--root", str(testdata / "aflw2000_3d"), "--recrop", "1"]
         assert cli_main([*args, "--crop", crop, "--out", str(out)]) == 0
         results[crop] = json.loads(out.read_text())["result"]
         assert results[crop]["protocol"]["crop"] == crop and results[crop]["count"] == 2
@@ -265,3 +282,6 @@ def test_cli_aflw2000_crop_modes(tmp_path: Path, testdata: Path) -> None:
     assert results["detect"]["protocol"]["detect_fallbacks_to_gt_box"] == 0
     assert results["detect"]["protocol"]["detected_by_mediapipe_fallback"] == 1
     assert results["detect"]["bins"][1] < results["gt_box"]["bins"][1]
+    # --recrop re-crops the photos cropped from a box only: both box modes, none of detect's aligned photos
+    assert results["gt_box"]["protocol"]["recrop"].endswith("for the 2 photo(s) cropped from a box")
+    assert results["detect"]["protocol"]["recrop"] == "none"

@@ -237,3 +237,77 @@ def test_reconstructor_clamps_blendshape_weights_to_the_model_range(testdata: Pa
     # the same crop, a different face: the landmarks are those of the clamped weights
     np.testing.assert_allclose(out[True].crop_to_image, out[False].crop_to_image)
     assert np.abs(out[True].landmarks - out[False].landmarks).max() > 0.5
+
+
+class _PooledLinear(torch.nn.Module):
+    """A fixed regressor of the 8x8-pooled crop (not mirror-equivariant): what it predicts depends on where the
+    crop is, so a second crop changes the prediction."""
+
+    def __init__(self, layout: Any) -> None:
+        super().__init__()
+        self.layout = layout
+        g = torch.Generator().manual_seed(11)
+        self.weight = torch.nn.Parameter(torch.randn(layout.total, 3 * 64, generator=g) * 0.2)
+
+    def forward(self, image: torch.Tensor) -> Any:
+        x = torch.nn.functional.adaptive_avg_pool2d(image, 8).flatten(1) - 0.5
+        scale = torch.ones(self.layout.total)
+        scale[self.layout.slices["angles"]] = 0.05
+        return self.layout.split((x @ self.weight.T) * scale)
+
+
+@pytest.mark.parametrize("recrop", [0, 1, 2])
+def test_box_only_face_is_recropped_on_the_networks_landmarks(astronaut: np.ndarray, recrop: int) -> None:
+    """A face found as a box without landmarks (the MediaPipe chain's extreme profiles) is cropped from the box,
+    then ``recrop`` times on Deep3D's alignment of the network's own predicted landmarks, and the last crop's
+    prediction is reported; computed here by hand from the box, the regressor and the face model."""
+    import msma
+    from msma.data.align import apply_affine, box_crop_transform, recrop_transform, warp_crop
+    from msma.data.detect import FaceBox
+    from msma.data.io import array_to_float_rgb
+    from msma.data.landmarks import LandmarkError
+    from msma.pipeline import treated_params
+
+    box = (150.0, 60.0, 330.0, 270.0)
+
+    class OneBox:
+        name, version = "one_box", "1"
+
+        def detect(self, image: np.ndarray, largest_only: bool = False) -> list[FaceBox]:
+            return [FaceBox(*box, score=1.0)]
+
+    class NoLandmarks:
+        key, needs_detector = "none", True
+
+        def dense(self, image: np.ndarray, b: FaceBox) -> Any:
+            raise LandmarkError("no landmarks on this box (an extreme profile)")
+
+    size = 96
+    rec = msma.Reconstructor(
+        None, device="cpu", renderer_backend="torch", landmarks="mediapipe", image_size=size, recrop=recrop
+    )
+    rec.detector, rec.landmark_backend = OneBox(), NoLandmarks()
+    rec.model.encoder = _PooledLinear(rec.face_model.layout)
+    out = rec.reconstruct(astronaut)
+
+    image = array_to_float_rgb(astronaut, "<array>")
+    fm = rec.face_model
+    m = box_crop_transform(box, size, 1.6)
+    transforms = [m]
+    for step in range(recrop + 1):
+        crop = torch.from_numpy(warp_crop(image, m, size).transpose(2, 0, 1).copy())[None]
+        with torch.no_grad():
+            params = treated_params(rec.model.encoder, fm, crop, True, rec.mirror, True)
+            lm = fm(params, image_size=size).landmarks_2d[0].double().numpy()
+        if step < recrop:
+            m = recrop_transform(lm, m, rec.template, size)
+            transforms.append(m)
+    np.testing.assert_allclose(out.crop_to_image, m, rtol=1e-9, atol=1e-9)
+    for group in ("angles", "trans", "id", "exp"):
+        torch.testing.assert_close(
+            getattr(out.params, group).reshape(-1), getattr(params, group)[0], rtol=1e-4, atol=1e-5
+        )
+    np.testing.assert_allclose(out.landmarks, apply_affine(m, lm), atol=1e-3)
+    assert np.isnan(out.detected_landmarks).all()  # no detected landmarks to report
+    for a, b in zip(transforms, transforms[1:]):
+        assert np.abs(a - b).max() > 0.5  # each pass moved or rescaled the crop

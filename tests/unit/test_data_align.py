@@ -15,6 +15,7 @@ from msma.data.align import (
     box_crop_transform,
     crop_by_box,
     estimate_scale_translation,
+    recrop_transform,
     template_from_face_model,
     template_positions,
     warp_crop,
@@ -126,6 +127,34 @@ def test_outside_pixels_are_black() -> None:
     m = np.array([[1.0, 0.0, -50.0], [0.0, 1.0, -50.0], [0.0, 0.0, 1.0]])
     crop = warp_crop(image, m, 100)
     assert crop[:40, :40].max() == 0.0 and crop[60:, 60:].min() == pytest.approx(1.0)
+
+
+def test_recrop_on_exact_landmarks_is_the_aligned_crop_whatever_the_box() -> None:
+    """Landmarks predicted exactly in a box crop give Deep3D's aligned crop of the true landmarks, the same from
+    two different box crops (the second step no longer depends on the box); the aligned crop is a fixed point."""
+    rng = np.random.default_rng(5)
+    truth = _fake_landmarks(2.3, (310.0, 260.0), rng)  # image pixels
+    aligned = alignment_transform(truth, ICT_TEMPLATE_5P_MM, 128)
+    results = []
+    for box in ((200.0, 150.0, 420.0, 380.0), (260.0, 120.0, 360.0, 400.0)):
+        m0 = box_crop_transform(box, 128, 1.6)
+        in_crop = apply_affine(np.linalg.inv(m0), truth)
+        results.append(recrop_transform(in_crop, m0, ICT_TEMPLATE_5P_MM, 128))
+        assert not np.allclose(m0, aligned, atol=1e-3)  # the box crop is not the aligned one
+    for m1 in results:
+        np.testing.assert_allclose(m1, aligned, rtol=1e-9, atol=1e-9)
+    again = recrop_transform(apply_affine(np.linalg.inv(aligned), truth), aligned, ICT_TEMPLATE_5P_MM, 128)
+    np.testing.assert_allclose(again, aligned, rtol=1e-9, atol=1e-9)
+    # an error of the prediction moves the crop by that error (in image pixels)
+    m0 = box_crop_transform((200.0, 150.0, 420.0, 380.0), 128, 1.6)
+    shifted = recrop_transform(apply_affine(np.linalg.inv(m0), truth) + [2.0, 0.0], m0, ICT_TEMPLATE_5P_MM, 128)
+    np.testing.assert_allclose(shifted[:2, 2] - aligned[:2, 2], [2.0 * m0[0, 0], 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((5, 2)), np.full((68, 2), np.nan)])
+def test_recrop_rejects_bad_landmarks(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="re-cropping needs"):
+        recrop_transform(bad, np.eye(3))
 
 
 def test_box_crop_protocol() -> None:

@@ -101,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
         help="aflw2000_3d / photos / micc / now: the network's blendshape weights as it outputs them (default: "
         "clamped to the model's [0, 1], as msma reconstruct)",
     )
+    p.add_argument(
+        "--recrop",
+        type=int,
+        default=0,
+        help="aflw2000_3d: photos cropped from a box (gt_box, box_aligned, detect where no face was found) get this "
+        "many more passes, each re-cropped on the network's own predicted landmarks (default 0: the box crop "
+        "alone)",
+    )
     return p
 
 
@@ -212,6 +220,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             detector=args.detector,
             flip_average=not args.no_flip_average,
             clamp_expressions=not args.no_clamp_expressions,
+            recrop=args.recrop,
         )
     from msma.evaluation.split import evaluate_synthetic_split
 

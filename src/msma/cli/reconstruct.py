@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the network's blendshape weights as it outputs them (default: clamped to the model's [0, 1])",
     )
+    p.add_argument(
+        "--recrop",
+        type=int,
+        default=1,
+        help="faces found as a box only (extreme profiles, --landmarks mediapipe): passes re-cropped on the "
+        "network's own predicted landmarks (default 1; 0: the box crop alone)",
+    )
     return p
 
 
@@ -129,6 +136,7 @@ def cli_main(argv: list[str]) -> int:
             fallback=not args.no_fallback,
             flip_average=not args.no_flip_average,
             clamp_expressions=not args.no_clamp_expressions,
+            recrop=args.recrop,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)

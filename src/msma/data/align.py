@@ -187,6 +187,37 @@ def box_crop_transform(
     return np.array([[k, 0.0, cx - side / 2 + 0.5 * k], [0.0, k, cy - side / 2 + 0.5 * k], [0.0, 0.0, 1.0]])
 
 
+def recrop_transform(
+    landmarks_crop: np.ndarray,
+    crop_to_image: np.ndarray,
+    template: np.ndarray = ICT_TEMPLATE_5P_MM,
+    image_size: int = DEEP3D_CROP_SIZE,
+) -> np.ndarray:
+    """Deep3D's aligned crop on a network's own predicted landmarks (the second step of a two-step cascade).
+
+    A face found as a box only (no landmarks: an extreme profile) is first cropped from its box, which does not
+    place and scale it as the 5-point-aligned training crops do; the network's 68 predicted landmarks, taken
+    back to the image, give the aligned crop for a second pass. 3DDFA_V2 crops the same way in two steps
+    (``crop_policy='landmark'``: the box, then the ROI of its first prediction's landmarks).
+
+    Args:
+        landmarks_crop: (68, 2) predicted landmarks in the first crop's pixels.
+        crop_to_image: (3, 3) affine of the first crop, crop pixels -> image pixels.
+        template: (5, 3) alignment template in mm.
+        image_size: crop side S.
+
+    Returns:
+        (3, 3) float64 affine, crop pixels -> image pixels, of the aligned crop (:func:`alignment_transform`).
+
+    Raises:
+        ValueError: non-finite landmarks or a shape other than (68, 2).
+    """
+    lm = np.asarray(landmarks_crop, dtype=np.float64)
+    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
+        raise ValueError(f"re-cropping needs (68, 2) finite landmarks, got {lm.shape}")
+    return alignment_transform(apply_affine(crop_to_image, lm), template, image_size)
+
+
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(3, 3) affine applied to (K, 2) points -> (K, 2) (NaN propagates)."""
     p = np.asarray(points, dtype=np.float64)

@@ -126,6 +126,9 @@ class AFLW2000Dataset(_MatDataset):
         self.detected: list[np.ndarray | None] = [None] * len(self.records)
         self.detect_fallbacks = 0
         self.detected_by_fallback = 0
+        #: crop -> image affines that replace :meth:`crop_transform` for some items (a second crop on a network's
+        #: own landmarks, :func:`msma.data.align.recrop_transform`); empty by default.
+        self.recrops: dict[int, np.ndarray] = {}
         if crop == "detect" and self.records:
             backend = make_landmark_backend(landmarks, landmark_weights)
             if not backend.needs_detector:
@@ -157,6 +160,11 @@ class AFLW2000Dataset(_MatDataset):
                 found += 1
         return found
 
+    def box_cropped(self, index: int) -> bool:
+        """Whether item ``index`` is cropped from a box (``gt_box``, or ``detect`` where no face was found) rather
+        than aligned on detected landmarks."""
+        return self.crop != "detect" or self.detected[index] is None
+
     def crop_transform(self, index: int) -> np.ndarray:
         """(3, 3) crop -> image affine of item ``index`` (no image decoding)."""
         rec = self.records[index]
@@ -169,7 +177,8 @@ class AFLW2000Dataset(_MatDataset):
     def _load(self, index: int) -> FaceSample:
         rec = self.records[index]
         loaded = load_image(rec.image)
-        aligned = crop_loaded(loaded, self.crop_transform(index), rec.landmarks, self.image_size)
+        m = self.recrops.get(index)
+        aligned = crop_loaded(loaded, self.crop_transform(index) if m is None else m, rec.landmarks, self.image_size)
         return make_sample(aligned, str(rec.image), yaw=rec.yaw, landmarks_3d=rec.landmarks_3d)
 
 

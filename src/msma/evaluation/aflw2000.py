@@ -5,6 +5,7 @@ Protocol details (crop modes, ground truth, normalisation): docs/evaluation.md a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,52 @@ def _aflw_dataset(root: Path, crop: str, image_size: int, face_model: FaceModel,
     return BoxAlignedAFLW2000(root, crop="gt_box", image_size=image_size, template=template)
 
 
+@dataclass(frozen=True)
+class _Prediction:
+    """One AFLW2000-3D item's prediction: 68 ``pt3d_68``-like points in image pixels and where they came from."""
+
+    points_3d: Tensor  # (68, 3) float64, original image pixels (z in pixel scale)
+    landmarks_crop: np.ndarray  # (68, 2) projected landmarks, crop pixels
+    crop_to_image: np.ndarray  # (3, 3) crop -> original image pixels
+    gt_3d: Tensor  # (68, 3) float64 pt3d_68.T
+    yaw: float  # degrees
+
+
+def _predict_items(
+    module: Any,
+    dataset: Any,
+    indices: list[int],
+    image_size: int,
+    device: torch.device,
+    batch_size: int,
+    treatment: dict[str, Any],
+    desc: str,
+) -> dict[int, _Prediction]:
+    """The pipeline's predictions for dataset items ``indices`` (crops as the dataset makes them)."""
+    camera = module.face_model.camera
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    out: dict[int, _Prediction] = {}
+    order = iter(indices)
+    with torch.no_grad():
+        for batch in progress_bar(loader, total=len(loader), desc=desc, unit="batch"):
+            batch = batch.to(device)
+            assert isinstance(batch, FaceBatch) and batch.landmarks_3d is not None and batch.crop_to_image is not None
+            rec = module.reconstruct(batch.image, render=False, **treatment)
+            lm3 = predicted_landmarks_3d(
+                rec.face.landmarks_2d, rec.face.landmarks_3d, camera.focal(image_size), camera.distance
+            )
+            pred3 = transform_points(lm3.double(), batch.crop_to_image.double()).cpu()
+            for b in range(pred3.shape[0]):
+                out[next(order)] = _Prediction(
+                    points_3d=pred3[b],
+                    landmarks_crop=rec.face.landmarks_2d[b].detach().double().cpu().numpy(),
+                    crop_to_image=batch.crop_to_image[b].detach().double().cpu().numpy(),
+                    gt_3d=batch.landmarks_3d[b].double().cpu(),
+                    yaw=float(batch.yaw[b]),
+                )
+    return out
+
+
 def evaluate_aflw2000(
     module: Any,
     root: Path,
@@ -119,6 +166,7 @@ def evaluate_aflw2000(
     *,
     flip_average: bool = True,
     clamp_expressions: bool = True,
+    recrop: int = 0,
 ) -> dict[str, Any]:
     """AFLW2000-3D 68-point NME (2D and 3D) per yaw bin; see :mod:`msma.metrics.nme`.
 
@@ -126,34 +174,38 @@ def evaluate_aflw2000(
     --data photos`` (:func:`msma.pipeline.reconstruct`): the coefficients averaged over the crop and its mirror
     image (every group with the face model's :class:`~msma.face_model.mirror.CoefficientMirror`, else the pose),
     blendshape weights clamped to [0, 1]. Both False: the network's raw single pass.
+
+    ``recrop``: passes of the two-step crop for photos cropped from a box (every photo with ``gt_box`` and
+    ``box_aligned``, those without a detected face with ``detect``): the network's predicted landmarks give
+    Deep3D's 5-point-aligned crop of the next pass (:func:`msma.data.align.recrop_transform`), as ``msma
+    reconstruct`` does for box-only faces; 0 (default): the box crop's prediction alone. Measured with an
+    ``embedded`` checkpoint (docs/evaluation.md) it helps the ``gt_box`` crop of a frontal face, not a profile's,
+    and costs ``box_aligned``, hence off by default.
     """
+    from msma.data.align import recrop_transform
     from msma.face_model.mirror import CoefficientMirror
 
+    if int(recrop) < 0:
+        raise ValueError(f"recrop must be >= 0, got {recrop}")
     dataset = _aflw_dataset(root, crop, image_size, module.face_model, landmarks, detector)
     mirror = CoefficientMirror.from_face_model(module.face_model) if flip_average else None
     if len(dataset) == 0:
         raise FileNotFoundError(f"{root}: no AFLW2000-3D samples (image*.jpg + .mat)")
-    data = Subset(dataset, range(limit)) if limit is not None and limit < len(dataset) else dataset
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    treatment = {"flip_average": flip_average, "mirror": mirror, "clamp_expressions": clamp_expressions}
+    preds = _predict_items(module, dataset, list(range(n)), image_size, device, batch_size, treatment, "aflw2000_3d")
+    boxed = [i for i in range(n) if dataset.box_cropped(i)]
+    for k in range(int(recrop) if boxed else 0):
+        for i in boxed:
+            p = preds[i]
+            dataset.recrops[i] = recrop_transform(p.landmarks_crop, p.crop_to_image, dataset.template, image_size)
+        desc = f"aflw2000_3d re-crop {k + 1}"
+        preds.update(_predict_items(module, dataset, boxed, image_size, device, batch_size, treatment, desc))
     metric = AFLW2000NME()
-    camera = module.face_model.camera
-    with torch.no_grad():
-        for batch in progress_bar(loader, total=len(loader), desc="aflw2000_3d", unit="batch"):
-            batch = batch.to(device)
-            assert isinstance(batch, FaceBatch) and batch.landmarks_3d is not None
-            out = module.reconstruct(
-                batch.image,
-                render=False,
-                flip_average=flip_average,
-                mirror=mirror,
-                clamp_expressions=clamp_expressions,
-            )
-            lm3 = predicted_landmarks_3d(
-                out.face.landmarks_2d, out.face.landmarks_3d, camera.focal(image_size), camera.distance
-            )
-            pred3 = transform_points(lm3.double(), batch.crop_to_image.double())
-            gt3 = batch.landmarks_3d.double()
-            metric.update(pred3[..., :2], gt3[..., :2], batch.yaw, pred_3d=pred3, gt_3d=gt3)
+    for i in range(n):
+        p = preds[i]
+        pred3, gt3 = p.points_3d[None], p.gt_3d[None]
+        metric.update(pred3[..., :2], gt3[..., :2], torch.tensor([p.yaw]), pred_3d=pred3, gt_3d=gt3)
     res = metric.summary()
     return {
         **res.as_dict(),
@@ -169,6 +221,12 @@ def evaluate_aflw2000(
                 + ("" if detector == "mediapipe" else "; where it finds no face, MediaPipe's chain and landmarks"),
             }[crop],
             "detect_fallbacks_to_gt_box": int(getattr(dataset, "detect_fallbacks", 0)),
+            "recrop": (
+                f"{int(recrop)} pass(es) re-cropped on the network's own landmarks (Deep3D alignment) for the "
+                f"{len(boxed)} photo(s) cropped from a box"
+            )
+            if int(recrop) > 0 and boxed
+            else "none",
             "detected_by_mediapipe_fallback": int(getattr(dataset, "detected_by_fallback", 0)),
             "flip_average": (
                 "coefficients averaged over the crop and its mirror image "
