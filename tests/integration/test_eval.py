@@ -50,11 +50,13 @@ def test_aflw2000_frames_with_an_oracle(ict_model, testdata: Path, monkeypatch: 
     def spy(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
         return original(points, affine)
 
-    # Feed the current batch to the oracle through the progress iterator.
+    # Feed the current batch ((index, sample) pairs) to the oracle through the progress iterator.
     def progress(iterable, total, desc, unit):  # type: ignore[no-untyped-def]
-        for batch in iterable:
-            oracle.current = batch
-            yield batch
+        from msma.data.batch import collate_samples
+
+        for chunk in iterable:
+            oracle.current = collate_samples([s for _, s in chunk])
+            yield chunk
 
     monkeypatch.setattr(ev, "progress_bar", progress)
     monkeypatch.setattr(ev, "transform_points", spy)
@@ -285,3 +287,35 @@ def test_cli_aflw2000_crop_modes(tmp_path: Path, testdata: Path) -> None:
     # --recrop re-crops the photos cropped from a box only: both box modes, none of detect's aligned photos
     assert results["gt_box"]["protocol"]["recrop"].endswith("for the 2 photo(s) cropped from a box")
     assert results["detect"]["protocol"]["recrop"] == "none"
+
+
+def test_aflw2000_bad_files_are_skipped_never_replaced(tmp_path: Path, testdata: Path) -> None:
+    """A folder with an empty photo, a truncated photo and an unreadable ``.mat`` beside the two good samples:
+    the bad ones are skipped with their reasons, and the two good ones are scored exactly as in a clean folder
+    (no photo is scored in another's place, as the training datasets' substitution would do)."""
+    import shutil
+
+    from msma.cli.eval import load_model
+
+    clean = testdata / "aflw2000_3d"
+    for f in clean.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "image00444.jpg").write_bytes(b"")
+    shutil.copy(clean / "image00050.mat", tmp_path / "image00444.mat")
+    (tmp_path / "image00999.jpg").write_bytes((clean / "image00050.jpg").read_bytes()[:3000])
+    shutil.copy(clean / "image00050.mat", tmp_path / "image00999.mat")
+    shutil.copy(clean / "image00251.jpg", tmp_path / "image00777.jpg")
+    (tmp_path / "image00777.mat").write_bytes(b"garbage")
+    model = load_model("mean", torch.device("cpu"))
+    ref = evaluate_aflw2000(model, clean, "gt_box", 64, torch.device("cpu"), 2, None)
+    res = evaluate_aflw2000(model, tmp_path, "gt_box", 64, torch.device("cpu"), 2, None)
+    assert res["count"] == 2 and res["counts"] == ref["counts"] == (1, 1, 0)
+    np.testing.assert_allclose(res["bins"][:2], ref["bins"][:2], rtol=1e-6)
+    reasons = {Path(r["image"]).name: r["skipped"] for r in res["skipped"]}
+    assert set(reasons) == {"image00444.jpg", "image00999.jpg", "image00777.jpg"}
+    assert reasons["image00444.jpg"].startswith("zero_byte")
+    assert reasons["image00999.jpg"].startswith("truncated")
+    assert reasons["image00777.jpg"].startswith("bad_annotation") and "image00777.mat" in reasons["image00777.jpg"]
+    assert ref["skipped"] == []
+    # no 60-90 degree photo: no balanced mean, and its stand-in over the bins present
+    assert math.isnan(res["balanced"]) and res["balanced_present"] == pytest.approx(sum(ref["bins"][:2]) / 2)

@@ -70,8 +70,13 @@ def make_sample(
     )
 
 
+#: What loading one item may raise for a bad file (caught, logged and counted by :class:`RobustDataset`).
+LOAD_ERRORS: tuple[type[Exception], ...] = (BadImageError, LandmarkError, ValueError, OSError)
+
+
 class RobustDataset(Dataset[FaceSample]):
-    """Base: ``__getitem__`` logs a failing item and returns the next good one instead of raising."""
+    """Base: ``__getitem__`` logs a failing item and returns the next good one instead of raising (training: the
+    batch stays full). An evaluation must not score a photo in another's place: it uses :meth:`load_strict`."""
 
     transform: Transform | None = None
 
@@ -83,6 +88,12 @@ class RobustDataset(Dataset[FaceSample]):
 
     def _describe(self, index: int) -> str:
         return f"item {index}"
+
+    def load_strict(self, index: int) -> FaceSample:
+        """Item ``index`` (transform applied), raising one of :data:`LOAD_ERRORS` if its files are bad; never
+        another item in its place."""
+        sample = self._load(index)
+        return self.transform(sample) if self.transform is not None else sample
 
     def __getitem__(self, index: int) -> FaceSample:
         n = len(self)
@@ -96,7 +107,7 @@ class RobustDataset(Dataset[FaceSample]):
             i = (index + attempt) % n
             try:
                 sample = self._load(i)
-            except (BadImageError, LandmarkError, ValueError, OSError) as exc:
+            except LOAD_ERRORS as exc:
                 log.warning(
                     "%s: %s failed to load (%s); using the next one", type(self).__name__, self._describe(i), exc
                 )

@@ -5,6 +5,8 @@ Protocol details (crop modes, ground truth, normalisation): docs/evaluation.md a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 
 from msma.data.batch import FaceBatch, collate_samples
 from msma.face_model.model import FaceModel
 from msma.metrics.nme import AFLW2000NME, YAW_BIN_NAMES, transform_points
 from msma.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 #: AFLW2000-3D crop modes of ``msma eval``.
 CROPS = ("gt_box", "box_aligned", "detect")
@@ -118,6 +121,28 @@ class _Prediction:
     yaw: float  # degrees
 
 
+def _strict_batches(
+    dataset: Any, indices: list[int], batch_size: int, skipped: dict[str, str]
+) -> Iterator[list[tuple[int, Any]]]:
+    """``(index, sample)`` lists of up to ``batch_size`` readable items; unreadable ones go to ``skipped``."""
+    from msma.data.dataset_base import LOAD_ERRORS
+
+    chunk: list[tuple[int, Any]] = []
+    for i in indices:
+        try:
+            chunk.append((i, dataset.load_strict(i)))
+        except LOAD_ERRORS as exc:
+            path = str(dataset.records[i].image)
+            reason, detail = getattr(exc, "reason", None), getattr(exc, "detail", "")
+            skipped[path] = f"{reason}: {detail}" if reason and detail else f"unreadable: {exc}"
+            log.warning("%s: skipped (%s)", path, exc)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _predict_items(
     module: Any,
     dataset: Any,
@@ -127,15 +152,22 @@ def _predict_items(
     batch_size: int,
     treatment: dict[str, Any],
     desc: str,
+    skipped: dict[str, str],
 ) -> dict[int, _Prediction]:
-    """The pipeline's predictions for dataset items ``indices`` (crops as the dataset makes them)."""
+    """The pipeline's predictions for dataset items ``indices`` (crops as the dataset makes them).
+
+    An item whose files cannot be read is left out and its reason stored in ``skipped`` (image path -> reason);
+    no other photo is scored in its place (:meth:`~msma.data.dataset_base.RobustDataset.load_strict`).
+    """
     camera = module.face_model.camera
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     out: dict[int, _Prediction] = {}
-    order = iter(indices)
+    n_batches = -(-len(indices) // max(1, batch_size))
     with torch.no_grad():
-        for batch in progress_bar(loader, total=len(loader), desc=desc, unit="batch"):
-            batch = batch.to(device)
+        for chunk in progress_bar(
+            _strict_batches(dataset, indices, batch_size, skipped), total=n_batches, desc=desc, unit="batch"
+        ):
+            order = iter([i for i, _ in chunk])
+            batch = collate_samples([s for _, s in chunk]).to(device)
             assert isinstance(batch, FaceBatch) and batch.landmarks_3d is not None and batch.crop_to_image is not None
             rec = module.reconstruct(batch.image, render=False, **treatment)
             lm3 = predicted_landmarks_3d(
@@ -151,6 +183,13 @@ def _predict_items(
                     yaw=float(batch.yaw[b]),
                 )
     return out
+
+
+def _mean_present(bins: Any) -> float:
+    """Mean of the bin means that have photos (NaN if none): a folder without photos at some yaw has no 3DDFA
+    balanced mean, this is its stand-in, named as such."""
+    present = [float(b) for b in bins if b == b]
+    return sum(present) / len(present) if present else float("nan")
 
 
 def evaluate_aflw2000(
@@ -193,22 +232,28 @@ def evaluate_aflw2000(
         raise FileNotFoundError(f"{root}: no AFLW2000-3D samples (image*.jpg + .mat)")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     treatment = {"flip_average": flip_average, "mirror": mirror, "clamp_expressions": clamp_expressions}
-    preds = _predict_items(module, dataset, list(range(n)), image_size, device, batch_size, treatment, "aflw2000_3d")
-    boxed = [i for i in range(n) if dataset.box_cropped(i)]
+    skipped: dict[str, str] = {}
+    preds = _predict_items(
+        module, dataset, list(range(n)), image_size, device, batch_size, treatment, "aflw2000_3d", skipped
+    )
+    boxed = [i for i in preds if dataset.box_cropped(i)]
     for k in range(int(recrop) if boxed else 0):
         for i in boxed:
             p = preds[i]
             dataset.recrops[i] = recrop_transform(p.landmarks_crop, p.crop_to_image, dataset.template, image_size)
         desc = f"aflw2000_3d re-crop {k + 1}"
-        preds.update(_predict_items(module, dataset, boxed, image_size, device, batch_size, treatment, desc))
+        preds.update(_predict_items(module, dataset, boxed, image_size, device, batch_size, treatment, desc, skipped))
     metric = AFLW2000NME()
-    for i in range(n):
+    for i in sorted(preds):
         p = preds[i]
         pred3, gt3 = p.points_3d[None], p.gt_3d[None]
         metric.update(pred3[..., :2], gt3[..., :2], torch.tensor([p.yaw]), pred_3d=pred3, gt_3d=gt3)
     res = metric.summary()
+    bad_annotations = {str(r.path): f"{r.reason}: {r.detail}" for r in getattr(dataset, "skipped", [])}
     return {
         **res.as_dict(),
+        "skipped": [{"image": k, "skipped": v} for k, v in sorted({**bad_annotations, **skipped}.items())],
+        "balanced_present": _mean_present(res.bins),
         "protocol": {
             "ground_truth": "original AFLW2000-3D pt3d_68 (not the re-annotated set)",
             "normalisation": "sqrt(w*h) of the ground-truth 68-point box, original 450x450 image frame",

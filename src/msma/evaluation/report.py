@@ -25,11 +25,18 @@ def format_table(data: str, result: dict[str, Any]) -> str:
             rows.append((f"NME 2D |yaw| {name} (%)", f"{_fmt(v)}  (n={n})"))
         rows += [
             ("NME 2D balanced mean (%)", _fmt(result["balanced"])),
+            *(
+                [("NME 2D mean over the yaw bins present (%)", _fmt(result["balanced_present"]))]
+                if result["balanced"] != result["balanced"] and "balanced_present" in result
+                else []
+            ),
             ("NME 2D mean over images (%)", _fmt(result["mean"])),
             ("NME 3D balanced mean (%)", _fmt(result["balanced_3d"])),
             ("NME 3D mean over images (%)", _fmt(result["mean_3d"])),
             ("crop", result["protocol"]["crop"]),
+            ("photos skipped", str(len(result.get("skipped", [])))),
         ]
+        rows += [(f"  skipped {Path(r['image']).name}", r["skipped"]) for r in result.get("skipped", [])]
     elif data == "photos":
         for r in result["images"]:
             name = Path(r["image"]).name
