@@ -224,7 +224,7 @@ def test_read_300wlp_landmarks_errors(tmp_path: Path) -> None:
     bad = np.zeros((68, 2))
     bad[3, 1] = np.nan
     scipy.io.savemat(str(tmp_path / "y_pts.mat"), {"pts_3d": bad})
-    with pytest.raises(ValueError, match=r"y_pts\.mat: pts_3d .*finite"):
+    with pytest.raises(ValueError, match=r"y_pts\.mat: pts_3d: 1 of the 68 points are not finite"):
         read_300wlp_landmarks(tmp_path / "y_pts.mat")
     good = np.arange(136, dtype=np.float64).reshape(68, 2)
     scipy.io.savemat(str(tmp_path / "z_pts.mat"), {"pts_3d": good})
@@ -287,7 +287,7 @@ def test_read_3ddfa_mat_errors(tmp_path: Path) -> None:
     scipy.io.savemat(
         str(tmp_path / "b.mat"),
         {
-            "pt2d": np.zeros((2, 68)),
+            "pt2d": np.stack([np.arange(68.0), np.arange(68.0) % 9]),
             "Pose_Para": np.zeros((1, 7)),
             "Shape_Para": np.zeros((10, 1)),
             "Exp_Para": np.zeros((29, 1)),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msma.data.annotation import check_points, numeric_field
 from msma.data.detect import FaceBox, FaceDetector
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,10 @@ def read_pts(path: str | os.PathLike[str]) -> np.ndarray:
     n_declared = None
     for ln in lines[:start]:
         if ln.lower().startswith("n_points"):
-            n_declared = int(ln.split(":")[1])
+            try:
+                n_declared = int(ln.split(":", 1)[1])
+            except (IndexError, ValueError) as exc:
+                raise ValueError(f"{p}: bad n_points line {ln[:40]!r}") from exc
     try:
         pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start + 1 : end]], dtype=np.float32)
     except ValueError as exc:
@@ -311,7 +315,7 @@ def read_mat_landmarks(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{p}: unreadable .mat file ({exc})") from exc
     for key in ("pt3d_68", "pt2d"):
         if key in mat:
-            arr = np.asarray(mat[key], dtype=np.float32)
+            arr = numeric_field(mat, key, p, np.float32)
             if arr.ndim == 2 and arr.shape[0] in (2, 3) and arr.shape[1] == NUM_LANDMARKS:
                 return np.ascontiguousarray(arr[:2].T)
     raise ValueError(f"{p}: no 68-point landmarks (pt3d_68 (3,68) or pt2d (2,68))")
@@ -321,7 +325,8 @@ def sibling_annotation(source: Path) -> np.ndarray:
     """Reads the annotation stored next to ``source`` (``<stem>.pts`` first, then ``<stem>.mat``).
 
     Raises:
-        LandmarkError: none found, unreadable, or with a non-finite coordinate.
+        LandmarkError: none found, unreadable, or with points that are not a face's (non-finite, beyond
+            :data:`~msma.data.annotation.MAX_COORDINATE_PX`, no extent: :func:`~msma.data.annotation.check_points`).
     """
     for suffix, reader in ((".pts", read_pts), (".mat", read_mat_landmarks)):
         cand = source.with_suffix(suffix)
@@ -332,10 +337,10 @@ def sibling_annotation(source: Path) -> np.ndarray:
                 raise LandmarkError(str(exc)) from exc
             if pts.shape != (NUM_LANDMARKS, 2):
                 raise LandmarkError(f"{cand}: {pts.shape[0]} points, expected 68")
-            bad = int((~np.isfinite(pts).all(axis=1)).sum())
-            if bad:  # as the 3DDFA .mat reader: an annotation is complete or it is not one
-                raise LandmarkError(f"{cand}: {bad} of the 68 points are not finite numbers")
-            return pts
+            try:  # as the 3DDFA .mat reader: an annotation is complete and plausible or it is not one
+                return check_points(pts, cand)
+            except ValueError as exc:
+                raise LandmarkError(str(exc)) from exc
     raise LandmarkError(f"{source}: no ground-truth annotation (.pts or .mat) next to the image")
 
 

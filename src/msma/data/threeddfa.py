@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msma.data.annotation import check_points, numeric_field
 from msma.face_model.params import CoeffLayout
 
 
@@ -77,7 +78,7 @@ def _vector(mat: dict[str, np.ndarray], key: str, size: int, path: Path, require
         if required:
             raise ValueError(f"{path}: missing {key}")
         return None
-    arr = np.asarray(mat[key], dtype=np.float64).reshape(-1)
+    arr = numeric_field(mat, key, path, np.float64).reshape(-1)
     if arr.size != size or not np.isfinite(arr).all():
         raise ValueError(f"{path}: {key} has {arr.size} values (need {size} finite)")
     return arr
@@ -87,7 +88,8 @@ def read_3ddfa_mat(image: Path, mat_path: Path) -> MatRecord:
     """Reads an AFLW2000-3D / 300W-LP annotation with ``scipy.io.loadmat`` (no pickle).
 
     Raises:
-        ValueError: unreadable file or missing/malformed fields (the message names the file and field).
+        ValueError: unreadable file or missing/malformed fields, the landmarks included
+            (:func:`~msma.data.annotation.check_points`; the message names the file and field).
     """
     import scipy.io
 
@@ -97,17 +99,17 @@ def read_3ddfa_mat(image: Path, mat_path: Path) -> MatRecord:
         raise ValueError(f"{mat_path}: unreadable .mat file ({exc})") from exc
     lm3d = None
     if "pt3d_68" in mat:
-        pt3d = np.asarray(mat["pt3d_68"], dtype=np.float32)
-        if pt3d.shape != (3, 68) or not np.isfinite(pt3d).all():
-            raise ValueError(f"{mat_path}: pt3d_68 has shape {pt3d.shape}, expected finite (3, 68)")
-        lm3d = np.ascontiguousarray(pt3d.T)
+        pt3d = numeric_field(mat, "pt3d_68", mat_path, np.float32)
+        if pt3d.shape != (3, 68):
+            raise ValueError(f"{mat_path}: pt3d_68 has shape {pt3d.shape}, expected (3, 68)")
+        lm3d = check_points(np.ascontiguousarray(pt3d.T), mat_path, "pt3d_68")
         lm2d = np.ascontiguousarray(lm3d[:, :2])
         source = "pt3d_68"
     elif "pt2d" in mat:
-        pt2d = np.asarray(mat["pt2d"], dtype=np.float32)
-        if pt2d.shape != (2, 68) or not np.isfinite(pt2d).all():
-            raise ValueError(f"{mat_path}: pt2d has shape {pt2d.shape}, expected finite (2, 68)")
-        lm2d = np.ascontiguousarray(pt2d.T)
+        pt2d = numeric_field(mat, "pt2d", mat_path, np.float32)
+        if pt2d.shape != (2, 68):
+            raise ValueError(f"{mat_path}: pt2d has shape {pt2d.shape}, expected (2, 68)")
+        lm2d = check_points(np.ascontiguousarray(pt2d.T), mat_path, "pt2d")
         source = "pt2d"
     else:
         raise ValueError(f"{mat_path}: no 68-point landmarks (pt3d_68 or pt2d)")
@@ -144,7 +146,8 @@ def read_300wlp_landmarks(path: Path) -> np.ndarray:
         (68, 2) float32 x, y, original-image pixels (the convention of ``pt2d``: no offset applied).
 
     Raises:
-        ValueError: unreadable file, no ``pts_3d``, wrong shape or non-finite values (the message names the file).
+        ValueError: unreadable file, no ``pts_3d``, wrong shape, or points that are not a face's
+            (:func:`~msma.data.annotation.check_points`; the message names the file).
     """
     import scipy.io
 
@@ -155,10 +158,10 @@ def read_300wlp_landmarks(path: Path) -> np.ndarray:
     if W300LP_LANDMARKS_KEY not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))
         raise ValueError(f"{path}: no {W300LP_LANDMARKS_KEY} in the 300W-LP landmarks file (keys: {keys})")
-    pts = np.asarray(mat[W300LP_LANDMARKS_KEY], dtype=np.float32)
-    if pts.shape != (68, 2) or not np.isfinite(pts).all():
-        raise ValueError(f"{path}: {W300LP_LANDMARKS_KEY} has shape {pts.shape}, expected finite (68, 2)")
-    return np.ascontiguousarray(pts)
+    pts = numeric_field(mat, W300LP_LANDMARKS_KEY, path, np.float32)
+    if pts.shape != (68, 2):
+        raise ValueError(f"{path}: {W300LP_LANDMARKS_KEY} has shape {pts.shape}, expected (68, 2)")
+    return check_points(np.ascontiguousarray(pts), path, W300LP_LANDMARKS_KEY)
 
 
 def w300lp_landmarks_file(root: Path, image: Path, landmarks_dir: Path) -> tuple[Path, bool]:
