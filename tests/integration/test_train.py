@@ -142,6 +142,21 @@ def test_missing_resume_file_is_reported(cache: Path, tmp_path: Path) -> None:
     cfg = compose_experiment("quickstart", tiny(cache, f"resume={tmp_path / 'nope.ckpt'}"))
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         run_training(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_resume_file_is_reported_before_any_work(cache: Path, tmp_path: Path) -> None:
+    """A truncated checkpoint (a copy cut short) and a foreign one: named with the problem, no run folder made."""
+    good = {"state_dict": {}, "msma_config": {}}
+    torch.save(good, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    torch.save({"model": {}}, tmp_path / "foreign.ckpt")
+    for name, problem in (("cut", "not a readable PyTorch checkpoint"), ("foreign", "not a Lightning checkpoint")):
+        cfg = compose_experiment("quickstart", tiny(cache, f"resume={tmp_path / name}.ckpt"))
+        with pytest.raises(ValueError, match=rf"resume=.*{name}\.ckpt: cannot continue from it .*{problem}"):
+            run_training(cfg, tmp_path / f"run_{name}")
+        assert not (tmp_path / f"run_{name}").exists()
 
 
 @pytest.mark.slow

@@ -103,6 +103,21 @@ def final_report(
     return metrics
 
 
+def _check_resume(resume: str) -> None:
+    """Raises FileNotFoundError / ValueError naming ``resume=`` when it is not a readable msma checkpoint."""
+    from msma.checkpoint import load_checkpoint_file
+
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume={resume}: checkpoint file not found")
+    try:
+        load_checkpoint_file(resume)
+    except ValueError as err:
+        raise ValueError(
+            f"resume={resume}: cannot continue from it ({err}). Resume from the run's checkpoints/last.ckpt or "
+            "interrupted.ckpt, or drop resume= to start afresh."
+        ) from err
+
+
 def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """Trains one composed experiment into ``run_dir`` (layout: :mod:`msma.training.run_dir`).
 
@@ -128,6 +143,9 @@ def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence
     check_inputs(cfg)  # every missing input (BFM, photos, weights) at once, before any work
     resolved = to_container(cfg)
     typed = to_typed(cfg)
+    resume = typed.resume
+    if resume:  # a missing or unreadable (truncated, foreign) checkpoint is named before any work
+        _check_resume(resume)
     run = RunDir(Path(run_dir).resolve())
     rank_zero = int(getattr(rank_zero_only, "rank", 0)) == 0
     if rank_zero:
@@ -144,9 +162,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path, extra_callbacks: Sequence
     history = next(c for c in callbacks if isinstance(c, TrainLossHistory))
     trainer = build_trainer(typed.trainer, run, build_loggers(typed.logger, run, typed.name, resolved), callbacks)
 
-    resume = typed.resume
-    if resume and not Path(resume).is_file():
-        raise FileNotFoundError(f"resume={resume}: checkpoint file not found")
     interrupted = False
     t0 = time.perf_counter()
     sigint = signal.getsignal(signal.SIGINT)
