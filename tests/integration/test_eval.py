@@ -220,8 +220,9 @@ def test_scan_layouts_mean_face_against_itself(tmp_path: Path, mean_reconstructo
         v = v + rng.normal(scale=noise, size=v.shape) if noise else v
         _write_scan(d / "scan.ply", v, tri)
         np.savetxt(d / "scan_landmarks.txt", lm68 @ rot.T + 40.0)
-    items = micc_items(micc)
-    assert [it.subject for it in items] == ["a", "b"]
+    layout = micc_items(micc)
+    items = layout.items
+    assert [it.subject for it in items] == ["a", "b"] and layout.skipped == []
     res = evaluate_scans(mean_reconstructor, items, with_scale=False, crop_radius=95.0, batch_size=2)
     assert res["count"] == 2 and not res["skipped"]
     assert res["per_subject_rmse_mm"]["a"] < 0.05
@@ -244,14 +245,90 @@ def test_scan_layouts_mean_face_against_itself(tmp_path: Path, mean_reconstructo
     pp.write_text(f"<!DOCTYPE PickedPoints>\n<PickedPoints>\n{pts}\n</PickedPoints>\n")
     (now / "imagepathsvalidation.txt").write_text(img_rel + "\n")
     np.testing.assert_allclose(read_pp(pp), lm68[list(NOW_LANDMARKS_68)] / 1000.0, rtol=1e-5)
-    items = now_items(now)
-    res = evaluate_scans(mean_reconstructor, items, with_scale=True, crop_radius=95.0, batch_size=1)
+    layout = now_items(now)
+    assert layout.skipped == []
+    res = evaluate_scans(mean_reconstructor, layout.items, with_scale=True, crop_radius=95.0, batch_size=1)
     assert res["count"] == 1
     assert res["scan_to_mesh_median_mm"] < 0.05 and res["rmse_mm"] < 0.05
     with pytest.raises(ValueError, match="7 finite points"):
         bad = tmp_path / "bad.pp"
         bad.write_text("<PickedPoints><point x='1' y='2' z='3'/></PickedPoints>")
         read_pp(bad)
+
+
+def test_scan_benchmarks_skip_bad_subjects_and_score_the_rest(tmp_path: Path, mean_reconstructor) -> None:  # type: ignore[no-untyped-def]
+    """A MICC folder with one good subject beside broken ones: each broken one is left out with its reason
+    (naming the file), the good one is scored exactly as alone; nothing ends the evaluation."""
+    from skimage import data
+
+    from msma.data.scans import load_scan
+
+    fm = mean_reconstructor.face_model
+    mean = fm.mean_shape.double().numpy()
+    tri = fm.tri.numpy()
+    lm68 = mean[fm.landmark_idx.numpy()]
+    photo = Image.fromarray(data.astronaut())
+    micc = tmp_path / "micc"
+
+    def subject(name: str, verts: np.ndarray | None = None, landmarks: str | None = None, image: bool = True) -> Path:
+        d = micc / name
+        (d / "images").mkdir(parents=True)
+        if image:
+            photo.save(d / "images" / "frame0.png")
+        if verts is not None:
+            _write_scan(d / "scan.ply", verts, tri)
+        if landmarks is None:
+            np.savetxt(d / "scan_landmarks.txt", lm68)
+        elif landmarks:
+            (d / "scan_landmarks.txt").write_text(landmarks)
+        return d
+
+    subject("good", mean)
+    subject("no_scan")
+    subject("no_images", mean, image=False)
+    subject("nan_landmarks", mean, landmarks="nan nan nan\n" * 68)
+    subject("no_landmarks", mean, landmarks="")
+    garbage = subject("garbage_scan", mean)
+    (garbage / "scan.ply").unlink()
+    (garbage / "scan.obj").write_bytes(b"v 1 2\nf 9 9 9\x00\xff" * 10)
+    nan_scan = mean.copy()
+    nan_scan[5] = np.nan
+    subject("nan_scan", nan_scan)
+    subject("far_landmarks", mean, landmarks="\n".join(" ".join(str(v + 5000.0) for v in p) for p in lm68))
+
+    layout = micc_items(micc)
+    left_out = {Path(r["image"]).name: r["reason"] for r in layout.skipped}
+    assert set(left_out) == {"no_scan", "no_images", "nan_landmarks", "no_landmarks"}
+    assert left_out["no_scan"].startswith("no_scan: ") and left_out["no_images"].startswith("no_images: ")
+    assert (
+        left_out["nan_landmarks"].startswith("bad_annotation: ")
+        and "68 of the 68 landmarks are not finite" in (left_out["nan_landmarks"])
+    )
+    assert "scan_landmarks.txt" in left_out["no_landmarks"]
+    with pytest.raises(ValueError, match=r"nan_scan/scan\.ply: 1 of the scan's .* vertices are not finite"):
+        load_scan(micc / "nan_scan" / "scan.ply")
+
+    res = evaluate_scans(
+        mean_reconstructor, layout.items, with_scale=False, crop_radius=95.0, batch_size=4, skipped=layout.skipped
+    )
+    reasons = {Path(r["image"]).parent.parent.name: r["reason"] for r in res["skipped"] if "images" in r["image"]}
+    assert reasons["garbage_scan"].startswith("bad_scan: ") and "scan.obj" in reasons["garbage_scan"]
+    assert reasons["nan_scan"].startswith("bad_scan: ") and "not finite" in reasons["nan_scan"]
+    assert (
+        reasons["far_landmarks"].startswith("scan_error: ") and "no vertex lies within 95" in reasons["far_landmarks"]
+    )
+    assert res["count"] == 1 and list(res["per_subject_rmse_mm"]) == ["good"]
+    assert res["per_subject_rmse_mm"]["good"] < 0.05  # the mean face against itself, as when alone
+    assert len(res["skipped"]) == 7
+
+    # NoW: a listed image whose subject has no scan is left out; a list where none is usable raises nothing
+    now = tmp_path / "now"
+    now.mkdir()
+    (now / "imagepathsvalidation.txt").write_text("FaMoS_1/multiview_neutral/IMG_0001.jpg\n")
+    none = now_items(now)
+    assert none.items == [] and none.skipped[0]["reason"].startswith("no_scan: ")
+    with pytest.raises(FileNotFoundError, match="no MICC-layout subjects.*no_scan"):
+        micc_items(micc / "no_scan")
 
 
 def test_box_aligned_transform_maps_reference_box() -> None:

@@ -184,9 +184,8 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         from msma.inference import Reconstructor
 
         root = Path(args.root)
-        items = micc_items(root) if args.data == "micc" else now_items(root)
-        if args.limit is not None:
-            items = items[: args.limit]
+        layout = micc_items(root) if args.data == "micc" else now_items(root)
+        items = layout.items if args.limit is None else layout.items[: args.limit]
         rec = Reconstructor(
             None if args.ckpt == "mean" else args.ckpt,
             device=device,
@@ -203,6 +202,7 @@ def _evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             with_scale=args.similarity or args.data == "now",
             crop_radius=args.crop_radius,
             batch_size=args.batch_size or 16,
+            skipped=layout.skipped,
         )
     model = load_model(args.ckpt, device)
     if args.data == "aflw2000_3d":

@@ -44,15 +44,41 @@ class ScanItem:
     subject: str
 
 
+@dataclass(frozen=True)
+class ScanLayout:
+    """What a benchmark folder holds: the images to score and what was left out.
+
+    Attributes:
+        items: one :class:`ScanItem` per image of a usable subject.
+        skipped: ``{"image": path, "reason": "<code>: <detail>"}`` per subject (its folder as ``image``) or listed
+            image left out: ``no_scan``, ``no_images``, ``bad_annotation`` (landmarks unreadable, not finite, wrong
+            count), each naming the file.
+    """
+
+    items: list[ScanItem]
+    skipped: list[dict[str, str]]
+
+
 def read_landmarks_txt(path: Path) -> np.ndarray:
-    """(K, 3) whitespace / comma separated 3D points, one per line (K = 68 or 7)."""
+    """(K, 3) whitespace / comma separated 3D points, one per line (K = 68 or 7), all finite.
+
+    Raises:
+        ValueError: unreadable, wrong shape or non-finite (the message names the file).
+    """
     try:
         pts = np.loadtxt(path, delimiter=None if b"," not in path.read_bytes() else ",", dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read 3D landmarks ({exc})") from exc
     if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] not in (68, len(NOW_LANDMARKS_68)):
         raise ValueError(f"{path}: expected 68 or 7 rows of x y z, got shape {pts.shape}")
+    _check_finite(pts, path)
     return pts
+
+
+def _check_finite(pts: np.ndarray, path: Path) -> None:
+    bad = int((~np.isfinite(pts).all(axis=1)).sum())
+    if bad:
+        raise ValueError(f"{path}: {bad} of the {pts.shape[0]} landmarks are not finite numbers")
 
 
 def read_pp(path: Path) -> np.ndarray:
@@ -62,53 +88,111 @@ def read_pp(path: Path) -> np.ndarray:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
         raise ValueError(f"{path}: not a readable MeshLab .pp file ({exc})") from exc
-    pts = [[float(p.get("x", "nan")), float(p.get("y", "nan")), float(p.get("z", "nan"))] for p in root.iter("point")]
+    try:
+        pts = [[float(p.get(k, "nan")) for k in "xyz"] for p in root.iter("point")]
+    except ValueError as exc:
+        raise ValueError(f"{path}: a point coordinate is not a number ({exc})") from exc
     arr = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
     if arr.shape[0] != len(NOW_LANDMARKS_68) or not np.all(np.isfinite(arr)):
         raise ValueError(f"{path}: expected {len(NOW_LANDMARKS_68)} finite points, got {arr.shape[0]}")
     return arr
 
 
-def micc_items(root: Path) -> list[ScanItem]:
-    """``root/<subject>/{scan.obj|ply|off|stl, scan_landmarks.txt, images/*}`` (see docs/evaluation.md)."""
+def micc_items(root: Path) -> ScanLayout:
+    """``root/<subject>/{scan.obj|ply|off|stl, scan_landmarks.txt, images/*}`` (see docs/evaluation.md).
+
+    A subject without a scan, without images or with unreadable landmarks is left out and recorded in
+    :attr:`ScanLayout.skipped`; the others are scored.
+
+    Raises:
+        FileNotFoundError: no usable subject at all (the message lists why the first ones were left out).
+    """
     from msma.data.io import list_images
 
     items: list[ScanItem] = []
+    skipped: list[dict[str, str]] = []
     subjects = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     for subject in subjects:
         scan = next((subject / n for n in MICC_SCAN_NAMES if (subject / n).is_file()), None)
-        if scan is None:
-            log.warning("%s: no scan (%s); subject skipped", subject, "/".join(MICC_SCAN_NAMES))
-            continue
-        lm = read_landmarks_txt(subject / MICC_LANDMARK_NAME)
         images = list_images(subject / "images") if (subject / "images").is_dir() else []
+        try:
+            if scan is None:
+                raise _Skip("no_scan", f"{subject}: none of {'/'.join(MICC_SCAN_NAMES)}")
+            if not images:
+                raise _Skip("no_images", f"{subject / 'images'}: no photos")
+            try:
+                lm = read_landmarks_txt(subject / MICC_LANDMARK_NAME)
+            except ValueError as exc:
+                raise _Skip("bad_annotation", str(exc)) from exc
+        except _Skip as skip:
+            skipped.append(skip.record(subject))
+            continue
         items += [ScanItem(img, scan, lm, subject.name) for img in images]
     if not items:
-        raise FileNotFoundError(f"{root}: no MICC-layout subjects (<subject>/scan.obj, scan_landmarks.txt, images/)")
-    return items
+        why = "; ".join(r["reason"] for r in skipped[:3])
+        raise FileNotFoundError(
+            f"{root}: no MICC-layout subjects (<subject>/scan.obj, scan_landmarks.txt, images/)"
+            + (f": {why}" if why else "")
+        )
+    return ScanLayout(items, skipped)
 
 
-def now_items(root: Path) -> list[ScanItem]:
-    """The NoW validation release under ``root`` (``imagepathsvalidation.txt``, ``final_release_version/``)."""
+def now_items(root: Path) -> ScanLayout:
+    """The NoW validation release under ``root`` (``imagepathsvalidation.txt``, ``final_release_version/``).
+
+    A listed image whose subject has no scan ``.obj`` or no readable ``.pp`` landmarks is left out and recorded in
+    :attr:`ScanLayout.skipped`.
+
+    Raises:
+        FileNotFoundError: the image list is missing.
+    """
     listing = root / NOW_IMAGE_LIST
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing (the NoW validation image list)")
     items: list[ScanItem] = []
-    for line in listing.read_text().splitlines():
+    skipped: list[dict[str, str]] = []
+    for line in listing.read_text(errors="replace").splitlines():
         rel = line.strip()
         if not rel:
             continue
         subject = Path(rel).parts[0]
         scans = sorted((root / NOW_SCANS / subject).glob("*.obj"))
         pps = sorted((root / NOW_LANDMARKS / subject).glob("*.pp"))
-        if not scans or not pps:
-            raise FileNotFoundError(f"{root / NOW_SCANS / subject}: scan .obj or its .pp landmarks missing")
-        items.append(ScanItem(root / NOW_IMAGES / rel, scans[0], read_pp(pps[0]), subject))
-    return items
+        try:
+            if not scans:
+                raise _Skip("no_scan", f"{root / NOW_SCANS / subject}: no scan .obj")
+            if not pps:
+                raise _Skip("bad_annotation", f"{root / NOW_LANDMARKS / subject}: no .pp landmarks")
+            try:
+                landmarks = read_pp(pps[0])
+            except ValueError as exc:
+                raise _Skip("bad_annotation", str(exc)) from exc
+        except _Skip as skip:
+            skipped.append(skip.record(root / NOW_IMAGES / rel))
+            continue
+        items.append(ScanItem(root / NOW_IMAGES / rel, scans[0], landmarks, subject))
+    return ScanLayout(items, skipped)
+
+
+class _Skip(Exception):
+    """A subject or image left out of a scan benchmark, with its reason code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
+
+    def record(self, image: Path) -> dict[str, str]:
+        log.warning("%s: skipped (%s: %s)", image, self.code, self.detail)
+        return {"image": str(image), "reason": f"{self.code}: {self.detail}"}
 
 
 def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Scan vertices (S, 3) in mm, faces (G, 3) or None, and the factor applied (1000 for metre scans)."""
+    """Scan vertices (S, 3) in mm, faces (G, 3) or None, and the factor applied (1000 for metre scans).
+
+    Raises:
+        ValueError: unreadable, not a mesh, no vertices, a non-finite vertex or a face indexing past the vertices
+            (the message names the file).
+    """
     import trimesh
 
     try:
@@ -120,7 +204,12 @@ def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     if verts.ndim != 2 or verts.shape[0] < 3:
         raise ValueError(f"{path}: the scan has no vertices")
+    bad = int((~np.isfinite(verts).all(axis=1)).sum())
+    if bad:
+        raise ValueError(f"{path}: {bad} of the scan's {verts.shape[0]} vertices are not finite numbers")
     faces = np.asarray(mesh.faces, dtype=np.int64) if isinstance(mesh, trimesh.Trimesh) and len(mesh.faces) else None
+    if faces is not None and (faces.min() < 0 or faces.max() >= verts.shape[0]):
+        raise ValueError(f"{path}: a face refers to a vertex the scan does not have (of {verts.shape[0]})")
     extent = float(np.linalg.norm(verts.max(axis=0) - verts.min(axis=0)))
     factor = 1000.0 if extent < 5.0 else 1.0  # a face scan under 5 units across is in metres
     return verts * factor, faces, factor

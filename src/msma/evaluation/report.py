@@ -17,6 +17,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+#: Scan benchmarks: skipped images listed in the table (all of them are in the JSON report).
+SKIPPED_SHOWN = 10
+
+
+def _scan_item_name(image: str) -> str:
+    """``<subject>/<image>`` of a scan benchmark's image path (a subject folder: its name)."""
+    p = Path(image)
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "images" else p.name
+
+
 def format_table(data: str, result: dict[str, Any]) -> str:
     """A plain-text table of the headline numbers of one evaluation."""
     rows: list[tuple[str, str]] = []
@@ -80,6 +90,10 @@ def format_table(data: str, result: dict[str, Any]) -> str:
             ("scan-to-mesh std (mm)", _fmt(result["scan_to_mesh_std_mm"])),
             ("skipped images", str(len(result["skipped"]))),
         ]
+        shown = result["skipped"][:SKIPPED_SHOWN]
+        rows += [(f"  skipped {_scan_item_name(r['image'])}", r["reason"]) for r in shown]
+        if len(result["skipped"]) > len(shown):
+            rows.append(("  ...", f"{len(result['skipped']) - len(shown)} more in the JSON report"))
     rows.append(("samples", str(result["count"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -6,6 +6,7 @@ Layouts: :mod:`msma.data.scans`; the error (landmark alignment, ICP, symmetric p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from msma.data.scans import ScanItem, load_scan
 from msma.metrics.mesh_error import MICC_CROP_RADIUS_MM, NOW_LANDMARKS_68, MeshError, ScanError, scan_error
 from msma.utils.progress import progress_bar
 
+log = logging.getLogger(__name__)
+
 
 def evaluate_scans(
     reconstructor: Any,
@@ -23,11 +26,18 @@ def evaluate_scans(
     with_scale: bool,
     crop_radius: float,
     batch_size: int,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Reconstructs each image and measures its canonical mesh against the subject's scan."""
+    """Reconstructs each image and measures its canonical mesh against the subject's scan.
+
+    An image without a face, whose scan cannot be read (:func:`~msma.data.scans.load_scan`: ``bad_scan``) or
+    cannot be compared (``scan_error``) is left out and listed under ``skipped`` with its reason, after
+    ``skipped`` (what the layout reader left out, :attr:`~msma.data.scans.ScanLayout.skipped`); the rest is scored.
+    """
     metric = MeshError()
     per_subject: dict[str, list[float]] = {}
-    skipped: list[dict[str, str]] = []
+    skipped = list(skipped)
+    bad_scans: dict[Path, str] = {}
     face_model = reconstructor.face_model
     tri = face_model.tri.detach().cpu().numpy()
     lm_idx = face_model.landmark_idx.detach().cpu().numpy()
@@ -39,16 +49,27 @@ def evaluate_scans(
             if isinstance(res, str):
                 skipped.append({"image": str(item.image), "reason": res})
                 continue
-            if item.scan not in scans:
-                scans[item.scan] = load_scan(item.scan)
+            if item.scan not in scans and item.scan not in bad_scans:
+                try:
+                    scans[item.scan] = load_scan(item.scan)
+                except ValueError as exc:
+                    bad_scans[item.scan] = f"bad_scan: {exc}"
+                    log.warning("%s: skipped (%s)", item.scan, exc)
+            if item.scan in bad_scans:
+                skipped.append({"image": str(item.image), "reason": bad_scans[item.scan]})
+                continue
             sv, sf, factor = scans[item.scan]
             verts = res[0].vertices_canonical.double().numpy()
             pred_lm = verts[lm_idx]
             if item.landmarks.shape[0] == len(NOW_LANDMARKS_68):
                 pred_lm = pred_lm[list(NOW_LANDMARKS_68)]
-            err: ScanError = scan_error(
-                verts, tri, pred_lm, sv, sf, item.landmarks * factor, crop_radius=crop_radius, with_scale=with_scale
-            )
+            try:
+                err: ScanError = scan_error(
+                    verts, tri, pred_lm, sv, sf, item.landmarks * factor, crop_radius=crop_radius, with_scale=with_scale
+                )
+            except ValueError as exc:  # e.g. no scan vertex within the crop radius of its nose tip
+                skipped.append({"image": str(item.image), "reason": f"scan_error: {item.scan}: {exc}"})
+                continue
             metric.update(err)
             per_subject.setdefault(item.subject, []).append(err.rmse)
     s = metric.summary()

@@ -128,6 +128,10 @@ def scan_error(
 
     Returns:
         :class:`ScanError`.
+
+    Raises:
+        ValueError: malformed inputs, or no scan vertex within ``crop_radius`` of the nose tip (landmarks that are
+            not on the scan).
     """
     pv = as_points("pred_vertices", pred_vertices)
     pf = as_faces("pred_faces", pred_faces, pv.shape[0])
