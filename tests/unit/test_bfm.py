@@ -105,6 +105,38 @@ def test_front_mat_errors(tmp_path: Path) -> None:
         load_bfm(tmp_path / "nothing.mat")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("idBase", {"a": 1.0}, "idBase is not a real numeric array (MATLAB type struct)"),
+        ("tri", np.array([[np.zeros(3), "x"]], dtype=object), "tri is not a real numeric array (MATLAB type cell)"),
+        ("meanshape", "hello", "meanshape is not a real numeric array (MATLAB type char)"),
+    ],
+)
+def test_front_mat_fields_that_are_not_arrays(tmp_path: Path, key: str, value: object, message: str) -> None:
+    """A struct / cell / string field used to escape as a TypeError (or a cast error without the file)."""
+    bad = tmp_path / "BFM_model_front.mat"
+    savemat(bad, {**front_content(), key: value})
+    with pytest.raises(ValueError) as info:
+        load_bfm(bad)
+    assert str(info.value) == f"{bad}: {message}"
+
+
+def test_empty_and_truncated_bfm_files_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scipy's MatReadError (an empty or truncated file) is not a ValueError: it ended `msma assets bfm` with a
+    traceback."""
+    good = tmp_path / "good.mat"
+    savemat(good, front_content())
+    for name, data in (("empty", b""), ("cut", good.read_bytes()[:100])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "BFM_model_front.mat").write_bytes(data)
+        with pytest.raises(ValueError, match=rf"{name}/BFM_model_front\.mat: cannot read MATLAB file"):
+            load_bfm(folder)
+        assert cli_main(["bfm", "--dir", str(folder)]) == 1
+        assert f"{name}/BFM_model_front.mat: cannot read MATLAB file" in capsys.readouterr().err
+
+
 def test_missing_bfm_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MSMA_BFM_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="MSMA_BFM_DIR"):

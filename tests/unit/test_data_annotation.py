@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-from msma.data.annotation import MAX_COORDINATE_PX, check_points, numeric_field
+from msma.data.annotation import MAX_COORDINATE_PX, check_points
 from msma.data.landmarks import LandmarkError, read_pts, sibling_annotation
 from msma.data.mat_datasets import AFLW2000Dataset
 from msma.data.threeddfa import read_3ddfa_mat, read_300wlp_landmarks
+from msma.utils.matlab import numeric_field
 
 
 def _face_points(n: int = 68) -> np.ndarray:

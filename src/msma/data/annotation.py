@@ -3,7 +3,8 @@
 An annotation is complete and plausible or it is not one: every reader of ground truth (3DDFA ``.mat``, 300W-LP
 landmark files, ``.pts``) raises a :class:`ValueError` naming the file and the field for
 
-* a field that is not a real numeric array (a MATLAB struct, cell array, string or complex array);
+* a field that is not a real numeric array (a MATLAB struct, cell array, string or complex array:
+  :func:`msma.utils.matlab.numeric_field`);
 * a non-finite coordinate;
 * points no photo can hold: a coordinate beyond :data:`MAX_COORDINATE_PX` pixels from the origin, or 68 points
   whose bounding box has no width or no height (every 3DDFA metric divides by ``sqrt(w * h)`` of that box).
@@ -14,33 +15,13 @@ its place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 #: Largest |coordinate| in pixels accepted in an annotation: 12x the longest side the loader keeps
 #: (:data:`~msma.data.io.MAX_SIDE`, 8,192 px); a point farther out is a broken file, not a face.
 MAX_COORDINATE_PX = 1.0e5
-
-
-def numeric_field(mat: Mapping[str, Any], key: str, path: Path, dtype: type[np.floating[Any]]) -> np.ndarray:
-    """``mat[key]`` as a real ``dtype`` array.
-
-    Raises:
-        ValueError: the field is missing or is not a real numeric array (the message names ``path`` and ``key``).
-    """
-    if key not in mat:
-        raise ValueError(f"{path}: missing {key}")
-    value = mat[key]
-    if isinstance(value, np.ndarray) and (value.dtype.kind not in "biuf"):
-        raise ValueError(f"{path}: {key} is not a real numeric array (MATLAB type {_kind(value)})")
-    try:
-        arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: {key} is not a real numeric array ({exc})") from exc
-    return arr
 
 
 def check_points(points: np.ndarray, path: Path, what: str = "") -> np.ndarray:
@@ -74,15 +55,3 @@ def check_points(points: np.ndarray, path: Path, what: str = "") -> np.ndarray:
             f"{where}the points span {extent[0]:g} x {extent[1]:g} px (a face needs a positive width and height)"
         )
     return points
-
-
-def _kind(value: np.ndarray) -> str:
-    if value.dtype.names:
-        return "struct"
-    if value.dtype.kind == "O":
-        return "cell"
-    if value.dtype.kind in "US":
-        return "char"
-    if value.dtype.kind == "c":
-        return "complex"
-    return str(value.dtype)

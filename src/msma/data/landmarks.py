@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from msma.data.annotation import check_points, numeric_field
+from msma.data.annotation import check_points
 from msma.data.detect import FaceBox, FaceDetector
+from msma.utils.matlab import numeric_field
 
 log = logging.getLogger(__name__)
 

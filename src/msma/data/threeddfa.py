@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msma.data.annotation import check_points, numeric_field
+from msma.data.annotation import check_points
 from msma.face_model.params import CoeffLayout
+from msma.utils.matlab import numeric_field
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from scipy.io import loadmat, savemat
 
 from msma.face_model.camera import PerspectiveCamera
 from msma.face_model.model import FaceModel, FaceModelArrays, load_arrays, save_arrays
+from msma.utils.matlab import numeric_field
 
 FRONT_MAT = "BFM_model_front.mat"
 SOURCE_FILES = (
@@ -59,14 +60,15 @@ def _loadmat(path: Path) -> dict[str, Any]:
         return loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
         raise ValueError(f"{path}: MATLAB v7.3 files are not supported; re-save with -v7 ({exc})") from exc
-    except (ValueError, OSError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read MATLAB file ({exc})") from exc
+    except Exception as exc:  # scipy's MatReadError (empty, truncated) is not a ValueError
+        raise ValueError(f"{path}: cannot read MATLAB file ({type(exc).__name__}: {exc})") from exc
 
 
-def _get(mat: dict[str, Any], key: str, path: Path) -> np.ndarray:
+def _get(mat: dict[str, Any], key: str, path: Path, dtype: type[np.floating[Any]] | None = None) -> np.ndarray:
+    """``mat[key]`` as a real numeric array (its stored type unless ``dtype``), or a ValueError naming file and key."""
     if key not in mat:
         raise ValueError(f"{path}: missing variable {key!r}")
-    return np.asarray(mat[key])
+    return numeric_field(mat, key, path, dtype)
 
 
 def read_exp_pca(path: Path, n_vertex: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,24 +159,24 @@ def arrays_from_front(mat: dict[str, Any], source: str = FRONT_MAT) -> FaceModel
     src = Path(source)
     for key in _FRONT_KEYS:
         _get(mat, key, src)
-    mean = np.asarray(mat["meanshape"], dtype=np.float64).reshape(-1, 3)
+    mean = _get(mat, "meanshape", src, np.float64).reshape(-1, 3)
     n = mean.shape[0]
 
     def basis(key: str) -> np.ndarray:
-        b = np.asarray(mat[key], dtype=np.float64)
+        b = _get(mat, key, src, np.float64)
         if b.ndim != 2 or b.shape[0] != 3 * n:
             raise ValueError(f"{source}: {key} must be (3N={3 * n}, K), got {b.shape}")
         return b.reshape(n, 3, b.shape[1])
 
     id_b, ex_b, tex_b = basis("idBase"), basis("exBase"), basis("texBase")
-    meantex = np.asarray(mat["meantex"], dtype=np.float64).reshape(-1)
+    meantex = _get(mat, "meantex", src, np.float64).reshape(-1)
     if meantex.size != 3 * n:
         raise ValueError(f"{source}: meantex has {meantex.size} values, expected {3 * n}")
-    tri = np.asarray(mat["tri"]).astype(np.int64) - 1
+    tri = _get(mat, "tri", src).astype(np.int64) - 1
     if tri.ndim != 2 or tri.shape[1] != 3:
         raise ValueError(f"{source}: tri must be (F, 3), got {tri.shape}")
-    keypoints = np.asarray(mat["keypoints"]).astype(np.int64).reshape(-1) - 1
-    skin = np.asarray(mat["skinmask"], dtype=np.float32).reshape(-1)
+    keypoints = _get(mat, "keypoints", src).astype(np.int64).reshape(-1) - 1
+    skin = _get(mat, "skinmask", src, np.float32).reshape(-1)
     if skin.size != n:
         raise ValueError(f"{source}: skinmask has {skin.size} entries, expected {n}")
     mean_mm = (mean - mean.mean(axis=0, keepdims=True)) * DM_TO_MM  # Deep3D recenter=True
