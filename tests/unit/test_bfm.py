@@ -218,6 +218,9 @@ def test_sources_missing_file(tmp_path: Path) -> None:
     (tmp_path / "std_exp.txt").unlink()
     with pytest.raises(FileNotFoundError, match="std_exp.txt"):
         convert_bfm09(tmp_path)
+    (tmp_path / "std_exp.txt").write_text("1.0 abc\n")
+    with pytest.raises(ValueError, match=r"std_exp\.txt: not a list of numbers"):
+        convert_bfm09(tmp_path)
 
 
 def test_cli_bfm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -120,7 +120,10 @@ def convert_bfm09(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     front = _get(_loadmat(front_path), "idx", front_path).astype(np.int64).reshape(-1) - 1
     n_exp_vertex = len(trim)
     exp_mu, exp_pc = read_exp_pca(folder / "Exp_Pca.bin", n_exp_vertex)
-    exp_ev = np.loadtxt(folder / "std_exp.txt").reshape(-1)
+    try:
+        exp_ev = np.loadtxt(folder / "std_exp.txt").reshape(-1)
+    except ValueError as exc:
+        raise ValueError(f"{folder / 'std_exp.txt'}: not a list of numbers ({exc})") from exc
     if exp_ev.shape[0] != exp_pc.shape[1]:
         raise ValueError(f"{folder / 'std_exp.txt'}: {exp_ev.shape[0]} stds for {exp_pc.shape[1]} components")
     n_bfm_vertex = shape_mu.size // 3
