@@ -101,6 +101,35 @@ def test_mixed_resume_continues_exactly(testdata: Path, tmp_path: Path) -> None:
     assert resumed.train_losses == pytest.approx(full.train_losses[3:], rel=1e-5)
 
 
+def test_a_photo_that_breaks_is_replaced_in_training_and_counted(testdata: Path, tmp_path: Path) -> None:
+    """A 300W-LP source (photos decoded only when loaded) with a truncated photo: training goes on with its stand-in
+    and counts it (train/load_failures; validation leaving stand-ins out: tests/unit/test_module.py)."""
+    import shutil
+
+    lp = tmp_path / "300w_lp" / "IBUG"
+    lp.mkdir(parents=True)
+    src = testdata / "300w_lp" / "IBUG_image_008_1_0"
+    for i in range(4):
+        shutil.copy(src.with_suffix(".mat"), lp / f"IBUG_image_008_1_{i}.mat")
+        shutil.copy(src.with_suffix(".jpg"), lp / f"IBUG_image_008_1_{i}.jpg")
+    (lp / "IBUG_image_008_1_1.jpg").write_bytes(src.with_suffix(".jpg").read_bytes()[:3000])
+    args = [
+        *_tiny(tmp_path / "cache", tmp_path / "300w_lp"),
+        "data.sources.1.kind=300w_lp",
+        "data.val_fraction=0.25",
+        "trainer.max_epochs=1",
+        "trainer.grid_every_n=0",
+        "final_eval=false",
+    ]
+    result = run_training(compose_experiment("embedded_mixed", args), tmp_path / "run")
+    assert not result.interrupted
+    csv_text = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
+    header = csv_text.splitlines()[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in csv_text.splitlines()[1:]]
+    failures = [float(r["train/load_failures"]) for r in rows if r.get("train/load_failures")]
+    assert failures and sum(failures) >= 1  # the truncated photo (in the training split) was drawn and counted
+
+
 def _worker(rank: int, init_file: str, photos: str, lp: str, out_dir: str) -> None:
     from torch.utils.data import DistributedSampler
 

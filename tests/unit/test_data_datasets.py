@@ -113,8 +113,10 @@ def test_aflw_truncated_photo_does_not_crash(testdata: Path, tmp_path: Path) -> 
         data = (src / f"{name}.jpg").read_bytes()
         (tmp_path / f"{name}.jpg").write_bytes(data if name == "image00251" else data[: len(data) // 3])
     ds = AFLW2000Dataset(tmp_path)
-    sample = ds[0]  # the truncated one is replaced by the next good item
+    sample = ds[0]  # the truncated one is replaced by the next good item, marked as its stand-in
     assert sample.source.endswith("image00251.jpg") and ds.load_failures == 1
+    assert sample.replaces.startswith(f"{tmp_path / 'image00050.jpg'}: ") and "truncated" in sample.replaces
+    assert ds[1].replaces == ""  # the same photo under its own index is genuine
 
 
 # ------------------------------------------------------------------------------------------------ 300W-LP

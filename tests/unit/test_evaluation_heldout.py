@@ -97,3 +97,32 @@ def test_batch_and_per_face_modes_agree(ict_model) -> None:  # type: ignore[no-u
     # The mask covers exactly the vertices of the rendered triangles.
     mask = face_region_mask(ict_model)
     assert int(mask.sum()) == int(ict_model.tri.unique().numel())
+
+
+def test_stand_ins_are_left_out_of_evaluations(ict_model) -> None:  # type: ignore[no-untyped-def]
+    """A row that stands in for an item that could not be loaded (RobustDataset keeps training batches full) is
+    not scored: the summary equals the summary of the genuine rows alone."""
+    import dataclasses
+
+    from msma.data.synthetic import SyntheticFaceDataset
+
+    ds = SyntheticFaceDataset(ict_model, num_samples=4, seed=11, image_size=32, cache_dir=None)
+    genuine = [ds[i] for i in range(4)]
+    stand_in = dataclasses.replace(genuine[3], replaces="photos/broken.jpg: truncated")
+    mixed = collate_samples([genuine[0], stand_in, genuine[1]])
+    assert mixed.replaced is not None and mixed.replaced.tolist() == [False, True, False] and mixed.num_replaced == 1
+    kept = mixed.genuine()
+    assert kept is not None and kept.batch_size == 2 and kept.replaced is None and kept.num_replaced == 0
+    assert torch.equal(kept.image, torch.stack([genuine[0].image, genuine[1].image]))
+    only_stand_ins = collate_samples([stand_in, stand_in])
+    assert only_stand_ins.genuine() is None
+    clean = collate_samples(genuine[:2])
+    assert clean.replaced is None and clean.genuine() is clean
+
+    summary = evaluate(None, ict_model, [mixed, only_stand_ins, collate_samples([genuine[2]])])
+    reference = evaluate(None, ict_model, [collate_samples(genuine[:3])])
+    assert summary.count == reference.count == 3
+    for name in METRIC_NAMES:
+        assert summary[name] == pytest.approx(reference[name], rel=1e-9, nan_ok=True), name
+    rows = evaluate_per_face(None, ict_model, [mixed, only_stand_ins])
+    assert len(rows) == 2 and [r["source"] for r in rows] == [genuine[0].source, genuine[1].source]

@@ -279,6 +279,29 @@ def test_validation_logs_nme_and_vertex_error(parts: tuple[Any, nn.Module]) -> N
     assert module.last_val_example is not None
 
 
+def test_validation_leaves_stand_ins_out_and_counts_them(parts: tuple[Any, nn.Module]) -> None:
+    """A row standing in for an item that could not be loaded is counted, not scored; a batch of stand-ins only
+    is skipped."""
+    import dataclasses
+
+    fm, renderer = parts
+    module = _module(fm, renderer).eval()
+    batch = _gt_batch(fm, renderer, n=3)
+    marked = dataclasses.replace(batch, replaced=torch.tensor([False, True, False]))
+    with torch.no_grad():
+        module.validation_step(marked, 0)
+        module.validation_step(dataclasses.replace(batch, replaced=torch.ones(3, dtype=torch.bool)), 1)
+    assert module.eval_load_failures == 4
+    summary = module.val_metrics.summary()
+    assert summary.count == 2
+    reference = _module(fm, renderer).eval()
+    with torch.no_grad():
+        reference.validation_step(batch.select([0, 2]), 0)
+    assert summary["nme"] == pytest.approx(reference.val_metrics.summary()["nme"], rel=1e-6)
+    module._log_epoch("val")  # logs val/load_failures (no trainer here) and starts the next epoch's count at 0
+    assert module.eval_load_failures == 0
+
+
 def test_grid_draws_landmarks_where_they_are() -> None:
     image = torch.zeros(2, 3, 32, 32)
     rendered = torch.ones(2, 3, 32, 32)

@@ -41,6 +41,9 @@ class FaceSample:
             crop pixels: x, y through the same transform as ``landmarks`` (alignment, augmentation), z
             MediaPipe's relative depth scaled with the crop; NaN rows where a point is unknown (the iris after a
             flip). None: the sample has no dense target.
+        replaces: for a stand-in, the item it replaces and why that one could not be loaded (``"<file>: <reason>"``,
+            set by :class:`~msma.data.dataset_base.RobustDataset` so a training batch stays full); empty for a
+            genuine sample. Evaluations leave stand-ins out (:meth:`FaceBatch.genuine`).
     """
 
     image: Tensor
@@ -55,6 +58,7 @@ class FaceSample:
     param_groups: tuple[str, ...] | None = None
     source_index: int = 0
     dense: Tensor | None = None
+    replaces: str = ""
 
     def __post_init__(self) -> None:
         if self.param_groups is not None:
@@ -97,6 +101,8 @@ class FaceBatch:
         dense: (B, K, 3) dense MediaPipe landmarks in crop pixels, or None when no sample has them; zero rows where
             ``dense_valid`` is False.
         dense_valid: (B,) bool or None (None: all rows when ``dense`` is set).
+        replaced: (B,) bool, True for the stand-ins of items that could not be loaded (:attr:`FaceSample.replaces`),
+            or None when the batch has none.
     """
 
     image: Tensor
@@ -117,10 +123,26 @@ class FaceBatch:
     source_index: Tensor | None = None
     dense: Tensor | None = None
     dense_valid: Tensor | None = None
+    replaced: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return int(self.image.shape[0])
+
+    @property
+    def num_replaced(self) -> int:
+        """How many rows are stand-ins for items that could not be loaded."""
+        return 0 if self.replaced is None else int(self.replaced.sum())
+
+    def genuine(self) -> FaceBatch | None:
+        """The batch without its stand-ins (an evaluation scores every item once, never one in another's place);
+        None when every row is a stand-in."""
+        if self.replaced is None or not bool(self.replaced.any()):
+            return self
+        keep = ~self.replaced.to(torch.bool)
+        if not bool(keep.any()):
+            return None
+        return dataclasses.replace(self.select(keep), replaced=None)
 
     def _rows(self, value: Tensor | None, present: Tensor | None) -> Tensor:
         if present is None:
@@ -226,6 +248,7 @@ def collate_samples(samples: Sequence[FaceSample]) -> FaceBatch:
     skin_mask, skin_valid = _stack_optional([s.skin_mask for s in samples], "skin_mask")
     dense, dense_valid = _stack_optional([s.dense for s in samples], "dense")
     partial_groups = any(s.param_groups is not None for s in samples)
+    replaced = [bool(s.replaces) for s in samples]
     return FaceBatch(
         image=torch.stack([s.image for s in samples]),
         landmarks=landmarks,
@@ -245,4 +268,5 @@ def collate_samples(samples: Sequence[FaceSample]) -> FaceBatch:
         source_index=torch.tensor([s.source_index for s in samples], dtype=torch.int64),
         dense=dense,
         dense_valid=dense_valid,
+        replaced=torch.tensor(replaced, dtype=torch.bool) if any(replaced) else None,
     )

@@ -1,6 +1,6 @@
 """What the real-photo datasets share: the skip record, cropping a loaded photo, building a
 :class:`~msma.data.batch.FaceSample`, and :class:`RobustDataset` (a failing item is logged and replaced by the next
-good one, so ``__getitem__`` never ends an epoch on one bad file).
+good one, marked as its stand-in, so ``__getitem__`` never ends an epoch on one bad file).
 
 The datasets themselves: :mod:`msma.data.datasets` (folders of photos) and :mod:`msma.data.mat_datasets`
 (AFLW2000-3D, 300W-LP).
@@ -8,6 +8,7 @@ The datasets themselves: :mod:`msma.data.datasets` (folders of photos) and :mod:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -76,7 +77,10 @@ LOAD_ERRORS: tuple[type[Exception], ...] = (BadImageError, LandmarkError, ValueE
 
 class RobustDataset(Dataset[FaceSample]):
     """Base: ``__getitem__`` logs a failing item and returns the next good one instead of raising (training: the
-    batch stays full). An evaluation must not score a photo in another's place: it uses :meth:`load_strict`."""
+    batch stays full), marked as a stand-in (:attr:`~msma.data.batch.FaceSample.replaces`, collated into
+    :attr:`~msma.data.batch.FaceBatch.replaced`, counted as ``train/load_failures`` / ``val/load_failures``).
+    An evaluation must not score a photo in another's place: validation, testing and ``msma eval`` leave stand-ins
+    out (:meth:`~msma.data.batch.FaceBatch.genuine`), per-photo evaluations use :meth:`load_strict`."""
 
     transform: Transform | None = None
 
@@ -114,6 +118,8 @@ class RobustDataset(Dataset[FaceSample]):
                 self.load_failures += 1
                 errors.append(str(exc))
                 continue
+            if attempt:
+                sample = dataclasses.replace(sample, replaces=f"{self._describe(index)}: {errors[0]}")
             return self.transform(sample) if self.transform is not None else sample
         raise RuntimeError(f"{len(errors)} consecutive items failed to load from index {index}: {errors[-3:]}")
 

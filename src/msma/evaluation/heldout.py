@@ -22,7 +22,7 @@ is left out of that sample's mean, and is NaN when no sample had it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -201,16 +201,25 @@ def evaluate(
         encoder: image (B, 3, S, S) -> :class:`FaceParams`, in eval mode; None = the untrained network's
             prediction (all-zero coefficients: the mean face, frontal, centred).
         face_model: the face model of the encoder's layout.
-        batches: the split (e.g. a DataLoader of :class:`FaceBatch`).
+        batches: the split (e.g. a DataLoader of :class:`FaceBatch`); stand-in rows are left out.
         device: where to run.
     """
     # One process evaluates the whole split (e.g. rank 0 after DDP training): no cross-process reduction.
     metric = HeldOutMetrics(face_region_mask(face_model), sync=False).to(device)
-    for batch in batches:
+    for batch in _genuine(batches):
         batch = batch.to(device)
         params, face = _predict(encoder, face_model, batch.image)
         metric.update(params, face, batch)
     return metric.summary()
+
+
+def _genuine(batches: Iterable[FaceBatch]) -> Iterator[FaceBatch]:
+    """The batches without the stand-ins of items that could not be loaded (:meth:`FaceBatch.genuine`); the
+    dataset logged each failure."""
+    for batch in batches:
+        genuine = batch.genuine()
+        if genuine is not None:
+            yield genuine
 
 
 @torch.no_grad()
@@ -226,7 +235,7 @@ def evaluate_per_face(
     """
     mask = face_region_mask(face_model).to(device)
     rows: list[dict[str, float | int | str]] = []
-    for batch in batches:
+    for batch in _genuine(batches):
         batch = batch.to(device)
         params, face = _predict(encoder, face_model, batch.image)
         errors = {k: v.cpu().tolist() for k, v in per_face_errors(params, face, batch, mask).items()}

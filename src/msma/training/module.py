@@ -132,6 +132,8 @@ class FaceReconModule(LightningModule):
         self.nonfinite_steps = 0
         #: the last batch seen in validation with its prediction (for pictures), set on rank 0 only.
         self.last_val_example: tuple[FaceBatch, StepOutput] | None = None
+        #: validation / test rows left out this epoch: stand-ins for items that could not be loaded.
+        self.eval_load_failures = 0
         #: names of the data sources (``FaceBatch.source_index`` order), taken from the datamodule at fit start.
         self.source_names: tuple[str, ...] = ()
 
@@ -194,6 +196,8 @@ class FaceReconModule(LightningModule):
         loss_out, _ = self.compute_loss(batch, self.encoder_input(batch))
         total: Tensor = loss_out.total
         bs = batch.batch_size
+        if batch.num_replaced:  # trained on their stand-ins (the batch stays full), counted per epoch
+            self.log("train/load_failures", float(batch.num_replaced), reduce_fx="sum", on_step=False, on_epoch=True)
         if not self._all_finite(total):
             # Skipped and counted, never propagated: returning None skips backward and the optimiser step.
             self.nonfinite_steps += 1
@@ -214,6 +218,11 @@ class FaceReconModule(LightningModule):
         return total
 
     def validation_step(self, batch: FaceBatch, batch_idx: int) -> None:
+        self.eval_load_failures += batch.num_replaced
+        genuine = batch.genuine()  # every item scored once, none in another's place
+        if genuine is None:
+            return
+        batch = genuine
         loss_out, out = self.compute_loss(batch)
         total = loss_out.total.detach()
         if torch.isfinite(total):
@@ -223,6 +232,9 @@ class FaceReconModule(LightningModule):
             self.last_val_example = (batch, out.detach())
 
     def _log_epoch(self, prefix: str) -> None:
+        if self.eval_load_failures:
+            self.log(f"{prefix}/load_failures", float(self.eval_load_failures), sync_dist=False)
+        self.eval_load_failures = 0
         if int(self.val_loss.update_count) > 0:
             self.log(f"{prefix}/loss", self.val_loss.compute(), sync_dist=False)
         self.val_loss.reset()
