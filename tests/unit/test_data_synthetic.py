@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,11 @@ def test_half_written_shard_is_detected_and_regenerated(ict_model, tmp_path: Pat
     assert fresh.ensure_generated() == 1
     done = json.loads((root / "shard_00000" / "done.json").read_text())
     assert done["count"] == 2 and set(done["files"]) == {"images.npy", "skin.npy", "params.npy", "landmarks.npy"}
+    # a file where a shard directory belongs (it ended generation with NotADirectoryError) is replaced
+    shutil.rmtree(root / "shard_00001")
+    (root / "shard_00001").write_bytes(b"not a shard")
+    assert not fresh.shard_is_valid(1) and fresh.ensure_generated() == 1 and fresh.shard_is_valid(1)
+    _assert_same(fresh[3], before[3])
 
 
 def _shard_bytes(ds: SyntheticFaceDataset) -> dict[str, bytes]:

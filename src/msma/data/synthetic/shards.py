@@ -109,8 +109,10 @@ class ShardCache:
             done = {"count": self.count(shard), "start": start, "settings_key": self.key, "files": files}
             (tmp / DONE_FILE).write_text(json.dumps(done, indent=1))
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must stay readable
-            if final.exists():  # damaged or too small: replace it
+            if final.is_dir() and not final.is_symlink():  # damaged or too small: replace it
                 shutil.rmtree(final)
+            elif final.exists() or final.is_symlink():  # a file or link where the shard belongs
+                final.unlink()
             try:
                 os.rename(tmp, final)
             except OSError:
