@@ -88,6 +88,21 @@ def test_aflw_detect_crop_never_uses_ground_truth(testdata: Path, tmp_path: Path
         AFLW2000Dataset(testdata / "aflw2000_3d", crop="detect", landmarks="gt")
 
 
+def test_aflw_detect_crop_does_not_box_crop_an_unreadable_photo(testdata: Path, tmp_path: Path) -> None:
+    """A photo labelling cannot read is not counted as a detection fallback to the ground-truth box; it fails to
+    load (and msma eval lists it as skipped)."""
+    src = testdata / "aflw2000_3d"
+    shutil.copy(src / "image00050.jpg", tmp_path / "image00050.jpg")
+    shutil.copy(src / "image00050.mat", tmp_path / "image00050.mat")
+    (tmp_path / "image00051.jpg").write_bytes(b"")
+    shutil.copy(src / "image00050.mat", tmp_path / "image00051.mat")
+    ds = AFLW2000Dataset(tmp_path, crop="detect", cache_dir=str(tmp_path / "cache"), mediapipe_fallback=False)
+    assert ds.detected[0] is not None and ds.detected[1] is None
+    assert ds.unreadable == {1: "zero_byte"} and ds.detect_fallbacks == 0
+    with pytest.raises(ValueError, match="zero_byte"):
+        ds.load_strict(1)
+
+
 def test_aflw_bad_annotations_are_skipped(testdata: Path, tmp_path: Path) -> None:
     src = testdata / "aflw2000_3d"
     for name in ("image00050", "image00251"):

@@ -58,6 +58,19 @@ REASON_TRUNCATED = "truncated"
 REASON_TOO_SMALL = "too_small"
 REASON_TOO_LARGE = "too_large"
 REASON_NO_PIXEL_VALUES = "no_pixel_values"
+#: Every reason code of :class:`BadImageError`: the file itself cannot serve as a photo.
+IMAGE_REASONS: frozenset[str] = frozenset(
+    {
+        REASON_MISSING,
+        REASON_UNREADABLE,
+        REASON_ZERO_BYTE,
+        REASON_NOT_AN_IMAGE,
+        REASON_TRUNCATED,
+        REASON_TOO_SMALL,
+        REASON_TOO_LARGE,
+        REASON_NO_PIXEL_VALUES,
+    }
+)
 
 
 class _NoPixelValues(ValueError):

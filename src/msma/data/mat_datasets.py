@@ -25,7 +25,7 @@ from msma.data.align import DEEP3D_CROP_SIZE, ICT_TEMPLATE_5P_MM, alignment_tran
 from msma.data.batch import FaceSample
 from msma.data.dataset_base import RobustDataset, SkipRecord, Transform, crop_loaded, make_sample
 from msma.data.detect import FaceBox, FaceDetector, make_detector
-from msma.data.io import load_image
+from msma.data.io import IMAGE_REASONS, load_image
 from msma.data.landmarks import LandmarkBackend, make_landmark_backend
 from msma.data.landmarks import mediapipe_fallback as landmark_fallback
 from msma.data.prepare import default_cache_dir, label_files
@@ -124,6 +124,9 @@ class AFLW2000Dataset(_MatDataset):
         self.template = np.asarray(template, dtype=np.float64)
         self.transform = transform
         self.detected: list[np.ndarray | None] = [None] * len(self.records)
+        #: why labelling could not read a photo (``"zero_byte"``, ``"truncated"``, ...), by item; such photos fail to
+        #: load as well and are skipped there, not cropped from the ground-truth box.
+        self.unreadable: dict[int, str] = {}
         self.detect_fallbacks = 0
         self.detected_by_fallback = 0
         #: crop -> image affines that replace :meth:`crop_transform` for some items (a second crop on a network's
@@ -142,7 +145,7 @@ class AFLW2000Dataset(_MatDataset):
             if pair is not None:
                 self.detected_by_fallback = self._label(missing, pair[1], pair[0], cache)
             for i, d in enumerate(self.detected):
-                if d is None:
+                if d is None and i not in self.unreadable:
                     self.detect_fallbacks += 1
                     log.warning("%s: no face detected; using the ground-truth box crop", self.records[i].image)
 
@@ -157,7 +160,10 @@ class AFLW2000Dataset(_MatDataset):
             labels = by_path.get(self.records[i].image)
             if labels is not None and labels.ok:
                 self.detected[i] = labels.select("largest")[0].landmarks
+                self.unreadable.pop(i, None)
                 found += 1
+            elif labels is not None and labels.skip_reason in IMAGE_REASONS:
+                self.unreadable[i] = labels.skip_reason
         return found
 
     def box_cropped(self, index: int) -> bool:
