@@ -182,6 +182,7 @@ def test_cli_aflw2000_and_synthetic_mean(tmp_path: Path, testdata: Path, capsys)
     # The mean face is the untrained prediction: its aligned shape error is a few mm, not zero.
     assert 0.5 < syn["vertex_aligned_mm"] < 20
     assert cli_main(["--ckpt", "mean", "--data", "micc"]) == 2  # needs --root
+    assert cli_main(["--ckpt", "mean", "--data", "synthetic", "--num-samples", "0"]) == 2  # nothing to score
     assert cli_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data", "synthetic"]) == 2
 
 

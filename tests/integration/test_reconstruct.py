@@ -126,6 +126,18 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
     assert not list(out.glob("corrupt*")) and not list(out.glob("noface*"))
 
 
+def test_cli_output_path_that_is_a_file_is_refused_before_any_work(tmp_path: Path, testdata: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--out` naming an existing file ended the run with a FileExistsError traceback after the reconstruction."""
+    from msma.cli.reconstruct import cli_main
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    code = cli_main([str(testdata / "faces68" / "takeo.ppm"), "--ckpt", "mean", "--out", str(taken)])
+    assert code == 2
+    assert f"--out {taken}: cannot use it as the output folder" in capsys.readouterr().err
+    assert taken.read_text() == "keep me"  # never overwritten
+
+
 def test_a_detector_that_aborts_skips_that_image_only(reconstructor, astronaut: np.ndarray, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A detector library raising on one image (dlib's CNN on a few-pixel strip did) skips that image with
     ``detector_failed`` and the next image is reconstructed as before."""

@@ -131,6 +131,9 @@ def cli_main(argv: list[str]) -> int:
     if args.limit is not None and args.limit < 1:
         print("msma eval: --limit must be >= 1", file=sys.stderr)
         return 2
+    if args.num_samples is not None and args.num_samples < 1:
+        print("msma eval: --num-samples must be >= 1", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         result = _evaluate(args, device)

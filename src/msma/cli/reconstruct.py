@@ -122,6 +122,12 @@ def cli_main(argv: list[str]) -> int:
         print("msma reconstruct: --batch-size must be >= 1", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out_dir = Path(args.out)
+    try:  # before any work: an output path that is a file, or a folder that cannot be made
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"msma reconstruct: --out {out_dir}: cannot use it as the output folder ({exc})", file=sys.stderr)
+        return 2
     files, skipped = _collect_inputs(args.paths)
     try:
         rec = Reconstructor(
@@ -141,7 +147,6 @@ def cli_main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"msma reconstruct: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
     stems = _unique_stems(files)
     written = 0
     faces = 0
