@@ -119,7 +119,9 @@ class RobustDataset(Dataset[FaceSample]):
                 errors.append(str(exc))
                 continue
             if attempt:
-                sample = dataclasses.replace(sample, replaces=f"{self._describe(index)}: {errors[0]}")
+                what = self._describe(index)
+                reason = errors[0] if errors[0].startswith(what) else f"{what}: {errors[0]}"
+                sample = dataclasses.replace(sample, replaces=reason)
             return self.transform(sample) if self.transform is not None else sample
         raise RuntimeError(f"{len(errors)} consecutive items failed to load from index {index}: {errors[-3:]}")
 
