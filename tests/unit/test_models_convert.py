@@ -179,3 +179,27 @@ def test_convert_cli_writes_an_evaluable_checkpoint(tmp_path: Path, synthetic_bf
     module = load_inference_model(out)
     torch.testing.assert_close(module.encoder.heads.tex.bias, theirs["final_layers.2.bias"])  # type: ignore[union-attr]
     assert module.face_model.layout.total == 257  # type: ignore[union-attr]
+
+
+def test_convert_cli_names_a_bad_source_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that is not the authors' checkpoint (unknown keys, a non-tensor entry, truncated, missing): one line
+    naming it, exit 2, no output (these ended with a traceback)."""
+    from msma.cli.convert import cli_main
+
+    torch.save({"net_recon": {"conv1.weight": torch.zeros(3)}}, tmp_path / "foreign.pth")
+    torch.save({"net_recon": {"conv1.weight": "x"}}, tmp_path / "strings.pth")
+    whole = tmp_path / "whole.pth"
+    torch.save({"net_recon": {"a": torch.zeros(100)}}, whole)
+    (tmp_path / "cut.pth").write_bytes(whole.read_bytes()[:200])
+    cases = {
+        "foreign.pth": "unknown key 'conv1.weight' for msma_lka",
+        "strings.pth": "not a state dict of tensors: 'conv1.weight' holds a str",
+        "cut.pth": "not a readable PyTorch checkpoint",
+        "missing.pth": "no such checkpoint",
+    }
+    for name, problem in cases.items():
+        out = tmp_path / f"{name}.ckpt"
+        assert cli_main(["--network", "msma_lka", str(tmp_path / name), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"msma convert: {tmp_path / name}: ") and problem in err, err
+        assert not out.exists()

@@ -173,6 +173,7 @@ def convert_checkpoint_file(
     from msma.config import compose_experiment, to_container, to_typed
     from msma.info import layout_of
     from msma.models.config import build_encoder_from_config
+    from msma.utils.files import atomic_write
 
     path = Path(source)
     if not path.is_file():
@@ -183,7 +184,10 @@ def convert_checkpoint_file(
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: not a checkpoint dict")
-    state = convert_authors_state_dict(unwrap_authors_checkpoint(raw), network)
+    try:
+        state = convert_authors_state_dict(unwrap_authors_checkpoint(raw), network)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     cfg = compose_experiment(network, list(overrides or []))
     model_cfg = dataclasses.replace(to_typed(cfg).model, pretrained=False)
     encoder = build_encoder_from_config(model_cfg, layout_of(str(cfg.face_model.name)))
@@ -198,5 +202,5 @@ def convert_checkpoint_file(
         "msma_converted_from": str(path),
     }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, output)
+    atomic_write(output, lambda tmp: torch.save(ckpt, tmp))  # an interrupted write leaves no partial checkpoint
     return ckpt
