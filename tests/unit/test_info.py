@@ -126,3 +126,14 @@ def test_old_variant_checkpoint_loads_under_its_new_name(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="msma_spatial"):
         loaded = load_inference_model(tmp_path / "old.ckpt")
     assert type(loaded.encoder).__name__ == "MSMASpatialEncoder"
+
+
+def test_info_names_an_unknown_experiment_or_bad_override(capsys: pytest.CaptureFixture[str]) -> None:
+    """These ended with Hydra's traceback; now one line, exit 2, the known experiments listed."""
+    assert cli_main(["--config-name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("msma info: no experiment 'nope'; known: ") and "msma_lka" in err and "_base" not in err
+    assert cli_main(["--config-name", "quickstart", "data.batch_size=abc"]) == 2
+    assert "msma info: quickstart data.batch_size=abc: " in capsys.readouterr().err
+    assert cli_main(["--config-name", "quickstart", "nokey=1"]) == 2
+    assert "Could not override 'nokey'" in capsys.readouterr().err

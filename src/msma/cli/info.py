@@ -13,16 +13,27 @@ INFO_DESCRIPTION = "An experiment's parameters, FLOPs, coefficient layout, data 
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """``msma info`` entry point."""
+    """``msma info`` entry point: 0, or 2 with a one-line reason for an unknown experiment or a bad override."""
     ap = argparse.ArgumentParser(prog="msma info", description=INFO_DESCRIPTION)
     ap.add_argument("--config-name", "-c", required=True, help="experiment (experiments/<name>.yaml)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (key 'params': total, int)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. face_model=ict data.image_size=128")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from msma.config import compose_experiment
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
 
-    cfg = compose_experiment(args.config_name, list(args.overrides))
+    from msma.config import compose_experiment, experiments_dir
+
+    try:
+        cfg = compose_experiment(args.config_name, list(args.overrides))
+    except MissingConfigException:
+        names = sorted(f.stem for f in experiments_dir().glob("*.yaml") if not f.stem.startswith("_"))
+        print(f"msma info: no experiment {args.config_name!r}; known: {', '.join(names)}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        print(f"msma info: {args.config_name} {' '.join(args.overrides)}: {exc}", file=sys.stderr)
+        return 2
     info = experiment_info(cfg, flops=not args.no_flops)
     print(json.dumps(info) if args.json else info_text(info))
     return 0
