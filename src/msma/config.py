@@ -287,6 +287,26 @@ def compose_experiment(name: str, overrides: list[str] | None = None, root: Path
     return cfg
 
 
+def compose_for_cli(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """:func:`compose_experiment` for a command line: Hydra's and OmegaConf's errors become a one-line
+    ``ValueError`` naming the experiment (an unknown one lists the known experiments).
+
+    Raises:
+        ValueError: unknown experiment, an override that does not apply or a value of the wrong type.
+    """
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose_experiment(name, overrides)
+    except MissingConfigException as exc:
+        known = sorted(f.stem for f in experiments_dir().glob("*.yaml") if not f.stem.startswith("_"))
+        raise ValueError(f"no experiment {name!r}; known: {', '.join(known)}") from exc
+    except (HydraException, OmegaConfBaseException) as exc:
+        parts = [str(e).strip().splitlines()[0] for e in (exc, exc.__cause__) if e is not None and str(e).strip()]
+        raise ValueError(f"{name} {' '.join(overrides or [])}: {' ('.join(parts)}{')' * (len(parts) - 1)}") from exc
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Re-checks a composed configuration against :class:`ExperimentConfig`.
 

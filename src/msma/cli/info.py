@@ -20,19 +20,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. face_model=ict data.image_size=128")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from msma.config import compose_experiment, experiments_dir
+    from msma.config import compose_for_cli
 
     try:
-        cfg = compose_experiment(args.config_name, list(args.overrides))
-    except MissingConfigException:
-        names = sorted(f.stem for f in experiments_dir().glob("*.yaml") if not f.stem.startswith("_"))
-        print(f"msma info: no experiment {args.config_name!r}; known: {', '.join(names)}", file=sys.stderr)
-        return 2
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        print(f"msma info: {args.config_name} {' '.join(args.overrides)}: {exc}", file=sys.stderr)
+        cfg = compose_for_cli(args.config_name, list(args.overrides))
+    except ValueError as exc:
+        print(f"msma info: {exc}", file=sys.stderr)
         return 2
     info = experiment_info(cfg, flops=not args.no_flops)
     print(json.dumps(info) if args.json else info_text(info))

@@ -99,10 +99,10 @@ def cli_main(argv: list[str]) -> int:
 
 def _prepare_experiment(args: argparse.Namespace) -> int:
     """``msma prepare --config-name EXP [overrides]``: every source of the experiment's data configuration."""
-    from msma.config import compose_experiment, to_typed
+    from msma.config import compose_for_cli, to_typed
 
     try:
-        data = to_typed(compose_experiment(args.config_name, list(args.overrides))).data
+        data = to_typed(compose_for_cli(args.config_name, list(args.overrides))).data
         reports = prepare_sources(
             data.source_list(),
             data.source_names(),
