@@ -111,6 +111,10 @@ def test_prepare_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "p").mkdir()
     assert msma_main(["prepare", "--data", str(tmp_path / "p"), "--weights", str(tmp_path / "no.dat")]) == 2
     assert "no.dat" in capsys.readouterr().err
+    (tmp_path / "p" / "notes.txt").write_text("no photos here")
+    assert msma_main(["prepare", "--data", str(tmp_path / "p"), "--landmarks", "gt", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "images: 0" in captured.out and f"{tmp_path / 'p'}: no photos in this folder or below it" in captured.err
 
 
 def test_prepare_interrupted_and_resumed(tmp_path: Path) -> None:

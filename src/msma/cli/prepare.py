@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: list[str]) -> int:
-    """``msma prepare``; returns 0 on success, 2 on a usage error (missing folder, missing model)."""
+    """``msma prepare``; returns 0 on success, 1 when the folder holds no photos, 2 on a usage error (missing folder,
+    missing model)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if (args.data is None) == (args.config_name is None):
@@ -94,6 +95,9 @@ def cli_main(argv: list[str]) -> int:
     print(run.summary())
     if args.json:
         atomic_write_text(args.json, json.dumps(run.as_dict(), indent=2))
+    if run.images == 0:  # most likely a wrong folder: say so, as msma reconstruct does for an empty folder
+        print(f"msma prepare: {args.data}: no photos in this folder or below it", file=sys.stderr)
+        return 1
     return 0
 
 
