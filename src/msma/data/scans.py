@@ -115,17 +115,16 @@ def micc_items(root: Path) -> ScanLayout:
     for subject in subjects:
         scan = next((subject / n for n in MICC_SCAN_NAMES if (subject / n).is_file()), None)
         images = list_images(subject / "images") if (subject / "images").is_dir() else []
+        if scan is None:
+            skipped.append(_skip(subject, "no_scan", f"{subject}: none of {'/'.join(MICC_SCAN_NAMES)}"))
+            continue
+        if not images:
+            skipped.append(_skip(subject, "no_images", f"{subject / 'images'}: no photos"))
+            continue
         try:
-            if scan is None:
-                raise _Skip("no_scan", f"{subject}: none of {'/'.join(MICC_SCAN_NAMES)}")
-            if not images:
-                raise _Skip("no_images", f"{subject / 'images'}: no photos")
-            try:
-                lm = read_landmarks_txt(subject / MICC_LANDMARK_NAME)
-            except ValueError as exc:
-                raise _Skip("bad_annotation", str(exc)) from exc
-        except _Skip as skip:
-            skipped.append(skip.record(subject))
+            lm = read_landmarks_txt(subject / MICC_LANDMARK_NAME)
+        except ValueError as exc:
+            skipped.append(_skip(subject, "bad_annotation", str(exc)))
             continue
         items += [ScanItem(img, scan, lm, subject.name) for img in images]
     if not items:
@@ -158,32 +157,26 @@ def now_items(root: Path) -> ScanLayout:
         subject = Path(rel).parts[0]
         scans = sorted((root / NOW_SCANS / subject).glob("*.obj"))
         pps = sorted((root / NOW_LANDMARKS / subject).glob("*.pp"))
-        try:
-            if not scans:
-                raise _Skip("no_scan", f"{root / NOW_SCANS / subject}: no scan .obj")
-            if not pps:
-                raise _Skip("bad_annotation", f"{root / NOW_LANDMARKS / subject}: no .pp landmarks")
-            try:
-                landmarks = read_pp(pps[0])
-            except ValueError as exc:
-                raise _Skip("bad_annotation", str(exc)) from exc
-        except _Skip as skip:
-            skipped.append(skip.record(root / NOW_IMAGES / rel))
+        image = root / NOW_IMAGES / rel
+        if not scans:
+            skipped.append(_skip(image, "no_scan", f"{root / NOW_SCANS / subject}: no scan .obj"))
             continue
-        items.append(ScanItem(root / NOW_IMAGES / rel, scans[0], landmarks, subject))
+        if not pps:
+            skipped.append(_skip(image, "bad_annotation", f"{root / NOW_LANDMARKS / subject}: no .pp landmarks"))
+            continue
+        try:
+            landmarks = read_pp(pps[0])
+        except ValueError as exc:
+            skipped.append(_skip(image, "bad_annotation", str(exc)))
+            continue
+        items.append(ScanItem(image, scans[0], landmarks, subject))
     return ScanLayout(items, skipped)
 
 
-class _Skip(Exception):
-    """A subject or image left out of a scan benchmark, with its reason code."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code, self.detail = code, detail
-
-    def record(self, image: Path) -> dict[str, str]:
-        log.warning("%s: skipped (%s: %s)", image, self.code, self.detail)
-        return {"image": str(image), "reason": f"{self.code}: {self.detail}"}
+def _skip(image: Path, code: str, detail: str) -> dict[str, str]:
+    """The record of a subject or image left out of a scan benchmark (logged): ``{"image", "reason"}``."""
+    log.warning("%s: skipped (%s: %s)", image, code, detail)
+    return {"image": str(image), "reason": f"{code}: {detail}"}
 
 
 def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
