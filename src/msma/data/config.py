@@ -120,6 +120,9 @@ class DataConfig:
         skin_creases: fraction of the synthetic *training* faces drawn with static skin creases (forehead lines,
             nasolabial folds; :mod:`msma.data.synthetic.creases`) whatever their expression; validation and test
             keep none. 0: off (the default).
+        roll_std_deg / max_roll_deg: head roll of the synthetic *training* faces, degrees: a zero-mean normal of
+            this std truncated at +-max (Deep3D's crop keeps the roll, so the network must read it; the validation
+            and test splits keep the generator's 6 / 20, so their figures stay comparable).
         synthetic_workers: processes that generate the missing synthetic shards before training (None: one per
             usable core; 1: in the training process). Forked on Linux and for CPU rendering only; the cache is the
             same whichever number (:mod:`msma.data.synthetic.parallel`).
@@ -162,6 +165,8 @@ class DataConfig:
     expression_prototypes: float = 0.0
     neutral_fraction: float = 0.1
     skin_creases: float = 0.0
+    roll_std_deg: float = 6.0
+    max_roll_deg: float = 20.0
     synthetic_workers: Optional[int] = None
     test_kind: Optional[str] = None
     test_root: Optional[str] = None
@@ -222,6 +227,10 @@ def validate_data_config(c: DataConfig, has_face_model: bool) -> None:
         raise ValueError(f"data.skin_creases must lie in [0, 1], got {c.skin_creases}")
     if not 0.0 <= c.neutral_fraction <= 1.0:
         raise ValueError(f"data.neutral_fraction must lie in [0, 1], got {c.neutral_fraction}")
+    if not (0.0 <= c.roll_std_deg and 0.0 <= c.max_roll_deg <= 90.0):
+        raise ValueError(
+            f"data.roll_std_deg must be >= 0 and data.max_roll_deg in [0, 90], got {c.roll_std_deg}, {c.max_roll_deg}"
+        )
     if c.faces not in ("all", "largest"):
         raise ValueError(f"faces must be 'all' or 'largest', got {c.faces!r}")
     if c.aflw_crop not in ("gt_box", "detect"):

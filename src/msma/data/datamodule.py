@@ -230,8 +230,8 @@ class FaceDataModule(L.LightningDataModule):
     def _synthetic_dataset(
         self, num_samples: int, seed: int, vertices: bool = True, train: bool = False
     ) -> SyntheticFaceDataset:
-        """A synthetic split; ``train=True`` draws with ``data.expression_prototypes``, ``data.neutral_fraction``
-        and ``data.skin_creases`` (training only)."""
+        """A synthetic split; ``train=True`` draws with ``data.expression_prototypes``, ``data.neutral_fraction``,
+        ``data.skin_creases`` and ``data.roll_std_deg`` / ``data.max_roll_deg`` (training only)."""
         from msma.data.synthetic import SyntheticFaceDataset
 
         if self.face_model is None:
@@ -239,7 +239,7 @@ class FaceDataModule(L.LightningDataModule):
         # At their defaults these settings leave the generator and its cache key as they were (dataset._sampling_key).
         sampling: dict[str, Any] = {}
         if train:
-            for name in ("expression_prototypes", "neutral_fraction", "skin_creases"):
+            for name in ("expression_prototypes", "neutral_fraction", "skin_creases", "roll_std_deg", "max_roll_deg"):
                 sampling[name] = getattr(self.cfg, name)
         return SyntheticFaceDataset(
             self.face_model,
