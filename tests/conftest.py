@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +22,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MSMA_SHARED", ROOT.parent / "shared"))
 if "MSMA_ASSET_MIRROR" not in os.environ and (SHARED / "assets").is_dir():
     os.environ["MSMA_ASSET_MIRROR"] = str(SHARED / "assets")
+
+
+def _load_benchmark(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """``load_benchmark(name)``: ``benchmarks/<name>.py`` as a module (registered in ``sys.modules``: dataclasses
+    look their module up)."""
+    return _load_benchmark
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,17 +10,10 @@ import torch
 
 from msma.face_model.params import GROUPS, CoeffLayout, FaceParams
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_error_budget", ROOT / "benchmarks" / "error_budget.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_error_budget"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], Any]) -> Any:
+    return load_benchmark("error_budget")
 
 
 def _random(layout: CoeffLayout, seed: int) -> FaceParams:

@@ -3,27 +3,16 @@ and the inner-51 NME is the stated quantity."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_profile_detection", ROOT / "benchmarks" / "profile_detection.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_profile_detection"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], Any]) -> Any:
+    return load_benchmark("profile_detection")
 
 
 def test_frame_keeps_landmarks_on_their_pixels(bench: Any) -> None:
