@@ -247,3 +247,26 @@ def test_gt_backend(testdata: Path, tmp_path: Path) -> None:
         gt.detect(image, FaceBox(0, 0, 1, 1))
     with pytest.raises(ValueError, match="unknown landmark backend"):
         make_landmark_backend("hrnet")
+
+
+def test_all_faces_search_keeps_a_face_only_the_search_without_upsampling_finds(testdata: Path) -> None:
+    """``faces68/einstein.jpg``: dlib's HOG scores the annotated face 0.07 without upsampling and below 0 with it (it
+    then finds only another, 52 px box): the all-faces search keeps both searches' boxes, so the face is not lost."""
+    path = testdata / "faces68" / "einstein.jpg"
+    image = load_image(path).as_uint8()
+    ref = FaceBox.from_points(read_pts(path.with_suffix(".pts")))
+    det = make_detector("dlib")
+    upsampled = [FaceBox(r.left(), r.top(), r.right(), r.bottom()) for r in det._detector.run(image, 1, 0.0)[0]]
+    assert not any(b.overlap(ref) > 0.5 for b in upsampled)  # the situation the test is about
+    boxes = det.detect(image, largest_only=False)
+    assert sum(b.overlap(ref) > 0.5 for b in boxes) == 1  # the annotated face, once
+    assert len(boxes) == len(upsampled) + 1
+    assert [b.overlap(ref) > 0.5 for b in det.detect(image, largest_only=True)] == [True]
+
+
+def test_face_box_overlap_is_intersection_over_the_smaller_box() -> None:
+    big, inner = FaceBox(0, 0, 10, 10), FaceBox(2, 2, 6, 6)
+    assert big.overlap(inner) == inner.overlap(big) == 1.0
+    assert big.overlap(FaceBox(5, 0, 15, 10)) == pytest.approx(0.5)
+    assert big.overlap(FaceBox(20, 20, 30, 30)) == 0.0
+    assert big.overlap(FaceBox(3, 3, 3, 3)) == 0.0  # an empty box

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -47,6 +47,13 @@ class FaceBox:
     @property
     def center(self) -> tuple[float, float]:
         return (0.5 * (self.left + self.right), 0.5 * (self.top + self.bottom))
+
+    def overlap(self, other: FaceBox) -> float:
+        """Intersection area over the smaller box's area (1 when one box holds the other; 0 for an empty box)."""
+        iw = max(0.0, min(self.right, other.right) - max(self.left, other.left))
+        ih = max(0.0, min(self.bottom, other.bottom) - max(self.top, other.top))
+        smaller = min(self.area, other.area)
+        return iw * ih / smaller if smaller > 0 else 0.0
 
     def scaled(self, factor: float) -> FaceBox:
         """The box in an image resized by ``factor`` (pixel-index convention)."""
@@ -122,27 +129,44 @@ class DlibHogDetector:
         self.upsample = int(upsample)
         self.threshold = float(threshold)
         self.max_side = int(max_side)
-        self.version = f"dlib{dlib.__version__}-up{self.upsample}-t{self.threshold:g}-m{self.max_side}"
+        # "-u0": all-faces searches also keep the boxes found without upsampling (label caches store all faces)
+        self.version = f"dlib{dlib.__version__}-up{self.upsample}-t{self.threshold:g}-m{self.max_side}-u0"
 
     def detect(self, image: np.ndarray, largest_only: bool = False) -> list[FaceBox]:
         """Face boxes, most confident first.
 
-        With ``largest_only`` the image is first searched without upsampling (dlib's HOG window finds faces of
-        about 80 px and more there, at a quarter of the cost); only when that finds nothing does the search
-        repeat with ``upsample``, so the largest face is the same as a full search would give for any face
-        big enough to be found without upsampling.
+        The image is first searched without upsampling (dlib's HOG window finds faces of about 80 px and more
+        there, at a quarter of the cost). With ``largest_only`` the search repeats with ``upsample`` only when that
+        finds nothing, so the largest face is the same as a full search would give for any face big enough to be
+        found without upsampling. Otherwise both searches' boxes are kept (a box of the first that overlaps one of
+        the upsampled search by more than half is the same face): the upsampled search alone can score a face
+        found at the original size below the threshold (``faces68/einstein.jpg``: 0.07 without upsampling, below
+        0 with it), and that face would be lost.
         """
         small, factor = _downscale_for_detection(_check_uint8(image), self.max_side)
         rects, scores = [], []
-        if largest_only and self.upsample > 0:
-            rects, scores, _ = self._detector.run(small, 0, self.threshold)
+        first: list[tuple[Any, float]] = []
+        if self.upsample > 0:
+            r0, s0, _ = self._detector.run(small, 0, self.threshold)
+            first = list(zip(r0, s0))
+            if largest_only:
+                rects, scores = list(r0), list(s0)
         if len(rects) == 0:
             rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
-        boxes = [
-            FaceBox(float(r.left()), float(r.top()), float(r.right()), float(r.bottom()), float(s)).scaled(1.0 / factor)
-            for r, s in zip(rects, scores)
-        ]
+        boxes = [_dlib_box(r, s, factor) for r, s in zip(rects, scores)]
+        if not largest_only:
+            for r, s in first:
+                b = _dlib_box(r, s, factor)
+                if not any(b.overlap(k) > 0.5 for k in boxes):
+                    boxes.append(b)
         return sorted(boxes, key=lambda b: -b.score)
+
+
+def _dlib_box(rect: Any, score: float, factor: float) -> FaceBox:
+    """A dlib rectangle of an image resized by ``factor`` as a :class:`FaceBox` of the original image."""
+    return FaceBox(
+        float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()), float(score)
+    ).scaled(1.0 / factor)
 
 
 class DlibCnnDetector:
@@ -189,12 +213,7 @@ class DlibCnnDetector:
         if min(small.shape[:2]) * 2**self.upsample < self.MIN_SIDE:
             return []
         found = self._detector(np.ascontiguousarray(small), self.upsample)
-        boxes = [
-            FaceBox(
-                float(d.rect.left()), float(d.rect.top()), float(d.rect.right()), float(d.rect.bottom()), d.confidence
-            ).scaled(1.0 / factor)
-            for d in found
-        ]
+        boxes = [_dlib_box(d.rect, d.confidence, factor) for d in found]
         return sorted(boxes, key=lambda b: -b.score)
 
 

@@ -86,10 +86,8 @@ def _ignore_stray_sigprof() -> None:
 
 
 def _overlap(a: FaceBox, b: FaceBox) -> float:
-    iw = max(0.0, min(a.right, b.right) - max(a.left, b.left))
-    ih = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top))
-    smaller = min(a.area, b.area)
-    return iw * ih / smaller if smaller > 0 else 0.0
+    """:meth:`FaceBox.overlap` (intersection over the smaller box)."""
+    return a.overlap(b)
 
 
 class MediaPipeFaceMesh:
