@@ -94,8 +94,10 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
 
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(astronaut).save(src / "astronaut.png")
+    Image.fromarray(astronaut).save(src / "astronaut.avif")  # AVIF: Pillow reads it, the folder listing takes it
     (src / "takeo.ppm").write_bytes((testdata / "faces68" / "takeo.ppm").read_bytes())
+    (src / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # a format msma cannot read: named
+    (src / "notes.txt").write_text("not a photo")  # not a photo format: passed over
     (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)  # JPEG magic, garbage body
     yy, xx = np.mgrid[0:160, 0:200]
     Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)).save(src / "noface.png")
@@ -106,7 +108,9 @@ def test_cli_folder_with_bad_inputs(tmp_path: Path, testdata: Path, astronaut: n
     code = cli_main([str(src), str(tmp_path / "nonexistent.jpg"), "--out", str(out), "--batch-size", "2"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "skipped 4 input(s)" in printed
+    assert "skipped 5 input(s)" in printed
+    assert "phone.HEIC: unsupported: msma cannot read .HEIC photos" in printed
+    assert "notes.txt" not in printed
     assert "strip.png: no_face" in printed
     corrupt_line = next(line for line in printed.splitlines() if "corrupt.jpg" in line)
     assert "truncated" in corrupt_line or "not_an_image" in corrupt_line

@@ -18,7 +18,7 @@ from msma.utils.progress import progress_bar
 
 
 def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    from msma.data.io import list_images
+    from msma.data.io import UNREADABLE_PHOTO_EXTENSIONS, list_images
 
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
@@ -26,6 +26,10 @@ def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
         path = Path(p)
         if path.is_dir():
             found = list_images(path)
+            for other in list_images(path, UNREADABLE_PHOTO_EXTENSIONS):
+                missing.append(
+                    (str(other), f"unsupported: msma cannot read {other.suffix} photos; convert to JPEG or PNG")
+                )
             if not found:
                 missing.append((str(path), "empty: no image files in this folder"))
             files += found

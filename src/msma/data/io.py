@@ -47,6 +47,22 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
     ".webp",
     ".gif",
+    ".avif",
+)
+#: Photo formats msma cannot decode (Pillow without plugins): HEIC / HEIF (phones' default), JPEG XL and camera raw
+#: files. Folder listings name them as skipped instead of passing them over in silence.
+UNREADABLE_PHOTO_EXTENSIONS: tuple[str, ...] = (
+    ".heic",
+    ".heif",
+    ".jxl",
+    ".dng",
+    ".cr2",
+    ".cr3",
+    ".nef",
+    ".arw",
+    ".raf",
+    ".orf",
+    ".rw2",
 )
 
 # Stable reason codes (used as counters in summaries and as cache skip reasons).
