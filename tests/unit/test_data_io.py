@@ -67,6 +67,15 @@ def test_not_an_image(tmp_path: Path) -> None:
     assert _reason(tmp_path / "text.jpg") == "not_an_image"
 
 
+def test_a_phone_heic_photo_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    with pytest.raises(dio.BadImageError) as info:
+        dio.load_image(path)
+    assert info.value.reason == "not_an_image"
+    assert "cannot read .HEIC photos; convert to JPEG or PNG" in info.value.detail
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"t.{fmt.lower()}"

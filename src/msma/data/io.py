@@ -308,6 +308,9 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise BadImageError(p, REASON_TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
+        if p.suffix.lower() in UNREADABLE_PHOTO_EXTENSIONS:
+            detail = f"msma cannot read {p.suffix} photos; convert to JPEG or PNG"
+            raise BadImageError(p, REASON_NOT_AN_IMAGE, detail) from exc
         raise BadImageError(p, REASON_NOT_AN_IMAGE, "Pillow cannot identify the format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(p, REASON_TRUNCATED, f"corrupt or truncated data: {exc}") from exc
