@@ -68,18 +68,15 @@ def photo_faces(rec: Any, roots: list[Path]) -> list[tuple[str, np.ndarray, np.n
     """(name, loaded image, crop -> loaded-image transform, ground truth in loaded pixels) of each annotated face."""
     from msma.data.align import apply_affine
     from msma.data.io import load_image
-    from msma.evaluation.photos import _centre_distance, scan_photo_folder
+    from msma.evaluation.photos import _centre_distance, reconstruct_annotated, scan_photo_folder
     from msma.inference import NoFaceError
 
     out = []
     for root in roots:
         items, _ = scan_photo_folder(root)
         for item in items:
-            ext = item.landmarks.max(0) - item.landmarks.min(0)
             try:  # as `msma eval --data photos`: the largest face, else the detection nearest the annotation
-                recs = rec.reconstruct_faces(str(item.path), all_faces=False)
-                if _centre_distance(recs[0].box, item.landmarks) > 0.5 * float(np.sqrt(ext[0] * ext[1])):
-                    recs = rec.reconstruct_faces(str(item.path), all_faces=True)
+                recs, _ = reconstruct_annotated(rec, item)
             except NoFaceError:
                 print(f"{item.path}: no face found, left out", file=sys.stderr)
                 continue

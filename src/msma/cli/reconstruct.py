@@ -18,18 +18,20 @@ from msma.utils.progress import progress_bar
 
 
 def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    from msma.data.io import UNREADABLE_PHOTO_EXTENSIONS, list_images
+    from msma.data.io import IMAGE_EXTENSIONS, UNREADABLE_PHOTO_EXTENSIONS, list_images, unsupported_format
 
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = list_images(path)
-            for other in list_images(path, UNREADABLE_PHOTO_EXTENSIONS):
-                missing.append(
-                    (str(other), f"unsupported: msma cannot read {other.suffix} photos; convert to JPEG or PNG")
-                )
+            found = []
+            for f in list_images(path, IMAGE_EXTENSIONS + UNREADABLE_PHOTO_EXTENSIONS):  # one walk of the folder
+                why = unsupported_format(f)
+                if why is None:
+                    found.append(f)
+                else:
+                    missing.append((str(f), f"unsupported: {why}"))
             if not found:
                 missing.append((str(path), "empty: no image files in this folder"))
             files += found

@@ -144,21 +144,17 @@ class DlibHogDetector:
         0 with it), and that face would be lost.
         """
         small, factor = _downscale_for_detection(_check_uint8(image), self.max_side)
-        rects, scores = [], []
-        first: list[tuple[Any, float]] = []
+        first: list[FaceBox] = []
         if self.upsample > 0:
-            r0, s0, _ = self._detector.run(small, 0, self.threshold)
-            first = list(zip(r0, s0))
-            if largest_only:
-                rects, scores = list(r0), list(s0)
-        if len(rects) == 0:
-            rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
+            rects, scores, _ = self._detector.run(small, 0, self.threshold)
+            first = [_dlib_box(r, s, factor) for r, s in zip(rects, scores)]
+            if largest_only and first:
+                return sorted(first, key=lambda b: -b.score)
+        rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
         boxes = [_dlib_box(r, s, factor) for r, s in zip(rects, scores)]
-        if not largest_only:
-            for r, s in first:
-                b = _dlib_box(r, s, factor)
-                if not any(b.overlap(k) > 0.5 for k in boxes):
-                    boxes.append(b)
+        for b in first:
+            if not any(b.overlap(k) > 0.5 for k in boxes):
+                boxes.append(b)
         return sorted(boxes, key=lambda b: -b.score)
 
 

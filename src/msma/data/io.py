@@ -308,10 +308,8 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise BadImageError(p, REASON_TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
-        if p.suffix.lower() in UNREADABLE_PHOTO_EXTENSIONS:
-            detail = f"msma cannot read {p.suffix} photos; convert to JPEG or PNG"
-            raise BadImageError(p, REASON_NOT_AN_IMAGE, detail) from exc
-        raise BadImageError(p, REASON_NOT_AN_IMAGE, "Pillow cannot identify the format") from exc
+        detail = unsupported_format(p) or "Pillow cannot identify the format"
+        raise BadImageError(p, REASON_NOT_AN_IMAGE, detail) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(p, REASON_TRUNCATED, f"corrupt or truncated data: {exc}") from exc
     if notes:
@@ -324,6 +322,14 @@ def image_to_tensor(image: np.ndarray) -> Tensor:
     import torch  # lazy: labelling a folder (``msma prepare``) needs no torch, and importing it costs ~1.3 s
 
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def unsupported_format(path: str | os.PathLike[str]) -> str | None:
+    """What to tell the user of a photo in a format msma cannot read (:data:`UNREADABLE_PHOTO_EXTENSIONS`), else None."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in UNREADABLE_PHOTO_EXTENSIONS:
+        return None
+    return f"msma cannot read {suffix} photos; convert to JPEG or PNG"
 
 
 def list_images(root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:

@@ -123,6 +123,34 @@ def _centre_distance(box: tuple[float, float, float, float], gt: np.ndarray) -> 
     return float(np.hypot(cx - g[0], cy - g[1]))
 
 
+def reconstruct_annotated(rec: Any, item: PhotoItem) -> tuple[list[Any], bool]:
+    """The faces ``msma reconstruct`` gives for a labelled photo: the largest face when it is the annotated one, else
+    every detection (the annotated face is then the nearest one, :func:`_centre_distance`).
+
+    Args:
+        rec: a :class:`msma.inference.Reconstructor`.
+        item: the photo and its annotation.
+
+    Returns:
+        (the reconstructions, whether every face was asked for).
+
+    Raises:
+        NoFaceError / BadImageError: as :meth:`msma.inference.Reconstructor.reconstruct_faces`.
+    """
+    recs = rec.reconstruct_faces(str(item.path), all_faces=False)
+    all_faces = _centre_distance(recs[0].box, item.landmarks) > annotation_radius(item.landmarks)
+    if all_faces:
+        recs = rec.reconstruct_faces(str(item.path), all_faces=True)
+    return recs, all_faces
+
+
+def annotation_radius(gt: np.ndarray) -> float:
+    """Half of sqrt(w * h) of the annotation's box, pixels: a detection whose box centre is further away is another
+    face."""
+    ext = gt.max(0) - gt.min(0)
+    return 0.5 * float(np.sqrt(ext[0] * ext[1]))
+
+
 def photo_nme(pred: np.ndarray, gt: np.ndarray) -> float:
     """68-point NME (fraction) of one photo, normalised by ``sqrt(w * h)`` of the ground-truth box."""
     return float(
@@ -197,15 +225,11 @@ def evaluate_photos(
         renderer_backend=backend,
     )
     for item in items:
-        ext = item.landmarks.max(0) - item.landmarks.min(0)
-        near = 0.5 * float(np.sqrt(ext[0] * ext[1]))
+        near = annotation_radius(item.landmarks)
         try:
             # First exactly what `msma reconstruct` does (the largest face); if that is not the annotated face,
             # every detection, and the one nearest the annotation.
-            recs = trained.reconstruct_faces(str(item.path), all_faces=False)
-            all_faces = _centre_distance(recs[0].box, item.landmarks) > near
-            if all_faces:
-                recs = trained.reconstruct_faces(str(item.path), all_faces=True)
+            recs, all_faces = reconstruct_annotated(trained, item)
             base = mean.reconstruct_faces(str(item.path), all_faces=all_faces)
         except NoFaceError as exc:
             rows.append({"image": str(item.path), "skipped": f"no_face: {exc}"})
