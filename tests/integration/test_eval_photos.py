@@ -76,8 +76,8 @@ def test_eval_photos_rejects_bad_inputs(testdata: Path, tmp_path: Path, capsys) 
 
 
 def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    """A malformed annotation, an empty, a truncated and a non-image photo are each skipped with their reason and
-    counted; the good photo is still scored exactly as alone."""
+    """A malformed annotation, an empty, a truncated, a non-image and a HEIC photo are each skipped with their reason
+    and counted; the good photo is still scored exactly as alone."""
     takeo = testdata / "faces68" / "takeo.ppm"
     root = tmp_path / "photos"
     root.mkdir()
@@ -96,7 +96,8 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
     Image.open(takeo).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (root / "trunc.jpg").write_bytes(data[: len(data) // 3])
-    for stem in ("empty", "noise", "trunc"):
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    for stem in ("empty", "noise", "trunc", "phone"):
         shutil.copy(takeo.with_suffix(".pts"), root / f"{stem}.pts")
     out = tmp_path / "photos.json"
     assert cli_main(["--ckpt", "mean", "--data", "photos", "--root", str(root), "--out", str(out)]) == 0
@@ -104,7 +105,7 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
     assert "photos skipped" in printed
     result = json.loads(out.read_text())["result"]
     rows = {Path(r["image"]).name: r for r in result["images"]}
-    assert set(rows) == {"takeo.ppm", "a.ppm", "holes.ppm", "empty.png", "noise.jpg", "trunc.jpg"}
+    assert set(rows) == {"takeo.ppm", "a.ppm", "holes.ppm", "empty.png", "noise.jpg", "trunc.jpg", "phone.heic"}
     reasons = {n: r["skipped"].split(":")[0] for n, r in rows.items() if "skipped" in r}
     assert reasons == {
         "a.ppm": "bad_annotation",
@@ -112,9 +113,11 @@ def test_eval_photos_skips_and_counts_bad_files(testdata: Path, tmp_path: Path, 
         "empty.png": "zero_byte",
         "noise.jpg": "not_an_image",
         "trunc.jpg": "truncated",
+        "phone.heic": "unsupported",
     }
     assert "a.pts" in rows["a.ppm"]["skipped"] and "holes.pts: 1 of the 68 points" in rows["holes.ppm"]["skipped"]
-    assert result["count"] == 1 and len(result["skipped"]) == 5
+    assert "convert to JPEG or PNG" in rows["phone.heic"]["skipped"]
+    assert result["count"] == 1 and len(result["skipped"]) == 6
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(takeo, alone / "takeo.ppm")

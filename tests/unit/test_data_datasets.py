@@ -358,6 +358,8 @@ def _photo_folder(root: Path, astronaut: np.ndarray) -> dict[str, str | None]:
     expected["tiny.png"] = "too_small"
     Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(root / "noface.png")
     expected["noface.png"] = "no_face"
+    (root / "sub" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    expected["sub/IMG_0001.HEIC"] = "unsupported"  # a phone's photo: named, not passed over
     return expected
 
 

@@ -72,7 +72,7 @@ def test_a_phone_heic_photo_says_what_to_do(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     with pytest.raises(dio.BadImageError) as info:
         dio.load_image(path)
-    assert info.value.reason == "not_an_image"
+    assert info.value.reason == "unsupported"
     assert "cannot read .HEIC photos; convert to JPEG or PNG" in info.value.detail
 
 

@@ -18,7 +18,7 @@ from msma.utils.progress import progress_bar
 
 
 def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    from msma.data.io import IMAGE_EXTENSIONS, UNREADABLE_PHOTO_EXTENSIONS, list_images, unsupported_format
+    from msma.data.io import REASON_UNSUPPORTED, list_images, unsupported_format
 
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
@@ -26,12 +26,12 @@ def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
         path = Path(p)
         if path.is_dir():
             found = []
-            for f in list_images(path, IMAGE_EXTENSIONS + UNREADABLE_PHOTO_EXTENSIONS):  # one walk of the folder
+            for f in list_images(path, unsupported=True):  # named as skipped, kept out of the output names
                 why = unsupported_format(f)
                 if why is None:
                     found.append(f)
                 else:
-                    missing.append((str(f), f"unsupported: {why}"))
+                    missing.append((str(f), f"{REASON_UNSUPPORTED}: {why}"))
             if not found:
                 missing.append((str(path), "empty: no image files in this folder"))
             files += found

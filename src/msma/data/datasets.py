@@ -139,7 +139,7 @@ class FolderDataset(RobustDataset):
         self.template = np.asarray(template, dtype=np.float64)
         self.transform = transform
         self.faces = faces
-        paths = [Path(f) for f in files] if files is not None else list_images(self.root, extensions)
+        paths = [Path(f) for f in files] if files is not None else list_images(self.root, extensions, unsupported=True)
         lm_backend = backend or make_landmark_backend(landmarks, landmark_weights, device=device)
         det = make_detector(detector) if lm_backend.needs_detector else None
         self.cache_dir = (

@@ -74,6 +74,8 @@ REASON_TRUNCATED = "truncated"
 REASON_TOO_SMALL = "too_small"
 REASON_TOO_LARGE = "too_large"
 REASON_NO_PIXEL_VALUES = "no_pixel_values"
+#: A photo in a format msma cannot decode (:data:`UNREADABLE_PHOTO_EXTENSIONS`); its detail says to convert it.
+REASON_UNSUPPORTED = "unsupported"
 #: Every reason code of :class:`BadImageError`: the file itself cannot serve as a photo.
 IMAGE_REASONS: frozenset[str] = frozenset(
     {
@@ -85,6 +87,7 @@ IMAGE_REASONS: frozenset[str] = frozenset(
         REASON_TOO_SMALL,
         REASON_TOO_LARGE,
         REASON_NO_PIXEL_VALUES,
+        REASON_UNSUPPORTED,
     }
 )
 
@@ -308,8 +311,10 @@ def load_image(
     except Image.DecompressionBombError as exc:
         raise BadImageError(p, REASON_TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
-        detail = unsupported_format(p) or "Pillow cannot identify the format"
-        raise BadImageError(p, REASON_NOT_AN_IMAGE, detail) from exc
+        advice = unsupported_format(p)
+        if advice is not None:
+            raise BadImageError(p, REASON_UNSUPPORTED, advice) from exc
+        raise BadImageError(p, REASON_NOT_AN_IMAGE, "Pillow cannot identify the format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(p, REASON_TRUNCATED, f"corrupt or truncated data: {exc}") from exc
     if notes:
@@ -332,8 +337,13 @@ def unsupported_format(path: str | os.PathLike[str]) -> str | None:
     return f"msma cannot read {suffix} photos; convert to JPEG or PNG"
 
 
-def list_images(root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+def list_images(
+    root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS, unsupported: bool = False
+) -> list[Path]:
     """Photos under ``root`` (recursive, sorted, hidden folders skipped) by file suffix.
+
+    With ``unsupported=True`` the photos in formats msma cannot read (:data:`UNREADABLE_PHOTO_EXTENSIONS`) are listed
+    too, so that the caller can name them as skipped (:func:`unsupported_format`) instead of passing them over.
 
     Raises:
         FileNotFoundError: ``root`` is not a directory.
@@ -341,7 +351,7 @@ def list_images(root: str | os.PathLike[str], extensions: tuple[str, ...] = IMAG
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: not a directory of photos")
-    exts = tuple(e.lower() for e in extensions)
+    exts = tuple(e.lower() for e in extensions + (UNREADABLE_PHOTO_EXTENSIONS if unsupported else ()))
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -318,7 +318,7 @@ def prepare_folder(
             this process; None: threads on the usable CPUs (at most :data:`MAX_AUTO_THREADS`) where the backend
             offers them, else 1.
     """
-    files = list_images(root, extensions)
+    files = list_images(root, extensions, unsupported=True)  # unreadable formats are skipped as "unsupported"
     if detector is None:
         detector = "mediapipe" if landmarks.startswith("mediapipe") else "dlib"
     backend = make_landmark_backend(landmarks, weights, device=device)

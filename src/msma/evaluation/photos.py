@@ -105,7 +105,7 @@ def scan_photo_folder(root: str | Path) -> tuple[list[PhotoItem], list[dict[str,
         raise FileNotFoundError(f"photos: {root} is not a folder")
     items: list[PhotoItem] = []
     skipped: list[dict[str, str]] = []
-    for path in sorted(list_images(root)):
+    for path in list_images(root, unsupported=True):  # an unreadable format is skipped when reconstructed
         if not (path.with_suffix(".pts").is_file() or path.with_suffix(".mat").is_file()):
             continue
         try:
