@@ -75,11 +75,10 @@ def pick(recs: list[Any], gt: np.ndarray) -> Any:
     """The reconstruction whose box overlaps the annotated face most (selection among detections only); None when
     no detection overlaps it (the annotated face was missed, e.g. only another face in the photo was found)."""
     from msma.data.detect import FaceBox
-    from msma.data.mediapipe_backend import _overlap
 
     g = FaceBox.from_points(gt)
-    best = max(recs, key=lambda r: _overlap(FaceBox(*r.box), g))
-    return best if _overlap(FaceBox(*best.box), g) > 0.3 else None
+    best = max(recs, key=lambda r: FaceBox(*r.box).overlap(g))
+    return best if FaceBox(*best.box).overlap(g) > 0.3 else None
 
 
 def bin_of(yaw: float) -> str:

@@ -68,7 +68,7 @@ def photo_faces(rec: Any, roots: list[Path]) -> list[tuple[str, np.ndarray, np.n
     """(name, loaded image, crop -> loaded-image transform, ground truth in loaded pixels) of each annotated face."""
     from msma.data.align import apply_affine
     from msma.data.io import load_image
-    from msma.evaluation.photos import _centre_distance, reconstruct_annotated, scan_photo_folder
+    from msma.evaluation.photos import centre_distance, reconstruct_annotated, scan_photo_folder
     from msma.inference import NoFaceError
 
     out = []
@@ -80,7 +80,7 @@ def photo_faces(rec: Any, roots: list[Path]) -> list[tuple[str, np.ndarray, np.n
             except NoFaceError:
                 print(f"{item.path}: no face found, left out", file=sys.stderr)
                 continue
-            best = min(recs, key=lambda r: _centre_distance(r.box, item.landmarks))
+            best = min(recs, key=lambda r: centre_distance(r.box, item.landmarks))
             loaded = load_image(item.path)
             to_orig = loaded.loaded_to_original()
             crop_to_loaded = np.linalg.inv(to_orig) @ best.crop_to_image

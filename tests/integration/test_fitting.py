@@ -14,7 +14,7 @@ import torch
 from msma.data.detect import FaceBox
 from msma.data.io import load_image
 from msma.data.landmarks import read_mat_landmarks, read_pts
-from msma.data.mediapipe_backend import _overlap, shared_chain
+from msma.data.mediapipe_backend import shared_chain
 from msma.fitting import FitConfig, load_correspondence
 from msma.fitting.correspondence import correspondence_cache_path
 from msma.fitting.photo import fit_photo_face
@@ -47,7 +47,7 @@ def dense_face(testdata: Path, image: str, annotation: str) -> tuple[np.ndarray,
     chain = shared_chain()
     boxes = chain.detect(img, largest_only=False)
     gt_box = FaceBox.from_points(gt)
-    box = max(boxes, key=lambda b: _overlap(b, gt_box))
+    box = max(boxes, key=lambda b: b.overlap(gt_box))
     face = chain.remembered(img, box)
     assert face is not None and face.points is not None
     return img, face.points, gt

@@ -10,7 +10,7 @@ import pytest
 from msma.data.detect import FaceBox, make_detector
 from msma.data.io import load_image
 from msma.data.landmarks import LandmarkError, make_landmark_backend, read_mat_landmarks, read_pts
-from msma.data.mediapipe_backend import MediaPipeDetector, MediaPipeLandmarks, _overlap, shared_chain
+from msma.data.mediapipe_backend import MediaPipeDetector, MediaPipeLandmarks, shared_chain
 
 #: (file, annotation): every labelled real photo in ../shared/testdata.
 PHOTOS = (
@@ -51,7 +51,7 @@ def test_finds_every_face_within_stated_nme(
     assert chain is backend.chain  # the detector and the backend share what the chain found
     boxes = chain.detect(img, largest_only=False)
     gt_box = FaceBox.from_points(gt)
-    match = [b for b in boxes if _overlap(b, gt_box) > 0.5]
+    match = [b for b in boxes if b.overlap(gt_box) > 0.5]
     assert match, f"{image}: annotated face not found among {boxes}"
     lm = backend.detect(img, match[0])
     assert lm.shape == (68, 2) and lm.dtype == np.float32
@@ -66,7 +66,7 @@ def test_small_face_needs_the_tiled_search(backend: MediaPipeLandmarks, testdata
     assert backend.mesh.run(img) == []  # the short-range detector alone misses the 90 px face
     faces = backend.chain.faces(img, largest_only=True)
     gt_box = FaceBox.from_points(read_pts(testdata / "faces68" / "einstein.pts"))
-    assert faces and faces[0].source == "tiles" and _overlap(faces[0].box, gt_box) > 0.7
+    assert faces and faces[0].source == "tiles" and faces[0].box.overlap(gt_box) > 0.7
 
 
 def test_landmarks_in_a_box_from_another_detector(backend: MediaPipeLandmarks, testdata: Path) -> None:
@@ -129,7 +129,7 @@ def test_dlib_cnn_detector_finds_the_turned_face(testdata: Path, image: str, ann
     img = load_image(testdata / image).as_uint8()
     boxes = det.detect(img)
     gt_box = FaceBox.from_points(read_gt(testdata / annotation))
-    assert boxes and _overlap(boxes[0], gt_box) > 0.6 and boxes[0].score > 0
+    assert boxes and boxes[0].overlap(gt_box) > 0.6 and boxes[0].score > 0
     if min(img.shape[:2]) >= 400:  # half size (faces above ~80 px): the same face at half the coordinates
         small = det.detect(np.ascontiguousarray(img[::2, ::2]))
         assert small and abs(small[0].center[0] * 2 - boxes[0].center[0]) < 0.15 * boxes[0].width
@@ -158,7 +158,7 @@ def test_detector_alone_finds_candidate_boxes(backend: MediaPipeLandmarks, testd
     img = load_image(testdata / "aflw2000_3d" / "image00050.jpg").as_uint8()
     gt_box = FaceBox.from_points(read_mat_landmarks(testdata / "aflw2000_3d" / "image00050.mat"))
     boxes = backend.mesh.detect_boxes(img)
-    assert boxes and _overlap(boxes[0], gt_box) > 0.5
+    assert boxes and boxes[0].overlap(gt_box) > 0.5
     assert all(0.0 < b.score <= 1.0 for b in boxes)
     yy, xx = np.mgrid[0:160, 0:200]
     ramp = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)

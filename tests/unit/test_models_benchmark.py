@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_model_benchmark_tiny_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_benchmark: Callable[[str], ModuleType]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "model.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_model", bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("model")
     out = tmp_path / "model.json"
     # batch 2: the authors' MSMA applies BatchNorm to pooled 1x1 branches (training needs > 1 value per channel)
     argv = ["--batch", "2", "--size", "64", "--repeats", "1", "--backbone", "resnet18"]

@@ -45,7 +45,6 @@ from msma.data.landmarks import LandmarkBackend, LandmarkError
 from msma.data.mediapipe_landmarker import SAME_FACE_OVERLAP as SAME_FACE_OVERLAP
 from msma.data.mediapipe_landmarker import DenseFace as DenseFace
 from msma.data.mediapipe_landmarker import MediaPipeFaceMesh as MediaPipeFaceMesh
-from msma.data.mediapipe_landmarker import _overlap as _overlap
 from msma.data.mediapipe_landmarker import shared_face_mesh as shared_face_mesh
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ class MediaPipeDetector:
         if found and (largest_only or not self.exhaustive):
             return found
         for f in self.mesh.run_tiled(image):
-            if not any(_overlap(f.box, g.box) > SAME_FACE_OVERLAP for g in found):
+            if not any(f.box.overlap(g.box) > SAME_FACE_OVERLAP for g in found):
                 found.append(f)
         if found and (largest_only or not self.exhaustive):
             return sorted(found, key=lambda f: -f.box.area)
@@ -150,12 +149,12 @@ class MediaPipeDetector:
                 boxes.append((b, str(getattr(det, "name", "detector"))))
         boxes.sort(key=lambda bd: -bd[0].area)
         for b, det_name in boxes:
-            if any(_overlap(b, f.box) > SAME_FACE_OVERLAP for f in found):
+            if any(b.overlap(f.box) > SAME_FACE_OVERLAP for f in found):
                 continue
             if b.width < 8 or b.height < 8:
                 continue
             dense = self.mesh.run_in_box(image, b)
-            if dense is not None and not any(_overlap(dense.box, f.box) > SAME_FACE_OVERLAP for f in found):
+            if dense is not None and not any(dense.box.overlap(f.box) > SAME_FACE_OVERLAP for f in found):
                 found.append(DenseFace(dense.box, dense.points, f"crop:{det_name}", dense.transform))
             elif dense is None:
                 found.append(DenseFace(b, None, f"box:{det_name}"))
@@ -247,7 +246,7 @@ class ProfileCascadeDetector:
         boxes.sort(key=lambda b: -b.score)
         merged: list[FaceBox] = []
         for b in boxes:
-            if not any(_overlap(b, m) > SAME_FACE_OVERLAP for m in merged):
+            if not any(b.overlap(m) > SAME_FACE_OVERLAP for m in merged):
                 merged.append(b)
         return merged
 

@@ -85,11 +85,6 @@ def _ignore_stray_sigprof() -> None:
         signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
-def _overlap(a: FaceBox, b: FaceBox) -> float:
-    """:meth:`FaceBox.overlap` (intersection over the smaller box)."""
-    return a.overlap(b)
-
-
 class MediaPipeFaceMesh:
     """The Tasks ``FaceLandmarker`` on CPU, IMAGE mode.
 
@@ -248,7 +243,7 @@ class MediaPipeFaceMesh:
                 xy = pts[:, :2] @ m[:, :2].T + m[:, 2]
                 mapped = np.concatenate([xy, pts[:, 2:] * k], axis=1).astype(np.float32)
                 cand = FaceBox.from_points(mapped[:, :2], 1.0)
-                ov = _overlap(cand, box)
+                ov = cand.overlap(box)
                 if ov > best_ov:
                     best, best_ov = DenseFace(cand, mapped, "crop", f.transform), ov
             if best is not None and best_ov > 0.3:
@@ -291,14 +286,14 @@ class MediaPipeFaceMesh:
             cands.sort(key=lambda c: -c[0])
             kept: list[DenseFace] = []
             for _, f in cands:
-                if not any(_overlap(f.box, k.box) > SAME_FACE_OVERLAP for k in kept):
+                if not any(f.box.overlap(k.box) > SAME_FACE_OVERLAP for k in kept):
                     kept.append(f)
             out: list[DenseFace] = []
             for f in kept:
-                if any(_overlap(f.box, g.box) > SAME_FACE_OVERLAP for g in out):
+                if any(f.box.overlap(g.box) > SAME_FACE_OVERLAP for g in out):
                     continue  # a face already confirmed from another candidate
                 dense = self.run_in_box(image, f.box)
-                if dense is not None and not any(_overlap(dense.box, g.box) > SAME_FACE_OVERLAP for g in out):
+                if dense is not None and not any(dense.box.overlap(g.box) > SAME_FACE_OVERLAP for g in out):
                     out.append(DenseFace(dense.box, dense.points, "tiles", dense.transform))
             if out:
                 return sorted(out, key=lambda f: -f.box.area)

@@ -117,7 +117,9 @@ def scan_photo_folder(root: str | Path) -> tuple[list[PhotoItem], list[dict[str,
     return items, skipped
 
 
-def _centre_distance(box: tuple[float, float, float, float], gt: np.ndarray) -> float:
+def centre_distance(box: tuple[float, float, float, float], gt: np.ndarray) -> float:
+    """Distance in pixels from a detection box's centre (left, top, right, bottom) to the centre of the (68, 2)
+    annotation's bounding box."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     g = (gt.min(0) + gt.max(0)) / 2
     return float(np.hypot(cx - g[0], cy - g[1]))
@@ -125,7 +127,7 @@ def _centre_distance(box: tuple[float, float, float, float], gt: np.ndarray) -> 
 
 def reconstruct_annotated(rec: Any, item: PhotoItem) -> tuple[list[Any], bool]:
     """The faces ``msma reconstruct`` gives for a labelled photo: the largest face when it is the annotated one, else
-    every detection (the annotated face is then the nearest one, :func:`_centre_distance`).
+    every detection (the annotated face is then the nearest one, :func:`centre_distance`).
 
     Args:
         rec: a :class:`msma.inference.Reconstructor`.
@@ -138,7 +140,7 @@ def reconstruct_annotated(rec: Any, item: PhotoItem) -> tuple[list[Any], bool]:
         NoFaceError / BadImageError: as :meth:`msma.inference.Reconstructor.reconstruct_faces`.
     """
     recs = rec.reconstruct_faces(str(item.path), all_faces=False)
-    all_faces = _centre_distance(recs[0].box, item.landmarks) > annotation_radius(item.landmarks)
+    all_faces = centre_distance(recs[0].box, item.landmarks) > annotation_radius(item.landmarks)
     if all_faces:
         recs = rec.reconstruct_faces(str(item.path), all_faces=True)
     return recs, all_faces
@@ -237,7 +239,7 @@ def evaluate_photos(
         except BadImageError as exc:  # a corrupt photo is skipped and counted, as every msma data path does
             rows.append({"image": str(item.path), "skipped": f"{exc.reason}: {exc.detail}"})
             continue
-        dist = [_centre_distance(r.box, item.landmarks) for r in recs]
+        dist = [centre_distance(r.box, item.landmarks) for r in recs]
         k = int(np.argmin(dist))
         if dist[k] > near:
             rows.append(
