@@ -173,3 +173,29 @@ def test_prepare_100_images(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "s.json").read_text())
     _check(summary, expected)
     print(f"msma prepare on 100 images: {time.perf_counter() - t0:.1f} s\n{result.stdout}")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_prepare_skips_a_named_pipe_and_a_device(tmp_path: Path) -> None:
+    """A named pipe called ``.jpg`` in a folder hung ``msma prepare`` for ever (hashing opened it and waited for a
+    writer); it and a link to ``/dev/zero`` are now skipped as unreadable and the run ends."""
+    expected = make_folder(tmp_path / "photos", n_good=2, n_bad_each=0)
+    os.mkfifo(tmp_path / "photos" / "pipe.jpg")
+    (tmp_path / "photos" / "zeros.png").symlink_to("/dev/zero")
+    cmd = [
+        sys.executable,
+        "-m",
+        "msma.cli",
+        "prepare",
+        "--data",
+        str(tmp_path / "photos"),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    result = subprocess.run(
+        [*cmd, "--json", str(tmp_path / "s.json"), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["images"] == expected["images"] + 2 and summary["usable"] == expected["usable"]
+    assert summary["skipped"] == {"unreadable": 2}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,32 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_directory_is_unreadable(tmp_path: Path) -> None:
     (tmp_path / "dir.jpg").mkdir()
     assert _reason(tmp_path / "dir.jpg") == "unreadable"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_named_pipe_and_device_are_unreadable_without_blocking(tmp_path: Path) -> None:
+    """A named pipe called ``.jpg`` (opening it blocks until something writes) and a link to ``/dev/zero`` (reading
+    it never ends) are skipped at once as unreadable, never opened."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zeros.png").symlink_to("/dev/zero")
+    outcome: dict[str, object] = {}
+
+    def load_both() -> None:
+        outcome["pipe"] = _reason_and_detail(tmp_path / "pipe.jpg")
+        outcome["zeros"] = _reason_and_detail(tmp_path / "zeros.png")
+
+    worker = threading.Thread(target=load_both, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "load_image blocked on a named pipe or device"
+    assert outcome["pipe"] == ("unreadable", "a named pipe (FIFO), not a regular file")
+    assert outcome["zeros"] == ("unreadable", "a character device, not a regular file")
+
+
+def _reason_and_detail(path: Path) -> tuple[str, str]:
+    with pytest.raises(BadImageError) as info:
+        load_image(path)
+    return info.value.reason, info.value.detail
 
 
 def test_permission_error_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from msma.utils.files import NotARegularFileError, require_regular_file
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -257,13 +259,15 @@ def load_image(
     """
     p = Path(path)
     try:
-        size = p.stat().st_size
+        size = require_regular_file(p).st_size
     except FileNotFoundError as exc:
         raise BadImageError(p, REASON_MISSING, "no such file") from exc
+    except IsADirectoryError as exc:
+        raise BadImageError(p, REASON_UNREADABLE, "a directory, not a file") from exc
+    except NotARegularFileError as exc:  # a named pipe would block the run forever, a device never end
+        raise BadImageError(p, REASON_UNREADABLE, f"{exc.kind}, not a regular file") from exc
     except OSError as exc:
         raise BadImageError(p, REASON_UNREADABLE, str(exc)) from exc
-    if p.is_dir():
-        raise BadImageError(p, REASON_UNREADABLE, "a directory, not a file")
     if size == 0:
         raise BadImageError(p, REASON_ZERO_BYTE, "the file is empty")
     notes: list[str] = []

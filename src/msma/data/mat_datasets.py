@@ -37,6 +37,7 @@ from msma.data.threeddfa import (
     read_300wlp_landmarks,
     w300lp_landmarks_file,
 )
+from msma.utils.files import require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ class W300LPDataset(_MatDataset):
                 pts = read_300wlp_landmarks(path)
                 if mirrored:
                     try:
+                        require_regular_file(rec.image)  # a named pipe would block the open forever
                         with Image.open(rec.image) as im:
                             width = int(im.size[0])
                     except Exception as exc:  # the image's size is needed to mirror the twin's points

@@ -1,21 +1,71 @@
-"""File hashing and atomic writes (temporary file in the target's folder, fsync, ``os.replace``).
+"""File hashing, regular-file checks and atomic writes (temporary file in the target's folder, fsync,
+``os.replace``).
 
 An interrupted writer leaves either the old file or the new one, never a half-written file under the target
-name; the temporary file is removed on any error.
+name; the temporary file is removed on any error. A file found in a user's folder is read only when it is a
+regular file: opening a named pipe blocks until something writes to it, and a device such as ``/dev/zero`` never
+ends (:func:`require_regular_file`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 
+class NotARegularFileError(OSError):
+    """The path exists but is not a regular file or a directory: a named pipe, a device or a socket.
+
+    Attributes:
+        kind: what it is, in words (``"a named pipe (FIFO)"``, ``"a character device"``, ...).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(f"{path}: {kind}, not a regular file")
+        self.kind = kind
+
+
+def require_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
+    """``os.stat`` of ``path`` (symbolic links followed) when it is a regular file.
+
+    Raises:
+        FileNotFoundError: nothing there (a dangling link included).
+        IsADirectoryError: a directory.
+        NotARegularFileError: a named pipe, device or socket (reading it could block forever or never end).
+        OSError: the path cannot be examined.
+    """
+    st = os.stat(path)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return st
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory, not a file", str(path))
+    if stat.S_ISFIFO(mode):
+        kind = "a named pipe (FIFO)"
+    elif stat.S_ISCHR(mode):
+        kind = "a character device"
+    elif stat.S_ISBLK(mode):
+        kind = "a block device"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "a special file"
+    raise NotARegularFileError(path, kind)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in ``chunk_size`` blocks."""
+    """Hex SHA-256 of a regular file's bytes, read in ``chunk_size`` blocks.
+
+    Raises:
+        OSError: as :func:`require_regular_file` (a named pipe or device is never opened), or a read error.
+    """
+    require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk_size):
