@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +16,7 @@ from PIL import Image
 
 from msma.cli.eval import cli_main
 from msma.data.batch import FaceBatch
-from msma.data.scans import micc_items, now_items, read_pp
+from msma.data.scans import ScanLayout, micc_items, now_items, read_pp
 from msma.evaluation.aflw2000 import evaluate_aflw2000
 from msma.evaluation.scans import evaluate_scans
 from msma.metrics.mesh_error import NOW_LANDMARKS_68
@@ -296,10 +298,18 @@ def test_scan_benchmarks_skip_bad_subjects_and_score_the_rest(tmp_path: Path, me
     nan_scan[5] = np.nan
     subject("nan_scan", nan_scan)
     subject("far_landmarks", mean, landmarks="\n".join(" ".join(str(v + 5000.0) for v in p) for p in lm68))
+    piped = subject("pipe_landmarks", mean, landmarks="")  # no landmarks file: a named pipe in its place
+    os.mkfifo(piped / "scan_landmarks.txt")  # reading it blocked for ever
 
-    layout = micc_items(micc)
+    found: list[ScanLayout] = []
+    reader = threading.Thread(target=lambda: found.append(micc_items(micc)), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert found, "reading the layout blocked on the named pipe"
+    layout = found[0]
     left_out = {Path(r["image"]).name: r["reason"] for r in layout.skipped}
-    assert set(left_out) == {"no_scan", "no_images", "nan_landmarks", "no_landmarks"}
+    assert set(left_out) == {"no_scan", "no_images", "nan_landmarks", "no_landmarks", "pipe_landmarks"}
+    assert "a named pipe (FIFO), not a regular file" in left_out["pipe_landmarks"]
     assert left_out["no_scan"].startswith("no_scan: ") and left_out["no_images"].startswith("no_images: ")
     assert (
         left_out["nan_landmarks"].startswith("bad_annotation: ")
@@ -320,7 +330,7 @@ def test_scan_benchmarks_skip_bad_subjects_and_score_the_rest(tmp_path: Path, me
     )
     assert res["count"] == 1 and list(res["per_subject_rmse_mm"]) == ["good"]
     assert res["per_subject_rmse_mm"]["good"] < 0.05  # the mean face against itself, as when alone
-    assert len(res["skipped"]) == 7
+    assert len(res["skipped"]) == 8
 
     # NoW: a listed image whose subject has no scan is left out; a list where none is usable raises nothing
     now = tmp_path / "now"

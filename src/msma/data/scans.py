@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from msma.metrics.mesh_error import NOW_LANDMARKS_68
+from msma.utils.files import require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def read_landmarks_txt(path: Path) -> np.ndarray:
         ValueError: unreadable, wrong shape or non-finite (the message names the file).
     """
     try:
+        require_regular_file(path)  # a named pipe would block the read for ever
         pts = np.loadtxt(path, delimiter=None if b"," not in path.read_bytes() else ",", dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read 3D landmarks ({exc})") from exc
@@ -85,6 +87,7 @@ def read_pp(path: Path) -> np.ndarray:
     """(K, 3) points of a MeshLab PickedPoints ``.pp`` file (NoW's scan landmarks), in file order."""
     try:
         # A local annotation file from the dataset release (XML without external entities).
+        require_regular_file(path)
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
         raise ValueError(f"{path}: not a readable MeshLab .pp file ({exc})") from exc
@@ -189,6 +192,7 @@ def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
     import trimesh
 
     try:
+        require_regular_file(path)  # a named pipe would block the read for ever
         mesh = trimesh.load(path, process=False, force="mesh")
     except Exception as exc:  # trimesh raises many types for bad files
         raise ValueError(f"{path}: cannot read the scan ({type(exc).__name__}: {exc})") from exc
