@@ -57,6 +57,7 @@ def run_benchmarks(quick: bool) -> None:
     _run("inference.py", ["--repeats", "5" if quick else "20"])
     _run("landmarks_fit.py", ["--repeats", "3" if quick else "5"])
     _run("face_model_speed.py", ["--rounds", "2" if quick else "5"])
+    _run("small_faces.py", ["--sizes", "90"] if quick else [])
 
 
 def _device_label(payload: dict[str, Any]) -> str:

@@ -5,9 +5,12 @@ box, tiles) is in :mod:`msma.data.mediapipe_landmarker`. The bundle's own detect
 misses faces smaller than about a tenth of the frame and profiles beyond about 60-70 degrees of yaw. The chain
 (:class:`MediaPipeDetector`) therefore
 
-1. runs the landmarker on the full frame (every face it finds, largest first);
+1. runs the landmarker on the full frame (every face it finds, largest first) and keeps the faces the bundle's
+   detector scores at least :data:`FULL_FRAME_MIN_SCORE` (the landmarker itself runs at 0.3 so that crops of
+   turned faces are confirmed; on a whole frame that let through faces on a clock or on cells);
 2. when that finds nothing, searches overlapping tiles, coarse to fine (tiles down to 240 px: faces down to
-   about 60 px; the bundle's detector alone on each tile), and confirms and refines each candidate with the
+   about 60 px; the bundle's detector alone on each tile; small candidates need a score of
+   :data:`~msma.data.mediapipe_landmarker.TILE_SMALL_MIN_SCORE`), and confirms and refines each candidate with the
    landmarker on a crop centred on it;
 3. when that finds nothing either (or when all faces are wanted) asks box detectors for candidates: dlib's HOG
    frontal detector with upsampling (small faces), OpenCV's profile cascade on the image and on its mirror image
@@ -48,6 +51,13 @@ from msma.data.mediapipe_landmarker import MediaPipeFaceMesh as MediaPipeFaceMes
 from msma.data.mediapipe_landmarker import shared_face_mesh as shared_face_mesh
 
 log = logging.getLogger(__name__)
+
+#: Least score of the bundle's detector for a face the landmarker found on the full frame (MediaPipe's own default
+#: detection threshold). Measured (``benchmarks/small_faces.py``, ``benchmarks/profile_detection.py``): every real
+#: face of ``../shared/testdata`` scores 0.75-0.94 and the renders' correct profile meshes at 55-85 degrees 0.64-0.90;
+#: the faces reported on skimage's clock and cell photos scored 0.34 and 0.30, a frontal mesh on a profile render
+#: 0.35.
+FULL_FRAME_MIN_SCORE = 0.5
 
 
 class _Memo:
@@ -92,8 +102,10 @@ class MediaPipeDetector:
         self._last_resort = last_resort
         self.exhaustive = False
         self.memo = _Memo()
-        # 2: tiles searched with the detector alone; 3: dlib's CNN detector when every other stage found nothing.
-        self.version = f"{self.mesh.version}-chain3"
+        # 2: tiles searched with the detector alone; 3: dlib's CNN detector when every other stage found nothing;
+        # 4: small tile candidates and full-frame faces need a detector score of 0.5 (TILE_SMALL_MIN_SCORE,
+        # FULL_FRAME_MIN_SCORE).
+        self.version = f"{self.mesh.version}-chain4"
         self.last_reason = ""
 
     def _fallback_detectors(self) -> list[object]:
@@ -124,10 +136,10 @@ class MediaPipeDetector:
 
     def faces(self, image: np.ndarray, largest_only: bool = False) -> list[DenseFace]:
         """Every face of an (H, W, 3) uint8 RGB image, largest first (box-only faces after dense ones)."""
-        found = self.mesh.run(image)
+        found, doubtful = self._confident(image, self.mesh.run(image))
         if found and (largest_only or not self.exhaustive):
             return found
-        for f in self.mesh.run_tiled(image):
+        for f in self.mesh.run_tiled(image, doubtful=[d.box for d in doubtful]):
             if not any(f.box.overlap(g.box) > SAME_FACE_OVERLAP for g in found):
                 found.append(f)
         if found and (largest_only or not self.exhaustive):
@@ -139,6 +151,19 @@ class MediaPipeDetector:
         dense_faces = sorted([f for f in found if f.points is not None], key=lambda f: -f.box.area)
         box_only = sorted([f for f in found if f.points is None], key=lambda f: -f.box.area)
         return dense_faces + box_only
+
+    def _confident(self, image: np.ndarray, faces: list[DenseFace]) -> tuple[list[DenseFace], list[DenseFace]]:
+        """(the full-frame faces whose box the bundle's detector scores at least :data:`FULL_FRAME_MIN_SCORE`, the
+        others) (one detector run, ~1.5 ms, only when the landmarker found a face)."""
+        if not faces:
+            return [], []
+        boxes = self.mesh.detect_boxes(image)
+        kept: list[DenseFace] = []
+        doubtful: list[DenseFace] = []
+        for f in faces:
+            score = max((b.score for b in boxes if b.overlap(f.box) > 0.3), default=0.0)
+            (kept if score >= FULL_FRAME_MIN_SCORE else doubtful).append(f)
+        return kept, doubtful
 
     def _add_boxes(self, image: np.ndarray, detectors: list[object], found: list[DenseFace]) -> None:
         """Stage 3/4: every new box of ``detectors`` (largest first) goes to the landmarker on upsampled crops; a box

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,14 @@ CROP_MIN_SIDE = 384
 #: Smallest tile of the tiled search (finds faces of about a quarter of it, ~60 px) and the tile size ratio.
 TILE_MIN_SIDE = 240
 TILE_STEP = 1.4
+#: Least detector score of a *small* tile candidate: one whose box side is below ``TILE_LARGE_FRACTION`` of the
+#: image's shorter side. The tiled search runs the detector on tens to hundreds of windows, so at the full-frame
+#: threshold (0.3) a photo without a face often yields a confirmed candidate somewhere (random noise, skimage's
+#: ``coffee`` and ``hubble_deep_field``), and a false candidate at a coarse tile size ends the search before the
+#: tile size of the real small face; such candidates need MediaPipe's own default threshold, 0.5. A large candidate
+#: (a face the full-frame pass missed, mostly a turned one) keeps the landmarker's threshold.
+TILE_SMALL_MIN_SCORE = 0.5
+TILE_LARGE_FRACTION = 0.25
 #: The detector inside ``face_landmarker.task`` (a zip), run alone on the tiles of the small-face search.
 BUNDLE_DETECTOR = "face_detector.tflite"
 #: Two boxes whose intersection over the smaller box exceeds this are the same face.
@@ -252,12 +261,18 @@ class MediaPipeFaceMesh:
                 return best
         return None
 
-    def run_tiled(self, image: np.ndarray, min_tile: int = TILE_MIN_SIDE) -> list[DenseFace]:
+    def run_tiled(
+        self, image: np.ndarray, min_tile: int = TILE_MIN_SIDE, doubtful: Sequence[FaceBox] = ()
+    ) -> list[DenseFace]:
         """Small faces: the landmarker on overlapping square tiles, coarse to fine, stopping at the first tile size
         that finds a face. A face no larger than half a tile lies whole inside some tile (stride = tile / 2); the
         short-range detector finds faces of about a fifth of its input and more, so tiles of ``min_tile`` px reach
         faces of about ``min_tile / 4`` px. The tiles go through the detector alone (:meth:`detect_boxes`); each
         distinct candidate is confirmed and refined by the whole landmarker, :meth:`run_in_box` on a centred crop.
+
+        Small candidates (a side below ``TILE_LARGE_FRACTION`` of the image's shorter side) need a detector score of
+        :data:`TILE_SMALL_MIN_SCORE`; so do candidates over a ``doubtful`` box (a face the full-frame pass found but
+        its detector scored low: the tiles look for faces it missed, not for a second chance of those it doubted).
 
         Returns:
             Faces largest first (image pixels); empty when no tile size finds one.
@@ -278,8 +293,13 @@ class MediaPipeFaceMesh:
             for y in ys:
                 for x in xs:
                     for b in self.detect_boxes(image[y : y + t, x : x + t]):
-                        margin = min(b.left, b.top, t - 1 - b.right, t - 1 - b.bottom)
                         moved = FaceBox(b.left + x, b.top + y, b.right + x, b.bottom + y, b.score)
+                        strict = max(b.width, b.height) < TILE_LARGE_FRACTION * min(h, w) or any(
+                            moved.overlap(d) > 0.3 for d in doubtful
+                        )
+                        if strict and b.score < TILE_SMALL_MIN_SCORE:
+                            continue
+                        margin = min(b.left, b.top, t - 1 - b.right, t - 1 - b.bottom)
                         cands.append((margin, DenseFace(moved, None, "tile")))
             if not cands:
                 continue
