@@ -59,6 +59,11 @@ def make_folder(root: Path, n_good: int, n_bad_each: int = 1, seed: int = 0) -> 
     return expected
 
 
+def _prepare_command(photos: Path, cache: Path) -> list[str]:
+    """``msma prepare`` of ``photos`` into ``cache`` as a separate process (the installed module's entry point)."""
+    return [sys.executable, "-m", "msma.cli", "prepare", "--data", str(photos), "--cache", str(cache)]
+
+
 def _check(summary: dict[str, object], expected: dict[str, int]) -> None:
     assert summary["images"] == expected["images"]
     assert summary["usable"] == expected["usable"]
@@ -123,7 +128,7 @@ def test_prepare_interrupted_and_resumed(tmp_path: Path) -> None:
     """SIGKILL ``msma prepare`` mid-way, rerun: same counts as a clean run, every image labelled once."""
     expected = make_folder(tmp_path / "photos", n_good=6, seed=1)
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "msma.cli", "prepare", "--data", str(tmp_path / "photos"), "--cache", str(cache)]
+    cmd = _prepare_command(tmp_path / "photos", cache)
     proc = subprocess.Popen([*cmd, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     try:
@@ -153,22 +158,8 @@ def test_prepare_100_images(tmp_path: Path) -> None:
     expected = make_folder(tmp_path / "photos", n_good=88, n_bad_each=2, seed=2)
     assert expected["images"] == 100
     t0 = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "msma.cli",
-            "prepare",
-            "--data",
-            str(tmp_path / "photos"),
-            "--cache",
-            str(tmp_path / "c"),
-            "--json",
-            str(tmp_path / "s.json"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    cmd = _prepare_command(tmp_path / "photos", tmp_path / "c")
+    result = subprocess.run([*cmd, "--json", str(tmp_path / "s.json")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     _check(summary, expected)
@@ -182,16 +173,7 @@ def test_prepare_skips_a_named_pipe_and_a_device(tmp_path: Path) -> None:
     expected = make_folder(tmp_path / "photos", n_good=2, n_bad_each=0)
     os.mkfifo(tmp_path / "photos" / "pipe.jpg")
     (tmp_path / "photos" / "zeros.png").symlink_to("/dev/zero")
-    cmd = [
-        sys.executable,
-        "-m",
-        "msma.cli",
-        "prepare",
-        "--data",
-        str(tmp_path / "photos"),
-        "--cache",
-        str(tmp_path / "c"),
-    ]
+    cmd = _prepare_command(tmp_path / "photos", tmp_path / "c")
     result = subprocess.run(
         [*cmd, "--json", str(tmp_path / "s.json"), "--no-progress"], capture_output=True, text=True, timeout=300
     )
