@@ -142,6 +142,26 @@ def test_cli_output_path_that_is_a_file_is_refused_before_any_work(tmp_path: Pat
     assert taken.read_text() == "keep me"  # never overwritten
 
 
+def test_cli_rerun_into_an_output_folder_inside_the_input_folder(tmp_path: Path, testdata: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`msma reconstruct photos/ --out photos/recon` run twice reconstructed its own overlays the second time
+    (`takeo_overlay.png` -> `takeo_overlay_overlay.png`, growing with every rerun); the output folder is left out of
+    the search, and a photo named explicitly is still taken."""
+    import shutil
+
+    from msma.cli.reconstruct import cli_main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(testdata / "faces68" / "takeo.ppm", photos / "takeo.ppm")
+    out = photos / "recon"
+    for _ in range(2):
+        assert cli_main([str(photos), "--ckpt", "mean", "--out", str(out)]) == 0
+        assert "1 face(s) from 1 of 1 image(s)" in capsys.readouterr().out
+    assert sorted(f.name for f in out.iterdir()) == ["takeo.json", "takeo.obj", "takeo_overlay.png"]
+    assert cli_main([str(out / "takeo_overlay.png"), "--ckpt", "mean", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "takeo_overlay.json").is_file()
+
+
 def test_a_detector_that_aborts_skips_that_image_only(reconstructor, astronaut: np.ndarray, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A detector library raising on one image (dlib's CNN on a few-pixel strip did) skips that image with
     ``detector_failed`` and the next image is reconstructed as before."""

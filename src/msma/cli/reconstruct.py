@@ -17,9 +17,15 @@ from msma.reconstruction import save_reconstruction
 from msma.utils.progress import progress_bar
 
 
-def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+def _collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The photos to reconstruct and the inputs skipped with their reasons.
+
+    A folder is searched recursively, except ``out_dir`` when it lies inside it: a rerun of ``msma reconstruct
+    photos/ --out photos/recon`` must not reconstruct its own overlays (photos named explicitly are always taken).
+    """
     from msma.data.io import REASON_UNSUPPORTED, list_images, unsupported_format
 
+    own = out_dir.resolve() if out_dir is not None else None
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
     for p in paths:
@@ -27,6 +33,8 @@ def _collect_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
         if path.is_dir():
             found = []
             for f in list_images(path, unsupported=True):  # named as skipped, kept out of the output names
+                if own is not None and f.resolve().is_relative_to(own):
+                    continue
                 why = unsupported_format(f)
                 if why is None:
                     found.append(f)
@@ -134,7 +142,7 @@ def cli_main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"msma reconstruct: --out {out_dir}: cannot use it as the output folder ({exc})", file=sys.stderr)
         return 2
-    files, skipped = _collect_inputs(args.paths)
+    files, skipped = _collect_inputs(args.paths, out_dir)
     try:
         rec = Reconstructor(
             None if args.ckpt == "mean" else args.ckpt,
