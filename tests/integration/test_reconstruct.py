@@ -208,6 +208,36 @@ def test_cli_output_names_never_collide(tmp_path: Path, testdata: Path) -> None:
     assert sorted(p.name for p in out2.glob("*.json")) == ["t_face0.json", "t_face0_face0.json"]
 
 
+def test_cli_long_photo_names_and_unwritable_outputs(tmp_path: Path, testdata: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A photo whose name uses most of the 255-byte limit ended the whole run with 'File name too long' (its
+    outputs' names add ``_overlay.png``, the temporary file more) and the photos after it were never done. Long
+    names are shortened; a photo whose outputs cannot be written is named and counted and the others go on."""
+    from msma.cli.reconstruct import MAX_STEM_BYTES, cli_main
+
+    takeo = (testdata / "faces68" / "takeo.ppm").read_bytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    long_a, long_b = "a" * 246 + "1", "a" * 246 + "2"  # 251-byte names with the suffix; they share a long prefix
+    for stem in (long_a, long_b, "blocked", "z"):
+        (src / f"{stem}.ppm").write_bytes(takeo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocked.json").mkdir()  # a folder where a file must go: this photo's outputs cannot be written
+    assert cli_main([str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 face(s) from 3 of 4 image(s)" in printed
+    assert f"{src / 'blocked.ppm'}: write_failed:" in printed
+    jsons = sorted(p.name for p in out.glob("*.json") if p.is_file())
+    assert len(jsons) == 3 and "z.json" in jsons
+    long_jsons = [n for n in jsons if n.startswith("aaa")]
+    assert len(long_jsons) == 2 and all(len(n.encode()) == MAX_STEM_BYTES + len(".json") for n in long_jsons)
+    for name in long_jsons:  # each long name's files are complete and its OBJ is a mesh
+        stem = name[: -len(".json")]
+        assert (out / f"{stem}_overlay.png").is_file()
+        assert len(trimesh.load(out / f"{stem}.obj", process=False).vertices) > 1000
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.gpu
 # The reconstructor detects faces with dlib, which the GPU machine's image lacks (the device kit leaves out the
 # 100 MB predictor package); there this test is reported as skipped, never as passed.

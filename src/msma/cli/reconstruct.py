@@ -14,7 +14,12 @@ from pathlib import Path
 
 from msma.inference import Reconstructor
 from msma.reconstruction import save_reconstruction
+from msma.utils.files import NAME_MAX_BYTES, shorten_name
 from msma.utils.progress import progress_bar
+
+MAX_STEM_BYTES = NAME_MAX_BYTES - 55
+"""The longest output stem (UTF-8 bytes): room within the file system's name limit for what is appended to it
+(``_2`` for a repeated name, ``_face12`` with ``--all-faces``, ``_overlay.png`` / ``_texture.png``)."""
 
 
 def _collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -52,9 +57,11 @@ def _collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[
 
 def _safe_stem(stem: str) -> str:
     """An output name from a file's stem: whitespace, control characters and path separators become ``_`` (an OBJ's
-    ``mtllib`` line cannot hold a space; a newline in a name breaks every line-based tool)."""
+    ``mtllib`` line cannot hold a space; a newline in a name breaks every line-based tool), and a stem longer than
+    :data:`MAX_STEM_BYTES` is shortened (:func:`~msma.utils.files.shorten_name`): a photo's name may use the whole
+    255-byte limit, its outputs' names add to it."""
     out = "".join("_" if ch.isspace() or unicodedata.category(ch).startswith("C") or ch in "/\\" else ch for ch in stem)
-    return out or "image"
+    return shorten_name(out, MAX_STEM_BYTES) if out else "image"
 
 
 def _unique_stems(files: Sequence[Path]) -> list[str]:
@@ -174,11 +181,15 @@ def cli_main(argv: list[str]) -> int:
             if isinstance(res, str):
                 skipped.append((str(f), res))
                 continue
+            try:  # a photo whose outputs cannot be written is named and counted; the others go on
+                for r in res:
+                    name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
+                    written += len(save_reconstruction(r, out_dir, name))
+                    faces += 1
+            except OSError as exc:
+                skipped.append((str(f), f"write_failed: {exc}"))
+                continue
             images_ok += 1
-            for r in res:
-                name = stem if not args.all_faces else f"{stem}_face{r.face_index}"
-                written += len(save_reconstruction(r, out_dir, name))
-                faces += 1
         bar.update(len(chunk))
     bar.close()
     dt = time.perf_counter() - t0

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from msma.metrics.nme import YAW_BIN_NAMES
+from msma.utils.files import NAME_MAX_BYTES, shorten_name
 
 
 def _fmt(v: Any) -> str:
@@ -100,12 +101,16 @@ def format_table(data: str, result: dict[str, Any]) -> str:
 
 
 def default_output(ckpt: str, data: str, crop: str | None) -> Path:
-    """``<ckpt folder>/eval_<ckpt stem>_<data>[_<crop>].json``; for ``mean``: ``./eval_mean_<data>...json``."""
+    """``<ckpt folder>/eval_<ckpt stem>_<data>[_<crop>].json``; for ``mean``: ``./eval_mean_<data>...json``.
+
+    A checkpoint stem too long for the name to fit the file system's limit is shortened
+    (:func:`~msma.utils.files.shorten_name`): the report is written after the whole evaluation."""
     suffix = f"_{crop}" if crop else ""
     if ckpt == "mean":
         return Path(f"eval_mean_{data}{suffix}.json")
     p = Path(ckpt)
-    return p.parent / f"eval_{p.stem}_{data}{suffix}.json"
+    tail = f"_{data}{suffix}.json"
+    return p.parent / f"eval_{shorten_name(p.stem, NAME_MAX_BYTES - len(tail) - len('eval_'))}{tail}"
 
 
 def json_default(x: Any) -> Any:

@@ -18,6 +18,35 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+NAME_MAX_BYTES = 255
+"""The longest file name (one path component) the usual file systems take: 255 bytes on ext4, XFS and btrfs
+(``NAME_MAX``), 255 UTF-16 units on APFS and NTFS."""
+
+TEMP_PREFIX_BYTES = 100
+"""How much of the target's name an :func:`atomic_write` temporary file repeats (``.<name>.<random>.tmp``)."""
+
+
+def shorten_name(name: str, max_bytes: int) -> str:
+    """``name`` if its UTF-8 encoding fits in ``max_bytes``, else its longest prefix (whole characters) that fits
+    with ``~`` and 8 hex digits of the whole name's SHA-256 appended: two long names that share a prefix stay apart,
+    and the same name always gives the same short name.
+
+    Args:
+        name: a file name or stem (any characters).
+        max_bytes: the most UTF-8 bytes of the result (at least 10).
+
+    Raises:
+        ValueError: ``max_bytes`` below 10.
+    """
+    if max_bytes < 10:
+        raise ValueError(f"shorten_name: max_bytes must be at least 10, got {max_bytes}")
+    encoded = name.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return name
+    tag = "~" + hashlib.sha256(encoded).hexdigest()[:8]
+    head = encoded[: max_bytes - len(tag)].decode("utf-8", errors="ignore")  # drops a cut multi-byte character
+    return head + tag
+
 
 class NotARegularFileError(OSError):
     """The path exists but is not a regular file or a directory: a named pipe, a device or a socket.
@@ -82,10 +111,14 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]
 
     Returns:
         ``target`` as a Path.
+
+    The temporary file's name repeats at most :data:`TEMP_PREFIX_BYTES` of the target's name, so a target whose
+    name is near the file system's limit can still be written.
     """
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    prefix = f".{shorten_name(out.name, TEMP_PREFIX_BYTES)}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
